@@ -1,0 +1,10 @@
+/* cmd_chat_template.c — placeholder for the 'chat_template' subcommand until its issue lands. */
+#include <stdio.h>
+
+#include "cli.h"
+
+int dsv4_cmd_chat_template(int argc, char **argv) {
+    (void)argc;
+    fprintf(stderr, "dsv4 %s: not implemented yet\n", argv[0]);
+    return 1;
+}

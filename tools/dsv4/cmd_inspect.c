@@ -1,0 +1,10 @@
+/* cmd_inspect.c — placeholder for the 'inspect' subcommand until its issue lands. */
+#include <stdio.h>
+
+#include "cli.h"
+
+int dsv4_cmd_inspect(int argc, char **argv) {
+    (void)argc;
+    fprintf(stderr, "dsv4 %s: not implemented yet\n", argv[0]);
+    return 1;
+}
