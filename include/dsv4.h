@@ -31,6 +31,46 @@ typedef struct dsv4_err {
 
 const char *dsv4_status_name(dsv4_status st);
 
+/* ---- engine --------------------------------------------------------------------------------------
+ * An engine holds one loaded model, its KV-cache pools and a forward pass. Sequences are opened (a KV
+ * slot is admitted), fed tokens in steps, and closed (every block returned). One step runs a batch of
+ * sequences, each with a prefill chunk or one decode token. Not thread-safe: one caller drives it. */
+typedef struct dsv4_engine dsv4_engine;
+
+typedef struct dsv4_engine_options {
+    const char *model_dir;   /* checkpoint directory (config.json + safetensors) */
+    const char *backend;     /* "cpu" (default) or "cuda" */
+    int n_threads;           /* CPU backend worker threads; <= 0: all online CPUs */
+    int max_seqs;            /* concurrent sequences (KV slots); <= 0: 8 */
+    long max_tokens;         /* KV capacity in tokens over all sequences; <= 0: max_seqs * 4096 */
+} dsv4_engine_options;
+
+typedef struct dsv4_batch_item {
+    int seq;                 /* from dsv4_engine_seq_open */
+    const int32_t *tokens;   /* [n_tokens] the sequence's next tokens */
+    int n_tokens;
+    int want_logits;         /* 1: logits of the last of these tokens are returned */
+} dsv4_batch_item;
+
+/* Called after every layer with the hyper-connection state of every token row of the step,
+ * X [n_rows, hc, hidden] float32 (rows in batch order). */
+typedef void (*dsv4_layer_dump_fn)(void *user, int layer, const float *X, int n_rows, int hc, int hidden);
+
+dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out, dsv4_err *err);
+void dsv4_engine_destroy(dsv4_engine *e);
+int dsv4_engine_vocab_size(const dsv4_engine *e);
+int dsv4_engine_n_layers(const dsv4_engine *e);
+int dsv4_engine_eos_id(const dsv4_engine *e);
+/* Admits a new sequence; DSV4_ERR_CAPACITY when every slot is taken (nothing changes). */
+dsv4_status dsv4_engine_seq_open(dsv4_engine *e, int *seq, dsv4_err *err);
+void dsv4_engine_seq_close(dsv4_engine *e, int seq);
+long dsv4_engine_seq_len(const dsv4_engine *e, int seq);
+/* Runs one step. logits: [number of items with want_logits, vocab] FP32. On failure (bad token id,
+ * KV exhausted) no sequence's state changes. */
+dsv4_status dsv4_engine_step(dsv4_engine *e, const dsv4_batch_item *items, int n_items, float *logits,
+                             dsv4_err *err);
+void dsv4_engine_set_layer_dump(dsv4_engine *e, dsv4_layer_dump_fn fn, void *user);
+
 #ifdef __cplusplus
 }
 #endif

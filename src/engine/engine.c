@@ -1,0 +1,87 @@
+/* engine.c — the public engine API of dsv4.h over the CPU reference backend: loads the model, creates
+ * the thread pool, the KV-cache manager and the forward pass, and maps sequence handles to KV slots. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/status.h"
+#include "core/threadpool.h"
+#include "dsv4.h"
+#include "engine/forward.h"
+#include "engine/kv_access.h"
+#include "engine/model.h"
+
+struct dsv4_engine {
+    dsv4_model *model;        /* owned */
+    dsv4_threadpool *pool;    /* owned */
+    dsv4_kv_manager *kv;      /* owned */
+    dsv4_forward *fwd;        /* owned */
+};
+
+void dsv4_engine_destroy(dsv4_engine *e) {
+    if (!e) return;
+    dsv4_forward_destroy(e->fwd);
+    dsv4_kv_access_destroy(e->kv);
+    dsv4_threadpool_destroy(e->pool);
+    dsv4_model_free(e->model);
+    free(e);
+}
+
+dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out, dsv4_err *err) {
+    *out = NULL;
+    if (!opt || !opt->model_dir)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: no model directory given");
+    if (opt->backend && strcmp(opt->backend, "cpu") != 0)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: backend '%s' is not available in this build "
+                            "(known: cpu)", opt->backend);
+    dsv4_engine *e = calloc(1, sizeof *e);
+    if (!e) return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
+    dsv4_status st;
+    int max_seqs = opt->max_seqs > 0 ? opt->max_seqs : 8;
+    long max_tokens = opt->max_tokens > 0 ? opt->max_tokens : (long)max_seqs * 4096;
+    if ((st = dsv4_model_load(opt->model_dir, &e->model, err)) != DSV4_OK ||
+        (st = dsv4_threadpool_create(opt->n_threads, &e->pool, err)) != DSV4_OK ||
+        (st = dsv4_kv_access_create(e->model->cfg, max_seqs, max_tokens, &e->kv, err)) != DSV4_OK ||
+        (st = dsv4_forward_create(e->model, e->pool, &e->fwd, err)) != DSV4_OK) {
+        dsv4_engine_destroy(e);
+        return st;
+    }
+    *out = e;
+    return DSV4_OK;
+}
+
+int dsv4_engine_vocab_size(const dsv4_engine *e) { return e->model->cfg->vocab_size; }
+int dsv4_engine_n_layers(const dsv4_engine *e) { return e->model->cfg->n_layers; }
+int dsv4_engine_eos_id(const dsv4_engine *e) { return e->model->cfg->eos_token_id; }
+
+dsv4_status dsv4_engine_seq_open(dsv4_engine *e, int *seq, dsv4_err *err) {
+    return dsv4_kv_access_admit(e->kv, seq, err);
+}
+
+void dsv4_engine_seq_close(dsv4_engine *e, int seq) {
+    if (dsv4_kv_access_slot_valid(e->kv, seq)) dsv4_kv_access_release(e->kv, seq);
+}
+
+long dsv4_engine_seq_len(const dsv4_engine *e, int seq) {
+    return dsv4_kv_access_slot_valid(e->kv, seq) ? dsv4_kv_access_seq_len(e->kv, seq) : -1;
+}
+
+dsv4_status dsv4_engine_step(dsv4_engine *e, const dsv4_batch_item *items, int n_items, float *logits,
+                             dsv4_err *err) {
+    if (n_items <= 0) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: empty step");
+    dsv4_seq_step *steps = calloc((size_t)n_items, sizeof *steps);
+    if (!steps) return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
+    for (int i = 0; i < n_items; i++) {
+        if (!dsv4_kv_access_slot_valid(e->kv, items[i].seq)) {
+            free(steps);
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", items[i].seq);
+        }
+        steps[i] = (dsv4_seq_step){items[i].seq, items[i].tokens, items[i].n_tokens, items[i].want_logits};
+    }
+    dsv4_status st = dsv4_forward_step(e->fwd, e->kv, steps, n_items, logits, err);
+    free(steps);
+    return st;
+}
+
+void dsv4_engine_set_layer_dump(dsv4_engine *e, dsv4_layer_dump_fn fn, void *user) {
+    dsv4_forward_set_hook(e->fwd, fn, user);
+}

@@ -1,0 +1,523 @@
+/* forward_cpu.c — the DeepSeek V4 forward pass over a batch on the CPU reference backend (spec §4).
+ *
+ * Layout of a step: the tokens of all sequences are stacked into n_rows rows (sequence by sequence, in
+ * position order). Row-independent work (GEMMs, norms, hyper-connections, MoE) runs over all rows at once;
+ * position-dependent work (compressor state, window ring, attention over a sequence's cache) runs per
+ * sequence in position order. Every op is row-independent, so a sequence's results do not depend on its
+ * batch neighbours or on how its prompt was chunked.
+ *
+ * Within a step and layer, for each sequence: (1) compressors consume all its new tokens and emit the
+ * entries that complete (visible to later positions), (2) each query attends its window — rows of this
+ * step come from the fresh kv, older ones from the ring — plus its compressed entries, (3) the last
+ * min(n, window) fresh kv rows are written to the ring. */
+#include "engine/forward.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cpu/linear.h"
+#include "backend/cpu/ops.h"
+#include "backend/cpu/quant.h"
+#include "core/numfmt.h"
+#include "core/status.h"
+#include "engine/kv_access.h"
+
+/* ==== workspace ========================================================================================= */
+
+typedef struct workspace {
+    int cap_rows;
+    float *X, *X2;          /* [rows, hc, D] residual state (bf16 values) */
+    float *x;               /* [rows, D] normed sub-layer input */
+    float *post, *comb;     /* [rows, hc], [rows, hc*hc] */
+    float *qa, *qr;         /* [rows, QL] */
+    float *q;               /* [rows, H*hd] */
+    float *kv;              /* [rows, hd] fresh window kv */
+    float *o;               /* [rows, H*hd] attention output */
+    float *og;              /* [rows, (H/G)*hd] one group's input, contiguous */
+    float *u;               /* [rows, G*R] */
+    float *ug;              /* [rows, R] */
+    float *a;               /* [rows, D] sub-layer output */
+    float *cmp;             /* [rows, 2 * coff*d_max] compressor projections (kv | gate) */
+    float *qI;              /* [rows, nIh*dIh] */
+    float *wI;              /* [rows, nIh] */
+    float *logits_e;        /* [rows, E] router logits */
+    int32_t *experts;       /* [rows, k] */
+    float *eweights;        /* [rows, k] */
+    float *ey;              /* [rows, k, D] routed expert outputs */
+    float *ex, *eg, *eu, *eh, *eo; /* [rows, D], [rows, I] x3, [rows, D] per-expert gather buffers */
+    int *erow;              /* [rows] rows routed to the current expert */
+    int *eslot;             /* [rows] which of the row's k slots */
+    float *sy;              /* [rows, D] shared expert output */
+    float *head_in;         /* [rows, D] */
+    /* per-query scratch */
+    const float **rows;     /* [window + max entries] attention row pointers */
+    float *dec;             /* [window + max entries, hd] decoded cache rows */
+    float *scores;          /* [max entries] indexer scores */
+    int32_t *topk;          /* [index_topk] */
+    float *keys;            /* [max entries, dIh] decoded indexer keys */
+    int cap_entries;
+} workspace;
+
+struct dsv4_forward {
+    const dsv4_model *m;
+    dsv4_threadpool *pool;  /* borrowed */
+    dsv4_layer_hook hook;
+    void *hook_user;
+    workspace ws;
+};
+
+static void ws_free(workspace *w) {
+    void *ptrs[] = {w->X, w->X2, w->x, w->post, w->comb, w->qa, w->qr, w->q, w->kv, w->o, w->og, w->u, w->ug,
+                    w->a, w->cmp, w->qI, w->wI, w->logits_e, w->experts, w->eweights, w->ey, w->ex, w->eg,
+                    w->eu, w->eh, w->eo, w->erow, w->eslot, w->sy, w->head_in, (void *)w->rows, w->dec,
+                    w->scores, w->topk, w->keys};
+    for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
+    memset(w, 0, sizeof *w);
+}
+
+#define ALLOC(p, n) (((p) = calloc((size_t)(n) ? (size_t)(n) : 1, sizeof *(p))) == NULL)
+
+static dsv4_status ws_reserve_rows(workspace *w, const dsv4_config *c, int rows, dsv4_err *err) {
+    if (rows <= w->cap_rows) return DSV4_OK;
+    int cap_entries = w->cap_entries;
+    const float **keep_rows = w->rows; float *keep_dec = w->dec, *keep_scores = w->scores, *keep_keys = w->keys;
+    int32_t *keep_topk = w->topk;
+    w->rows = NULL; w->dec = NULL; w->scores = NULL; w->keys = NULL; w->topk = NULL;
+    ws_free(w);
+    w->rows = keep_rows; w->dec = keep_dec; w->scores = keep_scores; w->keys = keep_keys; w->topk = keep_topk;
+    w->cap_entries = cap_entries;
+    long D = c->dim, hc = c->hc_mult, H = c->n_heads, hd = c->head_dim, QL = c->q_lora_rank;
+    long G = c->o_groups, R = c->o_lora_rank, E = c->n_routed_experts, k = c->n_activated_experts;
+    long I = c->moe_inter_dim, nI = (long)c->index_n_heads * c->index_head_dim;
+    long cmpw = 2 * 2 * (hd > c->index_head_dim ? hd : c->index_head_dim);
+    long r = rows;
+    int bad = ALLOC(w->X, r * hc * D) | ALLOC(w->X2, r * hc * D) | ALLOC(w->x, r * D) | ALLOC(w->post, r * hc) |
+              ALLOC(w->comb, r * hc * hc) | ALLOC(w->qa, r * QL) | ALLOC(w->qr, r * QL) | ALLOC(w->q, r * H * hd) |
+              ALLOC(w->kv, r * hd) | ALLOC(w->o, r * H * hd) | ALLOC(w->og, r * (H / G) * hd) |
+              ALLOC(w->u, r * G * R) | ALLOC(w->ug, r * R) | ALLOC(w->a, r * D) | ALLOC(w->cmp, r * cmpw) |
+              ALLOC(w->qI, r * nI) | ALLOC(w->wI, r * c->index_n_heads) | ALLOC(w->logits_e, r * E) |
+              ALLOC(w->experts, r * k) | ALLOC(w->eweights, r * k) | ALLOC(w->ey, r * k * D) |
+              ALLOC(w->ex, r * D) | ALLOC(w->eg, r * I) | ALLOC(w->eu, r * I) | ALLOC(w->eh, r * I) |
+              ALLOC(w->eo, r * D) | ALLOC(w->erow, r) | ALLOC(w->eslot, r) | ALLOC(w->sy, r * D) |
+              ALLOC(w->head_in, r * D);
+    if (bad) { ws_free(w); return dsv4_err_set(err, DSV4_ERR_NOMEM, "forward: workspace for %d rows", rows); }
+    w->cap_rows = rows;
+    return DSV4_OK;
+}
+
+static dsv4_status ws_reserve_entries(workspace *w, const dsv4_config *c, int entries, dsv4_err *err) {
+    if (entries <= w->cap_entries) return DSV4_OK;
+    int n = entries + 1024;
+    long hd = c->head_dim, win = c->window_size;
+    free((void *)w->rows); free(w->dec); free(w->scores); free(w->topk); free(w->keys);
+    int bad = ALLOC(w->rows, win + n) | ALLOC(w->dec, (win + n) * hd) | ALLOC(w->scores, n) |
+              ALLOC(w->topk, (c->index_topk > n ? c->index_topk : n)) | ALLOC(w->keys, (long)n * c->index_head_dim);
+    if (bad) { w->cap_entries = 0; return dsv4_err_set(err, DSV4_ERR_NOMEM, "forward: scratch for %d entries", n); }
+    w->cap_entries = n;
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_forward_create(const dsv4_model *model, dsv4_threadpool *pool, dsv4_forward **out,
+                                dsv4_err *err) {
+    dsv4_forward *f = calloc(1, sizeof *f);
+    if (!f) return dsv4_err_set(err, DSV4_ERR_NOMEM, "forward: out of memory");
+    f->m = model;
+    f->pool = pool;
+    *out = f;
+    return DSV4_OK;
+}
+
+void dsv4_forward_destroy(dsv4_forward *f) {
+    if (!f) return;
+    ws_free(&f->ws);
+    free(f);
+}
+
+void dsv4_forward_set_hook(dsv4_forward *f, dsv4_layer_hook hook, void *user) {
+    f->hook = hook;
+    f->hook_user = user;
+}
+
+/* ==== step geometry ===================================================================================== */
+
+typedef struct seq_rows {
+    int slot;
+    int row0, n;            /* rows [row0, row0+n) of the step */
+    long pos0;              /* position of the first new token */
+    const int32_t *tokens;
+} seq_rows;
+
+/* ==== linear helpers ==================================================================================== */
+
+static void fp8_linear(dsv4_forward *f, const float *x, int M, const dsv4_fp8_linear *l, float *y) {
+    dsv4_cpu_linear_fp8(f->pool, x, M, l->in, l->w, l->scale, l->out, y);
+}
+
+static void expert_linear(dsv4_forward *f, const float *x, int M, const dsv4_expert_linear *l, float *y) {
+    if (l->is_fp4) dsv4_cpu_linear_fp4(f->pool, x, M, l->in, l->w, l->scale, l->out, y);
+    else dsv4_cpu_linear_fp8(f->pool, x, M, l->in, l->w, l->scale, l->out, y);
+}
+
+/* ==== attention sub-layer =============================================================================== */
+
+/* Runs the main and (CSA) indexer compressors of one layer over a sequence's new tokens, emitting every
+ * entry whose window completes (spec §4.5). x rows are the attn_norm outputs of the sequence. */
+static void run_compressor(dsv4_forward *f, dsv4_kv_manager *kv, const seq_rows *s, int layer,
+                           const dsv4_compressor_weights *cw, int which, const float *x) {
+    const dsv4_config *c = f->m->cfg;
+    const int d = cw->d, coff = cw->coff, r = cw->ratio, width = coff * d;
+    float *proj = f->ws.cmp; /* [n, 2*width]: kv then gate, reused per token */
+    const dsv4_rope *rope = dsv4_model_rope(f->m, layer);
+    float entry[1024], vals[8 * 512], scs[8 * 512];
+    DSV4_ASSERT(d <= 512 && width <= 1024);
+    for (int i = 0; i < s->n; i++) {
+        long t = s->pos0 + i;
+        /* FP32 projections of one token: c_t = wkv·x, g_t = wgate·x + ape[t mod r]. */
+        dsv4_cpu_linear_bf16(NULL, x + (size_t)i * c->dim, 1, c->dim, cw->wkv, width, proj, DSV4_OUT_F32);
+        dsv4_cpu_linear_bf16(NULL, x + (size_t)i * c->dim, 1, c->dim, cw->wgate, width, proj + width, DSV4_OUT_F32);
+        const float *ape = cw->ape + (size_t)(t % r) * width;
+        for (int j = 0; j < width; j++) proj[width + j] += ape[j];
+        dsv4_kv_comp_state st = dsv4_kv_access_comp_state(kv, s->slot, layer, which);
+        /* Slot of this token in the current window. */
+        int in_win = (int)(t % r);
+        memcpy(st.cur_val + (size_t)in_win * width, proj, sizeof(float) * width);
+        memcpy(st.cur_score + (size_t)in_win * width, proj + width, sizeof(float) * width);
+        if ((t + 1) % r != 0) continue;
+        long w = t / r;
+        int n_slots;
+        if (coff == 2) {
+            /* Overlap (r = 4): slots 0..r-1 = previous window's first half, r..2r-1 = this window's second
+             * half. For w = 0 the previous window is empty (score -inf). */
+            for (int j = 0; j < r; j++) {
+                for (int ch = 0; ch < d; ch++) {
+                    vals[j * d + ch] = w > 0 ? st.prev_val[(size_t)j * d + ch] : 0.0f;
+                    scs[j * d + ch] = w > 0 ? st.prev_score[(size_t)j * d + ch] : -INFINITY;
+                    vals[(r + j) * d + ch] = st.cur_val[(size_t)j * width + d + ch];
+                    scs[(r + j) * d + ch] = st.cur_score[(size_t)j * width + d + ch];
+                }
+            }
+            n_slots = 2 * r;
+            dsv4_cpu_compress_pool(vals, scs, n_slots, d, d, entry);
+            /* The current window's first half becomes the previous window. */
+            for (int j = 0; j < r; j++) {
+                memcpy(st.prev_val + (size_t)j * d, st.cur_val + (size_t)j * width, sizeof(float) * d);
+                memcpy(st.prev_score + (size_t)j * d, st.cur_score + (size_t)j * width, sizeof(float) * d);
+            }
+        } else {
+            dsv4_cpu_compress_pool(st.cur_val, st.cur_score, r, d, width, entry);
+        }
+        dsv4_cpu_compress_finish(entry, d, cw->norm, (float)c->norm_eps, w * r, rope, which == DSV4_KV_COMP_INDEXER);
+        if (which == DSV4_KV_COMP_INDEXER) dsv4_kv_access_idx_write(kv, s->slot, layer, w, entry);
+        else dsv4_kv_access_comp_write(kv, s->slot, layer, w, entry);
+    }
+}
+
+/* Attention for one sequence of one layer: q [n, H*hd] (post norm + RoPE), fresh kv [n, hd];
+ * writes o [n, H*hd] (after inverse RoPE). */
+static dsv4_status attend_sequence(dsv4_forward *f, dsv4_kv_manager *kv, const seq_rows *s, int layer,
+                                   const dsv4_layer_weights *lw, const float *q, const float *fresh_kv,
+                                   const float *qI, const float *wI, float *o, dsv4_err *err) {
+    const dsv4_config *c = f->m->cfg;
+    const int H = c->n_heads, hd = c->head_dim, win = c->window_size, ratio = lw->ratio;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const dsv4_rope *rope = dsv4_model_rope(f->m, layer);
+    workspace *ws = &f->ws;
+    for (int i = 0; i < s->n; i++) {
+        long t = s->pos0 + i;
+        int K = 0;
+        /* Window: positions max(0, t-win+1) .. t. */
+        long p_first = t - win + 1 < 0 ? 0 : t - win + 1;
+        for (long p = p_first; p <= t; p++) {
+            if (p >= s->pos0) {
+                ws->rows[K++] = fresh_kv + (size_t)(p - s->pos0) * hd;
+            } else {
+                float *dst = ws->dec + (size_t)K * hd;
+                dsv4_kv_access_window_read(kv, s->slot, layer, p, dst);
+                ws->rows[K++] = dst;
+            }
+        }
+        if (ratio) {
+            long n_vis = (t + 1) / ratio;
+            if (dsv4_config_layer_kind(c, layer) == DSV4_LAYER_CSA) {
+                const int nIh = c->index_n_heads, dIh = c->index_head_dim;
+                for (long w = 0; w < n_vis; w++) dsv4_kv_access_idx_read(kv, s->slot, layer, w, ws->keys + (size_t)w * dIh);
+                int kcur = (int)(n_vis < c->index_topk ? n_vis : c->index_topk);
+                if (kcur > 0) {
+                    dsv4_cpu_indexer_scores(qI + (size_t)i * nIh * dIh, wI + (size_t)i * nIh, nIh, dIh, ws->keys,
+                                            (int)n_vis, ws->scores);
+                    dsv4_cpu_topk(ws->scores, (int)n_vis, kcur, ws->topk);
+                }
+                for (int j = 0; j < kcur; j++) {
+                    float *dst = ws->dec + (size_t)K * hd;
+                    dsv4_kv_access_comp_read(kv, s->slot, layer, ws->topk[j], dst);
+                    ws->rows[K++] = dst;
+                }
+            } else {
+                for (long w = 0; w < n_vis; w++) {
+                    float *dst = ws->dec + (size_t)K * hd;
+                    dsv4_kv_access_comp_read(kv, s->slot, layer, w, dst);
+                    ws->rows[K++] = dst;
+                }
+            }
+        }
+        float *oi = o + (size_t)i * H * hd;
+        dsv4_cpu_sparse_attn(q + (size_t)i * H * hd, H, hd, ws->rows, K, lw->attn_sink, scale, oi);
+        for (int h = 0; h < H; h++) dsv4_cpu_rope(oi + (size_t)h * hd + hd - rope->rope_dim, t, rope, 1);
+    }
+    /* Window ring: the last min(n, win) fresh rows. */
+    for (int i = s->n > win ? s->n - win : 0; i < s->n; i++)
+        dsv4_kv_access_window_write(kv, s->slot, layer, s->pos0 + i, fresh_kv + (size_t)i * hd);
+    return DSV4_OK;
+}
+
+static dsv4_status attention_layer(dsv4_forward *f, dsv4_kv_manager *kv, const seq_rows *seqs, int n_seqs,
+                                   int rows, int layer, const float *x, float *out, dsv4_err *err) {
+    const dsv4_config *c = f->m->cfg;
+    const dsv4_layer_weights *lw = &f->m->w.layers[layer];
+    workspace *ws = &f->ws;
+    const int H = c->n_heads, hd = c->head_dim, QL = c->q_lora_rank, G = c->o_groups, R = c->o_lora_rank;
+    const dsv4_rope *rope = dsv4_model_rope(f->m, layer);
+    const int rd = rope->rope_dim;
+    const float eps = (float)c->norm_eps;
+
+    /* Query: wq_a -> q_norm -> wq_b -> per-head RMS (BF16 arithmetic) -> RoPE. */
+    fp8_linear(f, x, rows, &lw->wq_a, ws->qa);
+    for (int i = 0; i < rows; i++) dsv4_cpu_rmsnorm(ws->qa + (size_t)i * QL, lw->q_norm, QL, eps, ws->qr + (size_t)i * QL);
+    fp8_linear(f, ws->qr, rows, &lw->wq_b, ws->q);
+    /* KV: wkv -> kv_norm -> RoPE -> FP8 fake-quant of the nope dims (block 64). */
+    fp8_linear(f, x, rows, &lw->wkv, ws->kv);
+    for (const seq_rows *s = seqs; s < seqs + n_seqs; s++) {
+        for (int i = 0; i < s->n; i++) {
+            long t = s->pos0 + i;
+            float *qi = ws->q + (size_t)(s->row0 + i) * H * hd;
+            for (int h = 0; h < H; h++) {
+                dsv4_cpu_rmsnorm_bf16_arith(qi + (size_t)h * hd, hd, eps);
+                dsv4_cpu_rope(qi + (size_t)h * hd + hd - rd, t, rope, 0);
+            }
+            float *kvi = ws->kv + (size_t)(s->row0 + i) * hd;
+            dsv4_cpu_rmsnorm(kvi, lw->kv_norm, hd, eps, kvi);
+            dsv4_cpu_rope(kvi + hd - rd, t, rope, 0);
+            dsv4_cpu_fake_quant_fp8(kvi, (size_t)(hd - rd), 64);
+        }
+    }
+    /* Indexer query side (CSA): qI = idx_wq_b(qr) -> RoPE -> Hadamard -> FP4; wI = weights_proj(x)·scale. */
+    int is_csa = dsv4_config_layer_kind(c, layer) == DSV4_LAYER_CSA;
+    if (is_csa) {
+        const int nIh = c->index_n_heads, dIh = c->index_head_dim;
+        fp8_linear(f, ws->qr, rows, &lw->idx_wq_b, ws->qI);
+        dsv4_cpu_linear_bf16(f->pool, x, rows, c->dim, lw->idx_weights_proj, nIh, ws->wI, DSV4_OUT_BF16);
+        const float wscale = (float)(1.0 / sqrt((double)dIh) / sqrt((double)nIh));
+        for (const seq_rows *s = seqs; s < seqs + n_seqs; s++)
+            for (int i = 0; i < s->n; i++) {
+                float *qIi = ws->qI + (size_t)(s->row0 + i) * nIh * dIh;
+                for (int h = 0; h < nIh; h++) {
+                    float *v = qIi + (size_t)h * dIh;
+                    dsv4_cpu_rope(v + dIh - rd, s->pos0 + i, rope, 0);
+                    dsv4_cpu_hadamard128(v);
+                    dsv4_cpu_fake_quant_fp4(v, (size_t)dIh);
+                }
+                float *wIi = ws->wI + (size_t)(s->row0 + i) * nIh;
+                for (int h = 0; h < nIh; h++) wIi[h] = dsv4_bf16_round(wIi[h] * wscale);
+            }
+    }
+    /* Compressors, then attention, per sequence. */
+    for (const seq_rows *s = seqs; s < seqs + n_seqs; s++) {
+        const float *xs = x + (size_t)s->row0 * c->dim;
+        if (is_csa) run_compressor(f, kv, s, layer, &lw->idx_compressor, DSV4_KV_COMP_INDEXER, xs);
+        if (lw->ratio) run_compressor(f, kv, s, layer, &lw->compressor, DSV4_KV_COMP_MAIN, xs);
+        const float *qI = is_csa ? ws->qI + (size_t)s->row0 * c->index_n_heads * c->index_head_dim : NULL;
+        const float *wI = is_csa ? ws->wI + (size_t)s->row0 * c->index_n_heads : NULL;
+        DSV4_TRY(attend_sequence(f, kv, s, layer, lw, ws->q + (size_t)s->row0 * H * hd,
+                                 ws->kv + (size_t)s->row0 * hd, qI, wI, ws->o + (size_t)s->row0 * H * hd, err));
+    }
+    /* Grouped output projection: u_g = wo_a_g · o_g (BF16), then wo_b (FP8). */
+    const int gin = (H / G) * hd;
+    const uint16_t *wo_a = f->m->wo_a_bf16[layer];
+    for (int g = 0; g < G; g++) {
+        for (int i = 0; i < rows; i++)
+            memcpy(ws->og + (size_t)i * gin, ws->o + (size_t)i * H * hd + (size_t)g * gin, sizeof(float) * gin);
+        dsv4_cpu_linear_bf16(f->pool, ws->og, rows, gin, wo_a + (size_t)g * R * gin, R, ws->ug, DSV4_OUT_BF16);
+        for (int i = 0; i < rows; i++)
+            memcpy(ws->u + (size_t)i * G * R + (size_t)g * R, ws->ug + (size_t)i * R, sizeof(float) * R);
+    }
+    fp8_linear(f, ws->u, rows, &lw->wo_b, out);
+    return DSV4_OK;
+}
+
+/* ==== MoE sub-layer ===================================================================================== */
+
+static void swiglu_ffn(dsv4_forward *f, const float *x, int M, const dsv4_expert_linear *w1,
+                       const dsv4_expert_linear *w3, const dsv4_expert_linear *w2, const float *weights,
+                       float *y) {
+    workspace *ws = &f->ws;
+    const int I = w1->out;
+    expert_linear(f, x, M, w1, ws->eg);
+    expert_linear(f, x, M, w3, ws->eu);
+    for (int i = 0; i < M; i++)
+        dsv4_cpu_swiglu(ws->eg + (size_t)i * I, ws->eu + (size_t)i * I, I, (float)f->m->cfg->swiglu_limit,
+                        weights ? weights[i] : 1.0f, ws->eh + (size_t)i * I);
+    expert_linear(f, ws->eh, M, w2, y);
+}
+
+static void moe_layer(dsv4_forward *f, const seq_rows *seqs, int n_seqs, int rows, int layer, const float *x,
+                      float *out) {
+    const dsv4_config *c = f->m->cfg;
+    const dsv4_layer_weights *lw = &f->m->w.layers[layer];
+    workspace *ws = &f->ws;
+    const int D = c->dim, E = c->n_routed_experts, k = c->n_activated_experts;
+    /* Router: FP32 logits, sqrt-softplus, selection (bias or hash), normalised weights. */
+    dsv4_cpu_linear_bf16(f->pool, x, rows, D, lw->gate_w, E, ws->logits_e, DSV4_OUT_F32);
+    for (const seq_rows *s = seqs; s < seqs + n_seqs; s++)
+        for (int i = 0; i < s->n; i++) {
+            int r = s->row0 + i;
+            const int64_t *hash = lw->tid2eid ? lw->tid2eid + (size_t)s->tokens[i] * k : NULL;
+            dsv4_cpu_route(ws->logits_e + (size_t)r * E, E, lw->gate_bias, hash, k, (float)c->route_scale,
+                           ws->experts + (size_t)r * k, ws->eweights + (size_t)r * k);
+        }
+    /* Routed experts: gather the rows of each expert, run its SwiGLU FFN, scatter to [row, slot]. */
+    for (int e = 0; e < E; e++) {
+        int n = 0;
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < k; j++)
+                if (ws->experts[(size_t)r * k + j] == e) { ws->erow[n] = r; ws->eslot[n] = j; n++; }
+        if (!n) continue;
+        float wts[n];
+        for (int i = 0; i < n; i++) {
+            memcpy(ws->ex + (size_t)i * D, x + (size_t)ws->erow[i] * D, sizeof(float) * D);
+            wts[i] = ws->eweights[(size_t)ws->erow[i] * k + ws->eslot[i]];
+        }
+        swiglu_ffn(f, ws->ex, n, &lw->experts_w1[e], &lw->experts_w3[e], &lw->experts_w2[e], wts, ws->eo);
+        for (int i = 0; i < n; i++)
+            memcpy(ws->ey + ((size_t)ws->erow[i] * k + ws->eslot[i]) * D, ws->eo + (size_t)i * D, sizeof(float) * D);
+    }
+    /* Shared expert (FP8 weights, same clamps, weight 1). */
+    dsv4_expert_linear s1 = {lw->shared_w1.w, lw->shared_w1.scale, lw->shared_w1.out, lw->shared_w1.in, 0};
+    dsv4_expert_linear s2 = {lw->shared_w2.w, lw->shared_w2.scale, lw->shared_w2.out, lw->shared_w2.in, 0};
+    dsv4_expert_linear s3 = {lw->shared_w3.w, lw->shared_w3.scale, lw->shared_w3.out, lw->shared_w3.in, 0};
+    swiglu_ffn(f, x, rows, &s1, &s3, &s2, NULL, ws->sy);
+    /* y = bf16(Σ routed (ascending expert id) + shared), FP32 accumulator. */
+    for (int r = 0; r < rows; r++) {
+        int order[64];
+        DSV4_ASSERT(k <= 64);
+        for (int j = 0; j < k; j++) order[j] = j;
+        for (int a = 1; a < k; a++)
+            for (int b = a; b > 0 && ws->experts[(size_t)r * k + order[b]] < ws->experts[(size_t)r * k + order[b - 1]]; b--) {
+                int tmp = order[b]; order[b] = order[b - 1]; order[b - 1] = tmp;
+            }
+        float *o = out + (size_t)r * D;
+        for (int d = 0; d < D; d++) {
+            float acc = 0.0f;
+            for (int j = 0; j < k; j++) acc += ws->ey[((size_t)r * k + order[j]) * D + d];
+            acc += ws->sy[(size_t)r * D + d];
+            o[d] = dsv4_bf16_round(acc);
+        }
+    }
+}
+
+/* ==== the step ========================================================================================== */
+
+dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_seq_step *steps, int n_steps,
+                              float *logits, dsv4_err *err) {
+    const dsv4_model *m = f->m;
+    const dsv4_config *c = m->cfg;
+    const int D = c->dim, hc = c->hc_mult;
+    if (n_steps <= 0) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "forward: empty batch");
+    seq_rows *seqs = calloc((size_t)n_steps, sizeof *seqs);
+    if (!seqs) return dsv4_err_set(err, DSV4_ERR_NOMEM, "forward: out of memory");
+    int rows = 0;
+    dsv4_status st = DSV4_OK;
+    for (int i = 0; i < n_steps; i++) {
+        const dsv4_seq_step *s = &steps[i];
+        if (s->n_tokens <= 0 || !s->tokens) {
+            st = dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "forward: sequence %d has no tokens", i);
+            goto done;
+        }
+        for (int j = 0; j < s->n_tokens; j++)
+            if (s->tokens[j] < 0 || s->tokens[j] >= c->vocab_size) {
+                st = dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "forward: token id %d out of range [0, %d)",
+                                  s->tokens[j], c->vocab_size);
+                goto done;
+            }
+        for (int j = 0; j < i; j++)
+            if (steps[j].slot == s->slot) {
+                st = dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "forward: slot %d appears twice in one step", s->slot);
+                goto done;
+            }
+        seqs[i] = (seq_rows){s->slot, rows, s->n_tokens, 0, s->tokens};
+        rows += s->n_tokens;
+    }
+    /* Reserve every block the step needs before touching any state (all-or-nothing). */
+    {
+        int slots[n_steps], counts[n_steps];
+        for (int i = 0; i < n_steps; i++) { slots[i] = steps[i].slot; counts[i] = steps[i].n_tokens; }
+        st = dsv4_kv_access_prepare(kv, slots, counts, n_steps, err);
+        if (st != DSV4_OK) goto done;
+        for (int i = 0; i < n_steps; i++) seqs[i].pos0 = dsv4_kv_access_seq_len(kv, steps[i].slot);
+    }
+    if ((st = ws_reserve_rows(&f->ws, c, rows, err)) != DSV4_OK) goto done;
+    {
+        /* Scratch for the longest list of compressed entries any query of this step can see. */
+        int min_ratio = 0;
+        for (int l = 0; l < c->n_layers; l++)
+            if (c->compress_ratios[l] && (!min_ratio || c->compress_ratios[l] < min_ratio)) min_ratio = c->compress_ratios[l];
+        long most = 0;
+        for (int i = 0; i < n_steps; i++)
+            if (min_ratio && (seqs[i].pos0 + seqs[i].n) / min_ratio > most) most = (seqs[i].pos0 + seqs[i].n) / min_ratio;
+        if ((st = ws_reserve_entries(&f->ws, c, (int)most + 1, err)) != DSV4_OK) goto done;
+    }
+    workspace *ws = &f->ws;
+    /* Embedding, expanded to hc identical streams. */
+    for (const seq_rows *s = seqs; s < seqs + n_steps; s++)
+        for (int i = 0; i < s->n; i++) {
+            float *X = ws->X + (size_t)(s->row0 + i) * hc * D;
+            dsv4_cpu_embed(m->w.embed, D, s->tokens[i], X);
+            for (int h = 1; h < hc; h++) memcpy(X + (size_t)h * D, X, sizeof(float) * D);
+        }
+    const float eps = (float)c->norm_eps, hc_eps = (float)c->hc_eps;
+    for (int layer = 0; layer < c->n_layers; layer++) {
+        const dsv4_layer_weights *lw = &m->w.layers[layer];
+        /* Attention sub-layer. */
+        for (int r = 0; r < rows; r++) {
+            dsv4_cpu_hc_pre(ws->X + (size_t)r * hc * D, hc, D, lw->hc_attn.fn, lw->hc_attn.base, lw->hc_attn.scale,
+                            c->hc_sinkhorn_iters, hc_eps, eps, ws->x + (size_t)r * D, ws->post + (size_t)r * hc,
+                            ws->comb + (size_t)r * hc * hc);
+            dsv4_cpu_rmsnorm(ws->x + (size_t)r * D, lw->attn_norm, D, eps, ws->x + (size_t)r * D);
+        }
+        if ((st = attention_layer(f, kv, seqs, n_steps, rows, layer, ws->x, ws->a, err)) != DSV4_OK) goto done;
+        for (int r = 0; r < rows; r++)
+            dsv4_cpu_hc_post(ws->a + (size_t)r * D, ws->X + (size_t)r * hc * D, ws->post + (size_t)r * hc,
+                             ws->comb + (size_t)r * hc * hc, hc, D, ws->X2 + (size_t)r * hc * D);
+        /* MoE sub-layer. */
+        for (int r = 0; r < rows; r++) {
+            dsv4_cpu_hc_pre(ws->X2 + (size_t)r * hc * D, hc, D, lw->hc_ffn.fn, lw->hc_ffn.base, lw->hc_ffn.scale,
+                            c->hc_sinkhorn_iters, hc_eps, eps, ws->x + (size_t)r * D, ws->post + (size_t)r * hc,
+                            ws->comb + (size_t)r * hc * hc);
+            dsv4_cpu_rmsnorm(ws->x + (size_t)r * D, lw->ffn_norm, D, eps, ws->x + (size_t)r * D);
+        }
+        moe_layer(f, seqs, n_steps, rows, layer, ws->x, ws->a);
+        for (int r = 0; r < rows; r++)
+            dsv4_cpu_hc_post(ws->a + (size_t)r * D, ws->X2 + (size_t)r * hc * D, ws->post + (size_t)r * hc,
+                             ws->comb + (size_t)r * hc * hc, hc, D, ws->X + (size_t)r * hc * D);
+        if (f->hook) f->hook(f->hook_user, layer, ws->X, rows, hc, D);
+    }
+    /* Head on the last position of every sequence that wants logits. */
+    int n_want = 0;
+    for (const seq_rows *s = seqs; s < seqs + n_steps; s++) {
+        if (!steps[s - seqs].want_logits) continue;
+        int r = s->row0 + s->n - 1;
+        dsv4_cpu_hc_head(ws->X + (size_t)r * hc * D, hc, D, m->w.hc_head.fn, m->w.hc_head.base, m->w.hc_head.scale,
+                         hc_eps, eps, ws->head_in + (size_t)n_want * D);
+        dsv4_cpu_rmsnorm(ws->head_in + (size_t)n_want * D, m->w.norm, D, eps, ws->head_in + (size_t)n_want * D);
+        n_want++;
+    }
+    if (n_want)
+        dsv4_cpu_linear_bf16(f->pool, ws->head_in, n_want, D, m->w.head, c->vocab_size, logits, DSV4_OUT_F32);
+    for (int i = 0; i < n_steps; i++) {
+        int slot = steps[i].slot, n = steps[i].n_tokens;
+        dsv4_kv_access_commit(kv, &slot, &n, 1);
+    }
+done:
+    free(seqs);
+    return st;
+}

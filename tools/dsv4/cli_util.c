@@ -1,0 +1,115 @@
+/* cli_util.c — option and token-list helpers for the dsv4 subcommands (see cli_util.h). */
+#include "cli_util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *cli_opt(int argc, char **argv, const char *name) {
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], name)) return argv[i + 1];
+    return NULL;
+}
+
+int cli_flag(int argc, char **argv, const char *name) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], name)) return 1;
+    return 0;
+}
+
+int cli_check_options(const char *cmd, int argc, char **argv, const char *const *known, const char *const *flags) {
+    for (int i = 1; i < argc; i++) {
+        if (strncmp(argv[i], "-", 1) != 0) {
+            fprintf(stderr, "dsv4 %s: unexpected argument '%s'\n", cmd, argv[i]);
+            return 0;
+        }
+        int found = 0;
+        for (const char *const *k = known; k && *k && !found; k++)
+            if (!strcmp(argv[i], *k)) {
+                if (i + 1 >= argc) {
+                    fprintf(stderr, "dsv4 %s: option %s needs a value\n", cmd, argv[i]);
+                    return 0;
+                }
+                i++;
+                found = 1;
+            }
+        for (const char *const *k = flags; k && *k && !found; k++)
+            if (!strcmp(argv[i], *k)) found = 1;
+        if (!found) {
+            fprintf(stderr, "dsv4 %s: unknown option '%s' (see dsv4 %s --help)\n", cmd, argv[i], cmd);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int parse_list(const char *cmd, const char *s, int32_t **ids, int *n) {
+    size_t cap = 64, cnt = 0;
+    int32_t *out = malloc(cap * sizeof *out);
+    if (!out) return -1;
+    const char *p = s;
+    while (*p) {
+        while (*p && (isspace((unsigned char)*p) || *p == ',')) p++;
+        if (!*p) break;
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX) {
+            fprintf(stderr, "dsv4 %s: bad token id near '%.16s'\n", cmd, p);
+            free(out);
+            return -1;
+        }
+        if (cnt == cap) {
+            int32_t *t = realloc(out, (cap *= 2) * sizeof *out);
+            if (!t) { free(out); return -1; }
+            out = t;
+        }
+        out[cnt++] = (int32_t)v;
+        p = end;
+        if (*p && !isspace((unsigned char)*p) && *p != ',') {
+            fprintf(stderr, "dsv4 %s: bad token id near '%.16s'\n", cmd, p);
+            free(out);
+            return -1;
+        }
+    }
+    if (!cnt) {
+        fprintf(stderr, "dsv4 %s: empty token list\n", cmd);
+        free(out);
+        return -1;
+    }
+    *ids = out;
+    *n = (int)cnt;
+    return 0;
+}
+
+int cli_parse_ids(const char *cmd, const char *spec, int32_t **ids, int *n) {
+    FILE *f = NULL;
+    int looks_like_list = 1;
+    for (const char *p = spec; *p; p++)
+        if (!isdigit((unsigned char)*p) && *p != ',' && !isspace((unsigned char)*p)) looks_like_list = 0;
+    if (!looks_like_list) f = fopen(spec, "rb");
+    if (!f) {
+        if (!looks_like_list) {
+            fprintf(stderr, "dsv4 %s: '%s' is neither a comma-separated id list nor a readable file\n", cmd, spec);
+            return -1;
+        }
+        return parse_list(cmd, spec, ids, n);
+    }
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)len + 1);
+    if (!buf || fread(buf, 1, (size_t)len, f) != (size_t)len) {
+        fprintf(stderr, "dsv4 %s: cannot read %s\n", cmd, spec);
+        free(buf);
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    buf[len] = 0;
+    int rc = parse_list(cmd, buf, ids, n);
+    free(buf);
+    return rc;
+}
