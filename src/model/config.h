@@ -51,7 +51,9 @@ typedef struct dsv4_config {
     int n_mtp_layers;        /* num_nextn_predict_layers */
     int bos_token_id, eos_token_id;
     long max_position_embeddings;
-    int expert_fp4;          /* 1: routed experts are packed FP4 (I8) + per-32 e8m0; 0: FP8 blocks */
+    int expert_fp4;          /* 1: routed experts are packed FP4 (I8) + per-32 e8m0; 0: FP8 blocks.
+                              * Root "expert_dtype"; -1 after dsv4_config_load when the key is absent
+                              * (initial release): dsv4_checkpoint_open then decides from the weights. */
 } dsv4_config;
 
 /* Parses config.json at path and checks it for internal consistency (positive sizes, head_dim >

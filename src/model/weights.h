@@ -1,11 +1,16 @@
 /* weights.h — typed views of every tensor of a DeepSeek V4 checkpoint, bound by name from the mmapped
  * safetensors files after validation (spec §2.3). Pointers are borrowed views into the checkpoint's
- * mappings (valid while the dsv4_checkpoint is open); absent optional tensors are NULL. */
+ * mappings (valid while the dsv4_checkpoint is open); absent optional tensors are NULL.
+ * Ownership: dsv4_model_weights owns only its arrays (layers, mtp, expert_storage) and the aligned copies
+ * of tensors whose data is not aligned to their element size in the file (safetensors does not align
+ * tensors; a misaligned F32/I64/BF16 tensor is copied once at bind time so typed pointers are valid).
+ * Everything else points into the checkpoint: close the checkpoint only after dsv4_model_weights_free. */
 #ifndef DSV4_MODEL_WEIGHTS_H
 #define DSV4_MODEL_WEIGHTS_H
 
 #include <stdint.h>
 
+#include "dsv4.h"
 #include "model/config.h"
 
 #ifdef __cplusplus
@@ -86,7 +91,18 @@ typedef struct dsv4_model_weights {
     dsv4_layer_weights *layers;               /* [n_layers] (owned) */
     dsv4_mtp_weights *mtp;                    /* NULL when the checkpoint has no MTP block (owned) */
     dsv4_expert_linear *expert_storage;       /* owned backing array for experts_w* */
+    void **owned_copies;                      /* [n_owned_copies] aligned copies (owned) */
+    int n_owned_copies;
 } dsv4_model_weights;
+
+struct dsv4_checkpoint;
+
+/* Fills *w with views of every tensor of an open, validated checkpoint (w->cfg = &ck->cfg). On failure
+ * *w is zeroed and nothing is allocated. */
+dsv4_status dsv4_model_weights_bind(const struct dsv4_checkpoint *ck, dsv4_model_weights *w, dsv4_err *err);
+
+/* Frees what _bind allocated; safe on a zeroed struct; leaves it zeroed. */
+void dsv4_model_weights_free(dsv4_model_weights *w);
 
 #ifdef __cplusplus
 }

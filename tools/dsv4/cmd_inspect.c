@@ -1,10 +1,176 @@
-/* cmd_inspect.c — placeholder for the 'inspect' subcommand until its issue lands. */
+/* cmd_inspect.c — `dsv4 inspect --model DIR | --config FILE`: validates a checkpoint (every tensor the
+ * config implies, nothing else) and prints a readable summary: layer schedule, routing, parameter counts
+ * and bytes by dtype, KV-cache bytes per token and per request. Exit 0 when valid; one error line and
+ * exit 1 otherwise. --config alone prints the config-derived part (counts computed from shapes). */
+#include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "cli.h"
+#include "core/status.h"
+#include "model/checkpoint.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: dsv4 inspect --model DIR     validate a checkpoint directory and summarize it\n"
+               "       dsv4 inspect --config FILE   summarize a config.json alone (no weights)\n");
+}
+
+static void print_count(const char *label, uint64_t n, const char *unit) {
+    double v = (double)n;
+    const char *suf = "";
+    if (v >= 1e12) { v /= 1e12; suf = "T"; }
+    else if (v >= 1e9) { v /= 1e9; suf = "G"; }
+    else if (v >= 1e6) { v /= 1e6; suf = "M"; }
+    else if (v >= 1e3) { v /= 1e3; suf = "K"; }
+    printf("  %-22s %10.3f %s%s  (%" PRIu64 ")\n", label, v, suf, unit, n);
+}
+
+static void print_layer_list(const dsv4_config *c, dsv4_layer_kind kind) {
+    int n = 0;
+    for (int l = 0; l < c->n_layers; l++) n += dsv4_config_layer_kind(c, l) == kind;
+    static const char *const names[] = {"SWA", "CSA", "HCA"};
+    printf("  %-4s %3d layer%s", names[kind], n, n == 1 ? " " : "s");
+    if (n) {
+        printf(": ");
+        int first = 1;
+        for (int l = 0; l < c->n_layers; l++) {
+            if (dsv4_config_layer_kind(c, l) != kind) continue;
+            if (kind == DSV4_LAYER_HCA) printf("%s%d(r%d)", first ? "" : " ", l, c->compress_ratios[l]);
+            else printf("%s%d", first ? "" : " ", l);
+            first = 0;
+        }
+    }
+    printf("\n");
+}
+
+/* KV accounting (spec §5.2), compact bit-exact storage:
+ *  main entry  = (hd-rd) e4m3 + (hd-rd)/64 e8m0 scales, padded to 2 B, + rd BF16 rope dims, padded to 8 B
+ *               (Flash/Pro: 448 + 7 + 1 pad + 128 = 584 B);
+ *  indexer key = index_head_dim/2 packed e2m1 + index_head_dim/32 e8m0 (128 -> 64 + 4 = 68 B). */
+static void print_kv(const dsv4_config *c) {
+    int nope = c->head_dim - c->rope_head_dim;
+    int main_b = nope + nope / 64;
+    main_b += main_b & 1;
+    main_b += 2 * c->rope_head_dim;
+    main_b = (main_b + 7) / 8 * 8;
+    int idx_b = c->index_head_dim / 2 + c->index_head_dim / 32;
+    double grow = 0, grow_bf16 = 0;
+    double state = 0;
+    int n_blocks = c->n_layers + c->n_mtp_layers;
+    for (int l = 0; l < n_blocks; l++) {
+        int r = c->compress_ratios[l];
+        if (r == 0) continue;
+        int coff = r == 4 ? 2 : 1;
+        grow += (double)main_b / r;
+        grow_bf16 += 2.0 * c->head_dim / r;
+        state += 2.0 * coff * r * coff * c->head_dim * 4; /* kv_state + score_state, FP32 */
+        if (r == 4) {
+            grow += (double)idx_b / 4;
+            grow_bf16 += 2.0 * c->index_head_dim / 4;
+            state += 2.0 * 8 * 2 * c->index_head_dim * 4;
+        }
+    }
+    double rings = (double)n_blocks * c->window_size * main_b;
+    printf("KV cache per sequence (compact storage: main entry %d B, indexer key %d B):\n", main_b, idx_b);
+    printf("  growth                 %10.2f B/token  (%.2f GiB at 1M tokens; official BF16 layout %.2f B/token)\n",
+           grow, grow * 1048576.0 / (1 << 30), grow_bf16);
+    printf("  fixed: SWA rings       %10.2f MiB      (%d blocks x %d slots x %d B)\n", rings / (1 << 20), n_blocks,
+           c->window_size, main_b);
+    printf("  fixed: compressor state%10.2f MiB      (FP32 kv_state + score_state)\n", state / (1 << 20));
+}
+
+static void print_config(const dsv4_config *c) {
+    printf("model: hidden %d, %d layers%s, vocab %d, max positions %ld\n", c->dim, c->n_layers,
+           c->n_mtp_layers ? " + 1 MTP block" : " (no MTP)", c->vocab_size, c->max_position_embeddings);
+    printf("attention: %d heads x %d (rope %d), q_lora %d, o_groups %d x rank %d, window %d\n", c->n_heads,
+           c->head_dim, c->rope_head_dim, c->q_lora_rank, c->o_groups, c->o_lora_rank, c->window_size);
+    printf("  rope theta %g (SWA), %g + YaRN factor %g / orig %g / beta %g,%g (compressed)\n", c->rope_theta,
+           c->compress_rope_theta, c->rope_factor, c->original_seq_len, c->beta_fast, c->beta_slow);
+    printf("  indexer %d heads x %d, top-k %d\n", c->index_n_heads, c->index_head_dim, c->index_topk);
+    printf("layers by type:\n");
+    print_layer_list(c, DSV4_LAYER_SWA);
+    print_layer_list(c, DSV4_LAYER_CSA);
+    print_layer_list(c, DSV4_LAYER_HCA);
+    if (c->n_mtp_layers) {
+        static const char *const names[] = {"SWA", "CSA", "HCA"};
+        printf("  MTP block: %s (ratio %d), learned routing\n", names[dsv4_config_layer_kind(c, c->n_layers)],
+               c->compress_ratios[c->n_layers]);
+    } else {
+        printf("  MTP block: absent\n");
+    }
+    printf("MoE: %d routed experts (%d per token, %s) + %d shared, inter %d, route scale %g, swiglu limit %g\n",
+           c->n_routed_experts, c->n_activated_experts,
+           c->expert_fp4 < 0 ? "dtype from weights" : c->expert_fp4 ? "FP4" : "FP8", c->n_shared_experts,
+           c->moe_inter_dim, c->route_scale, c->swiglu_limit);
+    if (c->n_hash_layers) printf("  hash-routed layers: 0..%d (%d)\n", c->n_hash_layers - 1, c->n_hash_layers);
+    else printf("  hash-routed layers: none\n");
+    printf("hyper-connections: hc %d, sinkhorn %d iters\n", c->hc_mult, c->hc_sinkhorn_iters);
+}
+
+static void print_stats(const dsv4_checkpoint_stats *s, const char *how) {
+    printf("parameters (%s):\n", how);
+    print_count("total", s->params_total, "");
+    print_count("main model", s->params_total - s->params_mtp, "");
+    print_count("MTP block", s->params_mtp, "");
+    print_count("routed experts (main)", s->params_routed, "");
+    print_count("active per token", s->params_active, "");
+    printf("bytes by dtype (%" PRIu64 " tensors):\n", s->n_tensors);
+    for (int d = 0; d < DSV4_DTYPE_COUNT; d++)
+        if (s->bytes_by_dtype[d]) print_count(dsv4_dtype_name((dsv4_dtype)d), s->bytes_by_dtype[d], "B");
+    print_count("total", s->bytes_total, "B");
+}
 
 int dsv4_cmd_inspect(int argc, char **argv) {
-    (void)argc;
-    fprintf(stderr, "dsv4 %s: not implemented yet\n", argv[0]);
-    return 1;
+    const char *model = NULL, *config = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
+        if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
+        else if (!strcmp(argv[i], "--config") && i + 1 < argc) config = argv[++i];
+        else {
+            fprintf(stderr, "dsv4 inspect: unknown or incomplete option '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!model == !config) {
+        fprintf(stderr, "dsv4 inspect: give exactly one of --model DIR or --config FILE\n");
+        usage(stderr);
+        return 2;
+    }
+    dsv4_err err = {{0}};
+    if (config) {
+        dsv4_config cfg;
+        if (dsv4_config_load(config, &cfg, &err) != DSV4_OK) {
+            fprintf(stderr, "dsv4 inspect: %s\n", err.msg);
+            return 1;
+        }
+        dsv4_checkpoint_stats st;
+        dsv4_checkpoint_stats_compute(&cfg, &st);
+        printf("config: %s\n", config);
+        print_config(&cfg);
+        print_stats(&st, cfg.expert_fp4 < 0 ? "from shapes, FP4 experts assumed" : "from shapes");
+        print_kv(&cfg);
+        return 0;
+    }
+    dsv4_checkpoint ck;
+    if (dsv4_checkpoint_open(model, &ck, &err) != DSV4_OK) {
+        fprintf(stderr, "dsv4 inspect: %s\n", err.msg);
+        return 1;
+    }
+    dsv4_model_weights w;
+    if (dsv4_model_weights_bind(&ck, &w, &err) != DSV4_OK) {
+        fprintf(stderr, "dsv4 inspect: %s\n", err.msg);
+        dsv4_checkpoint_close(&ck);
+        return 1;
+    }
+    printf("checkpoint: %s (%d safetensors file%s, all %zu tensors valid; %d misaligned tensor%s copied)\n", model,
+           ck.n_files, ck.n_files == 1 ? "" : "s", ck.n_index, w.n_owned_copies, w.n_owned_copies == 1 ? "" : "s");
+    print_config(&ck.cfg);
+    print_stats(&ck.stats, "checkpoint");
+    print_kv(&ck.cfg);
+    dsv4_model_weights_free(&w);
+    dsv4_checkpoint_close(&ck);
+    return 0;
 }

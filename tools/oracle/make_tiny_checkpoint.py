@@ -63,6 +63,7 @@ def _e4m3_table():
 
 
 E4M3_POS = _e4m3_table()
+ITEMSIZE = {"I64": 8, "F32": 4, "BF16": 2, "F8_E4M3": 1, "F8_E8M0": 1, "I8": 1}
 E2M1_POS = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], dtype=np.float64)
 
 
@@ -321,6 +322,9 @@ def main():
     weight_map, total = {}, 0
     for i, names in enumerate(shards):
         fn = "model-%05d-of-%05d.safetensors" % (i + 1, len(shards))
+        # Widest element type first: with the 8-byte padded header every F32/I64 tensor then starts
+        # aligned (safetensors forbids gaps between tensors, so alignment comes from ordering).
+        names = sorted(names, key=lambda n: -ITEMSIZE[tensors[n][0]])
         write_safetensors(os.path.join(a.out, fn), [(n,) + tensors[n] for n in names])
         for n in names:
             weight_map[n] = fn
