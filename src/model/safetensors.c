@@ -118,7 +118,7 @@ dsv4_status dsv4_st_file_parse(const uint8_t *buf, size_t size, const char *labe
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | buf[i];
     if (hlen > size - 8)
-        return dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: header length %llu exceeds the file size %zu",
+        return dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: header length %llu (+ 8) exceeds the file size %zu",
                             label, (unsigned long long)hlen, size);
     if (hlen < 2)
         return dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: header length %llu is too small", label,
