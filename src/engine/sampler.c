@@ -9,6 +9,13 @@
 
 #include "core/status.h"
 
+/* The O(vocab) loops below are written branch-free so that they vectorize; GCC's -O2 cost model
+ * ("very cheap") refuses loops that need an epilogue, so this file asks for the dynamic model, and
+ * -fno-trapping-math lets it if-convert float selects (no effect on results: FP traps are never enabled). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("tree-vectorize", "vect-cost-model=dynamic", "no-trapping-math")
+#endif
+
 /* ================================================================================================
  * Parameters
  * ================================================================================================ */
@@ -53,7 +60,8 @@ dsv4_status dsv4_sampler_ws_init(dsv4_sampler_ws *ws, int vocab, dsv4_err *err) 
     ws->idx = malloc((size_t)vocab * sizeof *ws->idx);
     ws->p = malloc((size_t)vocab * sizeof *ws->p);
     ws->l = malloc((size_t)vocab * sizeof *ws->l);
-    if (!ws->idx || !ws->p || !ws->l) {
+    ws->bin = malloc((size_t)vocab * sizeof *ws->bin);
+    if (!ws->idx || !ws->p || !ws->l || !ws->bin) {
         dsv4_sampler_ws_free(ws);
         return dsv4_err_set(err, DSV4_ERR_NOMEM, "sampler workspace for vocab %d", vocab);
     }
@@ -65,6 +73,7 @@ void dsv4_sampler_ws_free(dsv4_sampler_ws *ws) {
     free(ws->idx);
     free(ws->p);
     free(ws->l);
+    free(ws->bin);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -212,11 +221,19 @@ static inline int before(const float *l, int32_t a, int32_t b) {
 }
 
 int32_t dsv4_sample_greedy(const float *logits, int vocab) {
-    int32_t best = 0;
-    float bv = keyv(logits[0]);
-    for (int32_t i = 1; i < vocab; i++)
-        if (logits[i] > bv) { bv = logits[i]; best = i; }  /* strict: ties keep the lowest id; NaN fails */
-    return best;
+    /* max over 8 lanes (vectorizes; NaN never wins a '>'), then the first id holding it */
+    float m8[8];
+    for (int j = 0; j < 8; j++) m8[j] = -INFINITY;
+    int i = 0;
+    for (; i + 8 <= vocab; i += 8)
+        for (int j = 0; j < 8; j++) m8[j] = logits[i + j] > m8[j] ? logits[i + j] : m8[j];
+    float bv = -INFINITY;
+    for (; i < vocab; i++) bv = logits[i] > bv ? logits[i] : bv;
+    for (int j = 0; j < 8; j++) bv = m8[j] > bv ? m8[j] : bv;
+    if (bv == -INFINITY) return 0;     /* all -inf or NaN */
+    for (int32_t t = 0; t < vocab; t++)
+        if (logits[t] == bv) return t;
+    return 0;
 }
 
 static uint64_t splitmix64(uint64_t x) {
@@ -314,14 +331,58 @@ static int select_top_p(const float *l, const float *p, int32_t *idx, int n, dou
     return n;
 }
 
-static int cmp_i32(const void *a, const void *b) {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
+
+/* ---- histogram pre-selection ------------------------------------------------------------------------
+ * Top-k and top-p only need an exact selection among the tokens near their cut. One pass bins every token
+ * by z = (l - l_max) / T (width 1/64 over [-32, 0], one overflow bin below) with counts and masses; the bin
+ * where the cumulative count (top-k) or mass (top-p) crosses its target is the only one that needs the
+ * quickselect. Bins are monotone in the order (a lower bin means a strictly larger z, hence logit), so
+ * the result is the same as a quickselect over the whole vocabulary. */
+#define NBIN 2049
+#define BIN_SCALE 64.0f
+#define BIN_ZMIN (-32.0f)
+
+static inline float zval(float l, float lmax, float invT) { return (keyv(l) - lmax) * invT; }
+
+/* exp(x) for x <= 0 (0 below -87), relative error < 2e-7: Cody-Waite reduction by ln 2, degree-6 Taylor
+ * on |r| <= ln2/2, exponent by bit assembly. Branch-free so that the compiler can vectorize callers. */
+static inline float exp_neg(float x) {
+    float xc = x >= -87.0f ? x : -87.0f;                            /* also maps NaN to -87 */
+    float n = (xc * 1.44269504089f + 12582912.0f) - 12582912.0f;   /* round to nearest */
+    float r = xc - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187e-06f;
+    float q = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666668f + r * (0.008333334f +
+                                                                      r * 0.0013888889f)))));
+    union { int32_t i; float f; } sc;
+    sc.i = ((int32_t)n + 127) << 23;
+    float v = q * sc.f;
+    return x >= -87.0f ? v : 0.0f;                                  /* NaN -> 0 */
+}
+
+/* p[t] = exp((l[t] - lmax) * invT) for t < V; NaN logits give 0. */
+static void exp_pass(const float *restrict l, float *restrict p, int V, float lmax, float invT) {
+    for (int t = 0; t < V; t++) p[t] = exp_neg((l[t] - lmax) * invT);
+}
+
+/* bin[t] = bin_of(z_t) for t < V. */
+static void bin_pass(const float *restrict l, uint16_t *restrict bin, int V, float lmax, float invT) {
+    for (int t = 0; t < V; t++) {
+        float z = (l[t] - lmax) * invT;                 /* NaN -> fails '>' -> overflow bin */
+        bin[t] = (uint16_t)(z > BIN_ZMIN ? (int)(-z * BIN_SCALE) : NBIN - 1);
+    }
+}
+
+/* Writes the ids t of bin b (in id order) to idx; returns how many. */
+static int collect_bin(const uint16_t *bin, int V, int b, int32_t *idx) {
+    int m = 0;
+    for (int32_t t = 0; t < V; t++)
+        if (bin[t] == b) idx[m++] = t;
+    return m;
 }
 
 /* Computes the kept set of a non-greedy draw: writes the kept ids in ascending order to ws->idx[0, *nk),
- * their unnormalized probabilities stay in ws->p[id]. Returns the greedy token instead (>= 0) when the
- * distribution degenerates (temperature ~ 0, top_k == 1, infinite max logit), else -1. */
+ * their unnormalized probabilities exp((l - l_max) / T) in ws->p[id]. Returns the greedy token instead
+ * (>= 0) when the distribution degenerates (temperature ~ 0, top_k == 1, infinite max logit), else -1. */
 static int32_t kept_set(const dsv4_sampler *s, dsv4_sampler_ws *ws, const float *l, int *nk) {
     const dsv4_sampling_params *pr = &s->params;
     const int V = s->vocab;
@@ -333,40 +394,73 @@ static int32_t kept_set(const dsv4_sampler *s, dsv4_sampler_ws *ws, const float 
     const float invT = 1.0f / pr->temperature;
     int32_t *idx = ws->idx;
     float *p = ws->p;
-
-    int n = V;                         /* candidates idx[0, n) */
+    const int need_k = pr->top_k > 1 && pr->top_k < V, need_p = pr->top_p < 1.0f;
     int32_t bnd = -1;                  /* last kept token in the order (-1: no rank cut) */
-    for (int i = 0; i < V; i++) idx[i] = i;
-    if (pr->top_k > 1 && pr->top_k < V) {
-        select_top_k(l, idx, V, pr->top_k);
-        n = pr->top_k;
-        bnd = idx[n - 1];
-    }
-    double total = 0;
-    for (int i = 0; i < n; i++) {
-        int32_t t = idx[i];
-        float v = (keyv(l[t]) - lmax) * invT;
-        p[t] = expf(v);
-        total += p[t];
-    }
-    if (pr->top_p < 1.0f) {
-        int c = select_top_p(l, p, idx, n, (double)pr->top_p * total);
-        n = c;
-        bnd = idx[c - 1];
+
+    if (need_k || need_p) {
+        uint32_t cnt[NBIN];
+        double mass[NBIN];
+        memset(cnt, 0, sizeof cnt);
+        memset(mass, 0, sizeof mass);
+        uint16_t *bin = ws->bin;
+        bin_pass(l, bin, V, lmax, invT);
+        for (int32_t t = 0; t < V; t++) cnt[bin[t]]++;
+        int cb = NBIN;                 /* bins < cb are entirely inside the top-k set */
+        int n = 0;                     /* top-k members of bin cb, in idx[0, n) */
+        if (need_k) {
+            uint32_t c = 0;
+            int b = 0;
+            while (c + cnt[b] < (uint32_t)pr->top_k) c += cnt[b++];
+            int m = collect_bin(bin, V, b, idx);
+            n = pr->top_k - (int)c;
+            select_top_k(l, idx, m, n);
+            bnd = idx[n - 1];
+            cb = b;
+        }
+        if (need_p) {
+            /* masses: only of the top-k set when there is one (exp of a few tokens instead of all) */
+            if (need_k) {
+                for (int32_t t = 0; t < V; t++)
+                    if (bin[t] < cb) {
+                        p[t] = exp_neg(zval(l[t], lmax, invT));
+                        mass[bin[t]] += p[t];
+                    }
+                for (int i = 0; i < n; i++) p[idx[i]] = exp_neg(zval(l[idx[i]], lmax, invT));
+            } else {
+                exp_pass(l, p, V, lmax, invT);
+                for (int32_t t = 0; t < V; t++) mass[bin[t]] += p[t];
+            }
+            double tot = 0, acc = 0;
+            for (int b = 0; b < cb; b++) tot += mass[b];
+            for (int i = 0; i < n; i++) tot += p[idx[i]];
+            const double target = (double)pr->top_p * tot;
+            int b = 0;
+            while (b < cb && acc + mass[b] < target) acc += mass[b++];
+            if (b < cb) {              /* crossing inside a whole bin */
+                int m = collect_bin(bin, V, b, idx);
+                int c = select_top_p(l, p, idx, m, target - acc);
+                bnd = idx[c - 1];
+            } else if (need_k) {       /* crossing inside the top-k part of bin cb */
+                int c = select_top_p(l, p, idx, n, target - acc);
+                bnd = idx[c - 1];
+            }                          /* else: rounding kept everything */
+        }
     }
     /* min-p: the max token has p = 1 before normalization, so p_i / Z >= min_p * (1 / Z) <=> p_i >= min_p. */
     const float minp = pr->min_p;
     int k = 0;
     if (bnd < 0) {
+        exp_pass(l, p, V, lmax, invT);
         for (int32_t t = 0; t < V; t++)
             if (p[t] >= minp && p[t] > 0) idx[k++] = t;
-    } else if ((double)n * 16 < V) {
-        qsort(idx, (size_t)n, sizeof *idx, cmp_i32);
-        for (int i = 0; i < n; i++)
-            if (p[idx[i]] >= minp && p[idx[i]] > 0) idx[k++] = idx[i];
     } else {
-        for (int32_t t = 0; t < V; t++)
-            if ((t == bnd || before(l, t, bnd)) && p[t] >= minp && p[t] > 0) idx[k++] = t;
+        const float lb = keyv(l[bnd]);
+        for (int32_t t = 0; t < V; t++) {
+            float lt = keyv(l[t]);
+            if (lt < lb || (lt == lb && t > bnd)) continue;
+            float pt = exp_neg(zval(l[t], lmax, invT));
+            if (pt >= minp && pt > 0) { p[t] = pt; idx[k++] = t; }
+        }
     }
     if (k == 0) return top;            /* cannot happen (the max token has p = 1), kept for safety */
     *nk = k;
@@ -409,7 +503,17 @@ void dsv4_logprobs_compute(const float *logits, int vocab, int32_t tok, int n, d
     if (n > vocab) n = vocab;
     const float m = keyv(logits[dsv4_sample_greedy(logits, vocab)]);
     double sum = 0;
-    for (int i = 0; i < vocab; i++) sum += expf(keyv(logits[i]) - m);
+    float buf[1024];
+    for (int i0 = 0; i0 < vocab; i0 += 1024) {   /* 8 float lanes per chunk of 1024, fp64 across chunks */
+        int nb = vocab - i0 < 1024 ? vocab - i0 : 1024;
+        exp_pass(logits + i0, buf, nb, m, 1.0f);
+        float part[8] = {0};
+        int i = 0;
+        for (; i + 8 <= nb; i += 8)
+            for (int j = 0; j < 8; j++) part[j] += buf[i + j];
+        for (; i < nb; i++) part[0] += buf[i];
+        for (int j = 0; j < 8; j++) sum += part[j];
+    }
     const double lse = (double)m + log(sum);
     /* top n: a sorted list, insertion only when a token beats the current n-th (rare after warm-up) */
     int k = 0;

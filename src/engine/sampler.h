@@ -50,6 +50,7 @@ typedef struct dsv4_sampler_ws {
     int32_t *idx;             /* [vocab] owned: candidate ids, permuted by the selections */
     float *p;                 /* [vocab] owned: unnormalized probabilities exp((l - l_max) / T) */
     float *l;                 /* [vocab] owned: penalized copy of the logits (dsv4_sampler_next) */
+    uint16_t *bin;            /* [vocab] owned: histogram bin of each token (top-k / top-p pre-selection) */
 } dsv4_sampler_ws;
 
 dsv4_status dsv4_sampler_ws_init(dsv4_sampler_ws *ws, int vocab, dsv4_err *err);
