@@ -1,0 +1,470 @@
+#!/usr/bin/env python3
+"""hf_oracle.py — reference logits / hyper-connection states for DeepSeek V4 checkpoints in the
+released format, computed with Hugging Face transformers' DeepSeek V4 patched to the official
+numerics (hf_patches.py; spec §6).
+
+Usage (same semantics as the engine's `dsv4 logits`):
+
+  python3 tools/oracle/hf_oracle.py --model DIR --tokens 1,2,3,... --prefill N --out logits.npy
+        [--dump-dir D] [--mode prefill|decode|chunked|full] [--chunk C] [--dtype bf16|fp32]
+
+  --tokens   comma list, or @file.json (a JSON list of ids, or an object with a "tokens" list)
+  --mode prefill (default): forward tokens[0:N] (one prefill), then one decode forward per remaining
+             token.  decode: every token is its own forward (N only selects the output rows).
+             chunked: prefill tokens[0:N], then forwards of --chunk tokens.  full: one forward of the
+             whole sequence (all positions at once; the noise-floor reference for the other modes).
+  Output: float32 logits [T-N+1, vocab]; row i = logits after position N-1+i (row 0 = after the
+  prefill). --dump-dir D writes hc_L.npy float32 [T, hc_mult, hidden] for every layer L: the
+  hyper-connection state after layer L at positions 0..T-1 (prefill positions, then decode ones).
+
+Other entry points:
+  --make-goldens OUTDIR   write the committed golden set (tests/data/golden) for --models
+  --noise-floor           print the oracle's own noise floor (prefill vs decode vs full, bf16 vs fp32)
+
+Precision (--dtype): bf16 (default) reproduces the official BF16 activations; fp32 keeps every
+activation in FP32 (the FP8/FP4 fake-quants and FP8 activation quantization stay). Weights are always
+held as their exact dequantized values in FP32.
+"""
+import argparse
+import inspect
+import json
+import os
+import struct
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hf_patches as P  # noqa: E402
+
+from transformers.cache_utils import DynamicCache  # noqa: E402
+from transformers.models.deepseek_v4.configuration_deepseek_v4 import DeepseekV4Config  # noqa: E402
+from transformers.models.deepseek_v4.modeling_deepseek_v4 import DeepseekV4ForCausalLM  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------------
+# safetensors reading and exact dequantization (independent of the safetensors package)
+# ----------------------------------------------------------------------------------------------------
+def _e4m3_values():
+    v = np.zeros(256, dtype=np.float64)
+    for c in range(256):
+        s, e, m = c >> 7, (c >> 3) & 15, c & 7
+        if e == 15 and m == 7:
+            x = np.nan
+        elif e == 0:
+            x = (m / 8.0) * 2.0 ** -6
+        else:
+            x = (1 + m / 8.0) * 2.0 ** (e - 7)
+        v[c] = -x if s else x
+    return v.astype(np.float32)
+
+
+E4M3 = _e4m3_values()
+E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float32)
+
+
+def e8m0(u8):
+    u = u8.astype(np.int32)
+    out = np.ldexp(np.float32(1.0), u - 127).astype(np.float32)
+    return np.where(u == 255, np.float32(np.nan), out)
+
+
+class SafeDir:
+    """Reads tensors of a sharded released checkpoint as numpy arrays (raw dtypes)."""
+
+    def __init__(self, d):
+        self.d = d
+        idx = os.path.join(d, "model.safetensors.index.json")
+        if os.path.exists(idx):
+            self.wmap = json.load(open(idx))["weight_map"]
+        else:
+            self.wmap = {k: "model.safetensors" for k in self._header("model.safetensors")[0]}
+        self._hdr = {}
+
+    def _header(self, fn):
+        with open(os.path.join(self.d, fn), "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            h = json.loads(f.read(n))
+        h.pop("__metadata__", None)
+        return h, 8 + n
+
+    def names(self):
+        return list(self.wmap)
+
+    def raw(self, name):
+        fn = self.wmap[name]
+        if fn not in self._hdr:
+            self._hdr[fn] = self._header(fn)
+        h, base = self._hdr[fn]
+        info = h[name]
+        a, b = info["data_offsets"]
+        with open(os.path.join(self.d, fn), "rb") as f:
+            f.seek(base + a)
+            data = f.read(b - a)
+        dt = {"BF16": np.uint16, "F32": np.float32, "F8_E4M3": np.uint8, "F8_E8M0": np.uint8,
+              "I8": np.uint8, "I64": np.int64, "I32": np.int32, "F16": np.float16}[info["dtype"]]
+        return info["dtype"], np.frombuffer(data, dtype=dt).reshape(info["shape"])
+
+    def f32(self, name):
+        """Exact FP32 values of a tensor; FP8 / FP4 weights are dequantized with their .scale."""
+        dt, a = self.raw(name)
+        if dt == "BF16":
+            return (a.astype(np.uint32) << 16).view(np.float32)
+        if dt == "F32":
+            return a.astype(np.float32)
+        if dt == "F16":
+            return a.astype(np.float32)
+        if dt == "F8_E4M3":
+            w = E4M3[a]
+            sdt, s = self.raw(name[: -len("weight")] + "scale")
+            s = e8m0(s)
+            out, inn = w.shape
+            s = np.repeat(np.repeat(s, 128, axis=0), 128, axis=1)[:out, :inn]
+            return (w * s).astype(np.float32)
+        if dt == "I8":   # packed FP4 e2m1: low nibble = even element, 1x32 e8m0 scales
+            lo, hi = E2M1[a & 15], E2M1[a >> 4]
+            w = np.stack([lo, hi], axis=-1).reshape(a.shape[0], a.shape[1] * 2)
+            _, s = self.raw(name[: -len("weight")] + "scale")
+            return (w * np.repeat(e8m0(s), 32, axis=1)).astype(np.float32)
+        raise ValueError(f"{name}: unexpected dtype {dt}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config and weights
+# ----------------------------------------------------------------------------------------------------
+LT = {0: "sliding_attention", 4: "compressed_sparse_attention"}
+
+
+def hf_config(cfg):
+    n = cfg["num_hidden_layers"]
+    ratios = cfg["compress_ratios"][:n]
+    hca = sorted({r for r in ratios if r not in (0, 4)})
+    if len(hca) > 1:
+        raise ValueError(f"HF allows one HCA ratio per model; got {hca}")
+    layer_types = [LT.get(r, "heavily_compressed_attention") for r in ratios]
+    rs = cfg.get("rope_scaling") or {}
+    pr = cfg.get("qk_rope_head_dim", 64) / cfg["head_dim"]
+    main = {"rope_type": "default", "rope_theta": float(cfg.get("rope_theta", 10000)), "partial_rotary_factor": pr}
+    comp = {"rope_theta": float(cfg.get("compress_rope_theta", 160000)), "partial_rotary_factor": pr}
+    if rs.get("type", rs.get("rope_type")) == "yarn":
+        comp.update(rope_type="yarn", factor=float(rs["factor"]),
+                    original_max_position_embeddings=int(rs["original_max_position_embeddings"]),
+                    beta_fast=float(rs["beta_fast"]), beta_slow=float(rs["beta_slow"]), attention_factor=1.0)
+    else:
+        comp["rope_type"] = "default"
+    keep = ["vocab_size", "hidden_size", "moe_intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "q_lora_rank", "num_experts_per_tok", "n_routed_experts",
+            "n_shared_experts", "scoring_func", "norm_topk_prob", "routed_scaling_factor",
+            "max_position_embeddings", "rope_theta", "compress_rope_theta", "hc_mult", "hc_sinkhorn_iters",
+            "hc_eps", "swiglu_limit", "sliding_window", "o_groups", "o_lora_rank", "index_n_heads",
+            "index_head_dim", "index_topk", "rms_norm_eps", "bos_token_id", "eos_token_id",
+            "tie_word_embeddings", "hidden_act", "attention_bias", "attention_dropout"]
+    kw = {k: cfg[k] for k in keep if k in cfg}
+    nh = cfg.get("num_hash_layers", 3)
+    kw.update(layer_types=layer_types,
+              compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": hca[0] if hca else 128},
+              mlp_layer_types=["hash_moe"] * min(n, nh) + ["moe"] * max(0, n - nh),
+              rope_parameters={"main": main, "compress": comp}, partial_rotary_factor=pr,
+              num_nextn_predict_layers=cfg.get("num_nextn_predict_layers", 1))
+    c = DeepseekV4Config(**kw)
+    c._attn_implementation = "eager"
+    rope_cfg = dict(rd=cfg.get("qk_rope_head_dim", 64), theta=float(cfg.get("rope_theta", 10000)),
+                    compress_theta=float(cfg.get("compress_rope_theta", 160000)),
+                    yarn=((float(rs["factor"]), int(rs["original_max_position_embeddings"]),
+                           float(rs["beta_fast"]), float(rs["beta_slow"])) if comp["rope_type"] == "yarn" else None))
+    return c, rope_cfg
+
+
+def map_name(k):
+    """Checkpoint name -> HF parameter name (spec §2.5). None = not used by HF (MTP)."""
+    if k.startswith("mtp."):
+        return None
+    top = {"embed.weight": "model.embed_tokens.weight", "head.weight": "lm_head.weight",
+           "norm.weight": "model.norm.weight", "hc_head_fn": "model.hc_head.hc_fn",
+           "hc_head_base": "model.hc_head.hc_base", "hc_head_scale": "model.hc_head.hc_scale"}
+    if k in top:
+        return top[k]
+    parts = k.split(".")
+    assert parts[0] == "layers", k
+    L, rest = parts[1], ".".join(parts[2:])
+    p = f"model.layers.{L}."
+    simple = {"attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
+              "hc_attn_fn": "attn_hc.fn", "hc_attn_base": "attn_hc.base", "hc_attn_scale": "attn_hc.scale",
+              "hc_ffn_fn": "ffn_hc.fn", "hc_ffn_base": "ffn_hc.base", "hc_ffn_scale": "ffn_hc.scale",
+              "attn.attn_sink": "self_attn.sinks", "attn.q_norm.weight": "self_attn.q_a_norm.weight",
+              "attn.kv_norm.weight": "self_attn.kv_norm.weight",
+              "ffn.gate.weight": "mlp.gate.weight", "ffn.gate.bias": "mlp.gate.e_score_correction_bias",
+              "ffn.gate.tid2eid": "mlp.gate.tid2eid"}
+    if rest in simple:
+        return p + simple[rest]
+    lin = {"attn.wq_a": "self_attn.q_a_proj", "attn.wq_b": "self_attn.q_b_proj", "attn.wkv": "self_attn.kv_proj",
+           "attn.wo_a": "self_attn.o_a_proj", "attn.wo_b": "self_attn.o_b_proj",
+           "attn.indexer.wq_b": "self_attn.compressor.indexer.q_b_proj",
+           "attn.indexer.weights_proj": "self_attn.compressor.indexer.scorer.weights_proj",
+           "ffn.shared_experts.w1": "mlp.shared_experts.gate_proj",
+           "ffn.shared_experts.w2": "mlp.shared_experts.down_proj",
+           "ffn.shared_experts.w3": "mlp.shared_experts.up_proj"}
+    for pre, comp in (("attn.indexer.compressor.", "self_attn.compressor.indexer."),
+                      ("attn.compressor.", "self_attn.compressor.")):
+        if rest.startswith(pre):
+            sub = rest[len(pre):]
+            m = {"wkv.weight": "kv_proj.weight", "wgate.weight": "gate_proj.weight", "ape": "position_bias",
+                 "norm.weight": "kv_norm.weight"}
+            return p + comp + m[sub]
+    for ck, hk in lin.items():
+        if rest == ck + ".weight":
+            return p + hk + ".weight"
+        if rest == ck + ".scale":
+            return "SCALE"
+    if rest.startswith("ffn.experts."):
+        return "EXPERT"
+    raise KeyError(k)
+
+
+def load_model(model_dir, dtype="bf16", threads=None):
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    hcfg, rope_cfg = hf_config(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = DeepseekV4ForCausalLM(hcfg).float().eval().requires_grad_(False)
+    sd = SafeDir(model_dir)
+    params = dict(model.named_parameters())
+    params.update(dict(model.named_buffers()))
+    loaded, quant = set(), set()
+    n_layers = hcfg.num_hidden_layers
+    E, inter = hcfg.n_routed_experts, hcfg.moe_intermediate_size
+    with torch.no_grad():
+        for k in sd.names():
+            if k.startswith("layers.") and int(k.split(".")[1]) >= n_layers:
+                continue
+            h = map_name(k)
+            if h is None or h == "SCALE":
+                continue
+            if h == "EXPERT":
+                continue
+            dt, _ = sd.raw(k)
+            t = params[h]
+            if dt == "I64":
+                t.copy_(torch.from_numpy(sd.raw(k)[1].astype(np.int64)))
+            else:
+                v = torch.from_numpy(sd.f32(k).copy())
+                assert tuple(v.shape) == tuple(t.shape), (k, h, v.shape, t.shape)
+                t.copy_(v)
+            loaded.add(h)
+            if dt in ("F8_E4M3", "I8") and not k.endswith("attn.wo_a.weight"):
+                quant.add(h[: -len(".weight")])
+        for L in range(n_layers):
+            ex = model.model.layers[L].mlp.experts
+            for e in range(E):
+                b = f"layers.{L}.ffn.experts.{e}."
+                ex.gate_up_proj[e, :inter].copy_(torch.from_numpy(sd.f32(b + "w1.weight")))
+                ex.gate_up_proj[e, inter:].copy_(torch.from_numpy(sd.f32(b + "w3.weight")))
+                ex.down_proj[e].copy_(torch.from_numpy(sd.f32(b + "w2.weight")))
+                dts = {sd.raw(b + w + ".weight")[0] for w in ("w1", "w2", "w3")}
+            ex._dsv4_actq = bool(dts & {"F8_E4M3", "I8"})
+            loaded.update({f"model.layers.{L}.mlp.experts.gate_up_proj", f"model.layers.{L}.mlp.experts.down_proj"})
+    missing = [n for n in dict(model.named_parameters()) if n not in loaded]
+    if missing:
+        raise RuntimeError(f"parameters not in checkpoint: {missing}")
+    for L in range(n_layers):     # learned-routing layers must have their bias
+        g = model.model.layers[L].mlp.gate
+        if hasattr(g, "e_score_correction_bias"):
+            assert f"model.layers.{L}.mlp.gate.e_score_correction_bias" in loaded, L
+        if hasattr(g, "tid2eid"):
+            assert f"model.layers.{L}.mlp.gate.tid2eid" in loaded, L
+    P.prepare_model(model, quant, rope_cfg)
+    set_dtype(model, dtype)
+    return model
+
+
+def set_dtype(model, dtype):
+    P.STATE.act = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    with torch.no_grad():   # BF16 table values are exact in both dtypes
+        emb = model.model.embed_tokens
+        emb.weight.data = emb.weight.data.float().to(P.STATE.act)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------------
+# transformers 5.17 names the cache argument `past_key_values`, 5.24 `cache` (old name deprecated)
+_CACHE_KW = "cache" if "cache" in inspect.signature(DeepseekV4ForCausalLM.forward).parameters else "past_key_values"
+
+
+class Runner:
+    def __init__(self, model):
+        self.model = model
+        self.cache = DynamicCache(config=model.config)
+        self.pos = 0
+        self.hc = [[] for _ in model.model.layers]
+        self.hooks = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(model.model.layers)]
+
+    def _hook(self, i):
+        def f(mod, args, out):
+            h = out[0] if isinstance(out, tuple) else out
+            self.hc[i].append(h[0].float().clone())
+        return f
+
+    def forward(self, toks):
+        ids = torch.tensor([toks], dtype=torch.long)
+        pos = torch.arange(self.pos, self.pos + len(toks)).unsqueeze(0)
+        with torch.no_grad():
+            out = self.model(input_ids=ids, position_ids=pos, use_cache=True, **{_CACHE_KW: self.cache})
+        self.pos += len(toks)
+        return out.logits[0].float()           # [S, vocab]
+
+    def close(self):
+        for h in self.hooks:
+            h.remove()
+
+    def hc_states(self):
+        return [torch.cat(h, dim=0).numpy() for h in self.hc]
+
+
+def run(model, tokens, prefill, mode="prefill", chunk=1):
+    """Returns (logits [T-N+1, vocab] float32, hc list per layer [T, hc, D] float32)."""
+    T, N = len(tokens), prefill
+    assert 1 <= N <= T
+    r = Runner(model)
+    rows = []
+    try:
+        if mode == "full":
+            lg = r.forward(tokens)
+            rows = [lg[i] for i in range(N - 1, T)]
+        elif mode == "decode":
+            for i in range(T):
+                lg = r.forward(tokens[i:i + 1])
+                if i >= N - 1:
+                    rows.append(lg[-1])
+        elif mode in ("prefill", "chunked"):
+            step = 1 if mode == "prefill" else chunk
+            lg = r.forward(tokens[:N])
+            rows.append(lg[-1])
+            i = N
+            while i < T:
+                lg = r.forward(tokens[i:i + step])
+                rows.extend(lg[j] for j in range(lg.shape[0]))
+                i += step
+        else:
+            raise ValueError(mode)
+        hc = r.hc_states()
+    finally:
+        r.close()
+    return torch.stack(rows).numpy().astype(np.float32), hc
+
+
+def rel_l2(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def row_rel(a, b):
+    return [rel_l2(a[i], b[i]) for i in range(len(a))]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Goldens
+# ----------------------------------------------------------------------------------------------------
+# (name, length, prefill N, dump hc). Lengths cross every boundary: CSA window 4 (1..5), the 128-token
+# sliding window (127/128/129), 2 windows (255/256/257), the HCA ratio and twice it (40 > 2x16).
+GOLDEN_CASES = [
+    ("len1", 1, 1, False), ("len2_decode", 2, 1, False), ("len3_prefill", 3, 3, False),
+    ("len4", 4, 2, False), ("len5", 5, 4, False), ("len40_hc", 40, 17, True),
+    ("len127_prefill", 127, 127, False), ("len128", 128, 100, False), ("len129_prefill", 129, 129, False),
+    ("len255_decode", 255, 1, False), ("len256", 256, 200, False), ("len257_prefill", 257, 257, False),
+    ("len257", 257, 130, False),
+]
+
+
+def golden_tokens(model_name, case, T, vocab):
+    seed = sum(map(ord, model_name + "/" + case))
+    rng = np.random.default_rng(seed)
+    return [int(x) for x in rng.integers(0, vocab, size=T)]
+
+
+def make_goldens(models, outdir, tol):
+    for mdir in models:
+        name = os.path.basename(os.path.normpath(mdir))
+        od = os.path.join(outdir, name)
+        os.makedirs(od, exist_ok=True)
+        model = load_model(mdir, "bf16")
+        vocab = model.config.vocab_size
+        manifest = {"model": name, "model_dir": os.path.relpath(mdir, os.path.dirname(os.path.dirname(outdir)))
+                    if False else mdir, "oracle": "tools/oracle/hf_oracle.py (bf16, official numerics)",
+                    "rows": "row i = logits after position prefill-1+i; engine runs `dsv4 logits` with the "
+                            "same tokens and prefill", "cases": []}
+        for case, T, N, dump in GOLDEN_CASES:
+            toks = golden_tokens(name, case, T, vocab)
+            t0 = time.time()
+            lg, hc = run(model, toks, N, "prefill")
+            lg_full, hc_full = run(model, toks, 1, "full")
+            lg_full = lg_full[N - 1:]
+            nf = row_rel(lg, lg_full)
+            ent = {"name": case, "tokens_file": f"{case}.tokens.json", "prefill": N, "n_tokens": T,
+                   "logits_file": f"{case}.logits.npy", "rows": int(lg.shape[0]),
+                   "noise_floor_prefill_vs_full": {"max_row_rel_l2": max(nf), "mean_row_rel_l2": float(np.mean(nf))},
+                   "tolerance": dict(tol)}
+            json.dump({"tokens": toks, "prefill": N}, open(os.path.join(od, ent["tokens_file"]), "w"))
+            np.save(os.path.join(od, ent["logits_file"]), lg)
+            if dump:
+                hd = f"{case}.hc"
+                os.makedirs(os.path.join(od, hd), exist_ok=True)
+                hcn = []
+                for L, h in enumerate(hc):
+                    np.save(os.path.join(od, hd, f"hc_{L}.npy"), h.astype(np.float32))
+                    hcn.append(max(row_rel(h, hc_full[L])))
+                ent["hc_dir"] = hd
+                ent["hc_layers"] = len(hc)
+                ent["noise_floor_hc_max_row_rel_l2_per_layer"] = hcn
+            manifest["cases"].append(ent)
+            print(f"{name}/{case}: T={T} N={N} rows={lg.shape[0]} noise max={max(nf):.2e} "
+                  f"({time.time() - t0:.1f}s)", flush=True)
+        json.dump(manifest, open(os.path.join(od, "manifest.json"), "w"), indent=1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model")
+    ap.add_argument("--tokens")
+    ap.add_argument("--prefill", type=int)
+    ap.add_argument("--out")
+    ap.add_argument("--dump-dir")
+    ap.add_argument("--mode", default="prefill", choices=["prefill", "decode", "chunked", "full"])
+    ap.add_argument("--chunk", type=int, default=16)
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--make-goldens")
+    ap.add_argument("--models", nargs="*", default=["tests/data/tiny-flash", "tests/data/tiny-pro"])
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    if a.make_goldens:
+        make_goldens(a.models, a.make_goldens, DEFAULT_TOL)
+        return
+    if not (a.model and a.tokens and a.out):
+        ap.error("--model, --tokens and --out are required")
+    if a.tokens.startswith("@"):
+        j = json.load(open(a.tokens[1:]))
+        toks = j["tokens"] if isinstance(j, dict) else j
+        if a.prefill is None and isinstance(j, dict):
+            a.prefill = j.get("prefill")
+    else:
+        toks = [int(x) for x in a.tokens.split(",") if x.strip()]
+    N = a.prefill if a.prefill is not None else len(toks)
+    model = load_model(a.model, a.dtype)
+    lg, hc = run(model, toks, N, a.mode, a.chunk)
+    np.save(a.out, lg)
+    if a.dump_dir:
+        os.makedirs(a.dump_dir, exist_ok=True)
+        for L, h in enumerate(hc):
+            np.save(os.path.join(a.dump_dir, f"hc_{L}.npy"), h.astype(np.float32))
+    print(f"wrote {a.out} {lg.shape}", file=sys.stderr)
+
+
+DEFAULT_TOL = {"logits_max_row_rel_l2": 2e-2, "hc_max_row_rel_l2": 2e-2}
+
+if __name__ == "__main__":
+    main()
