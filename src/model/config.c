@@ -3,9 +3,11 @@
  * (shapes, expert dtype detection) live in model/checkpoint.c. Errors name the file and the key. */
 #include "model/config.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/status.h"
 
@@ -217,12 +219,10 @@ static dsv4_status check(const char *path, const dsv4_config *c, dsv4_err *err) 
 }
 
 dsv4_status dsv4_config_load(const char *path, dsv4_config *cfg, dsv4_err *err) {
+    if (access(path, R_OK) != 0) return dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     json_error_t je;
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
     if (!root) {
-        if (je.line < 0 || je.position == 0)
-            if (!strncmp(je.text, "unable to open", 14))
-                return dsv4_err_set(err, DSV4_ERR_IO, "%s: %s", path, je.text);
         return dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: bad JSON: %s (line %d, column %d)", path, je.text, je.line,
                             je.column);
     }
