@@ -1,10 +1,134 @@
-/* cmd_logits.c — placeholder for the 'logits' subcommand until its issue lands. */
+/* cmd_logits.c — `dsv4 logits`: teacher-forced logits of a token list, for comparisons with oracles.
+ * Prefills the first N tokens, then decodes the rest one by one; writes float32 logits [T-N+1, vocab]
+ * (row 0 = after the prefill, at position N-1; row i = after decoding position N-1+i). With --dump-dir,
+ * writes hc_L.npy = the hyper-connection state after layer L at every position, [T, hc, hidden]. */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
+#include "cli_util.h"
+#include "core/npy.h"
+#include "dsv4.h"
+
+typedef struct dump_state {
+    int n_layers, hc, hidden;
+    long positions, filled; /* rows written so far for the current layer sweep */
+    float **per_layer;      /* [n_layers][positions * hc * hidden] */
+    long step_row0;         /* position of the first row of the running step */
+} dump_state;
+
+static void dump_hook(void *user, int layer, const float *X, int n_rows, int hc, int hidden) {
+    dump_state *d = user;
+    size_t row = (size_t)hc * hidden;
+    if (!d->per_layer[layer]) {
+        d->per_layer[layer] = calloc((size_t)d->positions * row, sizeof(float));
+        d->hc = hc;
+        d->hidden = hidden;
+        if (!d->per_layer[layer]) return; /* reported as a missing file at the end */
+    }
+    memcpy(d->per_layer[layer] + (size_t)d->step_row0 * row, X, sizeof(float) * row * (size_t)n_rows);
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: dsv4 logits --model DIR --tokens IDS --prefill N --out FILE.npy [--dump-dir DIR]\n"
+            "                   [--backend cpu|cuda] [--threads N]\n"
+            "  IDS: comma-separated token ids, or a file of them (T tokens). 1 <= N <= T.\n");
+}
 
 int dsv4_cmd_logits(int argc, char **argv) {
-    (void)argc;
-    fprintf(stderr, "dsv4 %s: not implemented yet\n", argv[0]);
-    return 1;
+    static const char *const known[] = {"--model", "--tokens", "--prefill", "--out", "--dump-dir", "--backend",
+                                        "--threads", NULL};
+    static const char *const flags[] = {"--help", NULL};
+    if (cli_flag(argc, argv, "--help")) { usage(); return 0; }
+    if (!cli_check_options("logits", argc, argv, known, flags)) return 2;
+    const char *model = cli_opt(argc, argv, "--model"), *tokens = cli_opt(argc, argv, "--tokens");
+    const char *prefill_s = cli_opt(argc, argv, "--prefill"), *out = cli_opt(argc, argv, "--out");
+    const char *dump_dir = cli_opt(argc, argv, "--dump-dir");
+    if (!model || !tokens || !prefill_s || !out) { usage(); return 2; }
+    int32_t *ids = NULL;
+    int T = 0;
+    if (cli_parse_ids("logits", tokens, &ids, &T)) return 2;
+    char *end;
+    long N = strtol(prefill_s, &end, 10);
+    if (*end || N < 1 || N > T) {
+        fprintf(stderr, "dsv4 logits: --prefill must be in [1, %d] (number of tokens), got '%s'\n", T, prefill_s);
+        free(ids);
+        return 2;
+    }
+    dsv4_engine_options opt = {0};
+    opt.model_dir = model;
+    opt.backend = cli_opt(argc, argv, "--backend");
+    opt.n_threads = cli_opt(argc, argv, "--threads") ? atoi(cli_opt(argc, argv, "--threads")) : 0;
+    opt.max_seqs = 1;
+    opt.max_tokens = T + 256;
+    dsv4_err err = {{0}};
+    dsv4_engine *e = NULL;
+    int rc = 1;
+    float *logits = NULL;
+    dump_state dump = {0};
+    if (dsv4_engine_create(&opt, &e, &err) != DSV4_OK) {
+        fprintf(stderr, "dsv4 logits: %s\n", err.msg);
+        free(ids);
+        return 1;
+    }
+    int vocab = dsv4_engine_vocab_size(e);
+    long rows = T - N + 1;
+    logits = malloc(sizeof(float) * (size_t)rows * (size_t)vocab);
+    if (!logits) { fprintf(stderr, "dsv4 logits: out of memory\n"); goto done; }
+    if (dump_dir) {
+        if (mkdir(dump_dir, 0755) != 0) {
+            struct stat sb;
+            if (stat(dump_dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+                fprintf(stderr, "dsv4 logits: cannot create --dump-dir %s\n", dump_dir);
+                goto done;
+            }
+        }
+        dump.n_layers = dsv4_engine_n_layers(e);
+        dump.per_layer = calloc((size_t)dump.n_layers, sizeof(float *));
+        dump.positions = T;
+        dsv4_engine_set_layer_dump(e, dump_hook, &dump);
+    }
+    int seq;
+    if (dsv4_engine_seq_open(e, &seq, &err) != DSV4_OK) { fprintf(stderr, "dsv4 logits: %s\n", err.msg); goto done; }
+    for (long i = 0; i < rows; i++) {
+        dsv4_batch_item it = {seq, ids + (i == 0 ? 0 : N - 1 + i), i == 0 ? (int)N : 1, 1};
+        dump.step_row0 = i == 0 ? 0 : N - 1 + i;
+        if (dsv4_engine_step(e, &it, 1, logits + (size_t)i * vocab, &err) != DSV4_OK) {
+            fprintf(stderr, "dsv4 logits: step %ld: %s\n", i, err.msg);
+            goto done;
+        }
+    }
+    long shape[2] = {rows, vocab};
+    if (dsv4_npy_write_f32(out, logits, shape, 2, &err) != DSV4_OK) {
+        fprintf(stderr, "dsv4 logits: %s\n", err.msg);
+        goto done;
+    }
+    if (dump_dir) {
+        for (int l = 0; l < dump.n_layers; l++) {
+            if (!dump.per_layer[l]) {
+                fprintf(stderr, "dsv4 logits: out of memory for the layer %d dump\n", l);
+                goto done;
+            }
+            char path[4096];
+            snprintf(path, sizeof path, "%s/hc_%d.npy", dump_dir, l);
+            long dshape[3] = {T, dump.hc, dump.hidden};
+            if (dsv4_npy_write_f32(path, dump.per_layer[l], dshape, 3, &err) != DSV4_OK) {
+                fprintf(stderr, "dsv4 logits: %s\n", err.msg);
+                goto done;
+            }
+        }
+    }
+    rc = 0;
+done:
+    if (dump.per_layer) {
+        for (int l = 0; l < dump.n_layers; l++) free(dump.per_layer[l]);
+        free(dump.per_layer);
+    }
+    free(logits);
+    free(ids);
+    dsv4_engine_destroy(e);
+    return rc;
 }

@@ -76,7 +76,8 @@ static void ws_free(workspace *w) {
     memset(w, 0, sizeof *w);
 }
 
-#define ALLOC(p, n) (((p) = calloc((size_t)(n) ? (size_t)(n) : 1, sizeof *(p))) == NULL)
+static size_t at_least_1(long n) { return n > 0 ? (size_t)n : 1; }
+#define ALLOC(p, n) (((p) = calloc(at_least_1(n), sizeof *(p))) == NULL)
 
 static dsv4_status ws_reserve_rows(workspace *w, const dsv4_config *c, int rows, dsv4_err *err) {
     if (rows <= w->cap_rows) return DSV4_OK;

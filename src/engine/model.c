@@ -41,7 +41,7 @@ dsv4_status dsv4_model_load(const char *dir, dsv4_model **out, dsv4_err *err) {
     dsv4_status st = dsv4_checkpoint_open(dir, &m->ckpt, err);
     if (st != DSV4_OK) { free(m); return st; }
     m->cfg = &m->ckpt.cfg;
-    if ((st = dsv4_model_weights_bind(&m->w, &m->ckpt, err)) != DSV4_OK) {
+    if ((st = dsv4_model_weights_bind(&m->ckpt, &m->w, err)) != DSV4_OK) {
         dsv4_checkpoint_close(&m->ckpt);
         free(m);
         return st;
