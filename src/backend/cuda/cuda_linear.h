@@ -1,0 +1,60 @@
+/* cuda_linear.h — CUDA launchers of the linear layers of the official numerics (spec §3.3, §3.6), the GPU
+ * twins of backend/cpu/quant.h (act_quant) and backend/cpu/linear.h: y[M, N] = x[M, K] · Wᵀ, W stored
+ * [N, K] row-major. All pointers are device pointers; every launch is enqueued on ctx->stream and returns
+ * without waiting. Activations on the device are BF16 (uint16_t bit patterns), not the CPU's float arrays.
+ *
+ * Agreement with the CPU reference (docs/NUMERICS.md, "CUDA linear"): act_quant is bit-identical; the
+ * linears compute the same products and the same per-block promotion, but the FP32 summation order inside
+ * a block (tensor-core order) and across split-K pieces differs, so outputs agree within the tolerance
+ * written there, not bitwise. Results are deterministic run to run (fixed-order split-K reduction).
+ *
+ * Requirements of every linear: N % 128 == 0, K % 128 == 0, 16-byte aligned pointers, M >= 1. They use
+ * ctx->ws (split-K partials) and ctx->counters; DSV4_ERR_CAPACITY if the workspace is too small. */
+#ifndef DSV4_BACKEND_CUDA_CUDA_LINEAR_H
+#define DSV4_BACKEND_CUDA_CUDA_LINEAR_H
+
+#include <stdint.h>
+
+#include "backend/cpu/linear.h" /* dsv4_out_round */
+#include "backend/cuda/cuda_ctx.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* act_quant, GEMM mode (spec §3.3), bit-identical to dsv4_cpu_act_quant_fp8 with block 128:
+ * x [M, K] bf16 -> q [M, K] e4m3, s [M, K/128] e8m0 (the exponent byte log2(s)+127). K % 128 == 0. */
+dsv4_status dsv4_cuda_act_quant_fp8(dsv4_cuda_ctx *ctx, const uint16_t *x, int M, int K, uint8_t *q, uint8_t *s,
+                                    dsv4_err *err);
+
+/* FP8 block-scaled linear (spec §3.6 fp8_gemm) on an already quantized activation:
+ * xq [M, K] e4m3, xs [M, K/128] e8m0, w [N, K] e4m3, ws [N/128, K/128] e8m0 -> y [M, N] bf16.
+ * Per 128-K block: P = Σ q_x·q_w in FP32 (tensor cores), C += P · s_x · s_w in FP32; y = bf16(C).
+ * M <= 64 uses the weight-streaming decode kernel, larger M the prefill tile kernel. */
+dsv4_status dsv4_cuda_linear_fp8(dsv4_cuda_ctx *ctx, const uint8_t *xq, const uint8_t *xs, int M, int K,
+                                 const uint8_t *w, const uint8_t *ws, int N, uint16_t *y, dsv4_err *err);
+
+/* FP4-weight linear (spec §3.6 fp4_gemm): w [N, K/2] packed e2m1 (low nibble = even k), ws [N, K/32] e8m0.
+ * FP4 codes are expanded exactly to e4m3 in registers; per 32-K block P in FP32,
+ * C += P · s_x[k/128] · s_w[n][k/32]; y = bf16(C). */
+dsv4_status dsv4_cuda_linear_fp4(dsv4_cuda_ctx *ctx, const uint8_t *xq, const uint8_t *xs, int M, int K,
+                                 const uint8_t *w, const uint8_t *ws, int N, uint16_t *y, dsv4_err *err);
+
+/* BF16 linear through cuBLASLt (FP32 accumulation): x [M, K] bf16, w [N, K] bf16 -> y [M, N], bf16 when
+ * out_round == DSV4_OUT_BF16, float otherwise. Any M, N, K >= 1 with K, N even. */
+dsv4_status dsv4_cuda_linear_bf16(dsv4_cuda_ctx *ctx, const uint16_t *x, int M, int K, const uint16_t *w, int N,
+                                  void *y, dsv4_out_round out_round, dsv4_err *err);
+
+/* Which kernel and split a linear of this shape uses (for logs and benches). */
+typedef struct dsv4_cuda_linear_plan {
+    int kernel;     /* 0 = decode (16-row token tiles, weight streaming), 1 = prefill (128x128 tiles) */
+    int bm, bn;     /* CTA tile: tokens x weight rows */
+    int splits;     /* split-K pieces (1 = none) */
+    int ctas;       /* total CTAs launched */
+} dsv4_cuda_linear_plan;
+void dsv4_cuda_linear_plan_get(const dsv4_cuda_ctx *ctx, int M, int K, int N, int fp4, dsv4_cuda_linear_plan *plan);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
