@@ -43,7 +43,20 @@ typedef struct dsv4_engine_options {
     int n_threads;           /* CPU backend worker threads; <= 0: all online CPUs */
     int max_seqs;            /* concurrent sequences (KV slots); <= 0: 8 */
     long max_tokens;         /* KV capacity in tokens over all sequences; <= 0: max_seqs * 4096 */
+    int fault;               /* tests only: a dsv4_fault, a deliberately broken variant (0 = none) */
 } dsv4_engine_options;
+
+/* Deliberately broken forward variants, used only to prove that the comparisons against oracles
+ * discriminate (a test must fail with each of them). */
+typedef enum dsv4_fault {
+    DSV4_FAULT_NONE = 0,
+    DSV4_FAULT_NO_SINK,          /* attention without the per-head sink */
+    DSV4_FAULT_NO_COMPRESSED,    /* compressed entries ignored (window only) */
+    DSV4_FAULT_ROPE_POS,         /* RoPE of queries at position t+1 instead of t */
+    DSV4_FAULT_NO_KV_QUANT,      /* window KV not FP8 fake-quantized */
+    DSV4_FAULT_COUNT
+} dsv4_fault;
+const char *dsv4_fault_name(int fault);   /* "none", "no-sink", ...; NULL if out of range */
 
 typedef struct dsv4_batch_item {
     int seq;                 /* from dsv4_engine_seq_open */

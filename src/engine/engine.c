@@ -45,6 +45,11 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
         dsv4_engine_destroy(e);
         return st;
     }
+    if (opt->fault < 0 || opt->fault >= DSV4_FAULT_COUNT) {
+        dsv4_engine_destroy(e);
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: unknown fault %d", opt->fault);
+    }
+    dsv4_forward_set_fault(e->fwd, opt->fault);
     *out = e;
     return DSV4_OK;
 }

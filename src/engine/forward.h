@@ -39,6 +39,8 @@ dsv4_status dsv4_forward_create(const dsv4_model *model, dsv4_threadpool *pool, 
                                 dsv4_err *err);
 void dsv4_forward_destroy(dsv4_forward *f);
 void dsv4_forward_set_hook(dsv4_forward *f, dsv4_layer_hook hook, void *user);
+/* Tests only: run a deliberately broken variant (dsv4_fault of dsv4.h). */
+void dsv4_forward_set_fault(dsv4_forward *f, int fault);
 
 /* Runs one step. Before the step, the caller has admitted every slot; this function asks the KV manager
  * to prepare the blocks the step needs (all-or-nothing) and fails with DSV4_ERR_CAPACITY without touching

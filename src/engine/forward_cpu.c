@@ -64,6 +64,7 @@ struct dsv4_forward {
     dsv4_threadpool *pool;  /* borrowed */
     dsv4_layer_hook hook;
     void *hook_user;
+    int fault;              /* dsv4_fault; 0 in every real use */
     workspace ws;
 };
 
@@ -134,6 +135,14 @@ void dsv4_forward_destroy(dsv4_forward *f) {
     ws_free(&f->ws);
     free(f);
 }
+
+const char *dsv4_fault_name(int fault) {
+    static const char *const names[DSV4_FAULT_COUNT] = {"none", "no-sink", "no-compressed", "rope-pos",
+                                                         "no-kv-quant"};
+    return fault >= 0 && fault < DSV4_FAULT_COUNT ? names[fault] : NULL;
+}
+
+void dsv4_forward_set_fault(dsv4_forward *f, int fault) { f->fault = fault; }
 
 void dsv4_forward_set_hook(dsv4_forward *f, dsv4_layer_hook hook, void *user) {
     f->hook = hook;
@@ -238,7 +247,7 @@ static dsv4_status attend_sequence(dsv4_forward *f, dsv4_kv_manager *kv, const s
                 ws->rows[K++] = dst;
             }
         }
-        if (ratio) {
+        if (ratio && f->fault != DSV4_FAULT_NO_COMPRESSED) {
             long n_vis = (t + 1) / ratio;
             if (dsv4_config_layer_kind(c, layer) == DSV4_LAYER_CSA) {
                 const int nIh = c->index_n_heads, dIh = c->index_head_dim;
@@ -263,7 +272,10 @@ static dsv4_status attend_sequence(dsv4_forward *f, dsv4_kv_manager *kv, const s
             }
         }
         float *oi = o + (size_t)i * H * hd;
-        dsv4_cpu_sparse_attn(q + (size_t)i * H * hd, H, hd, ws->rows, K, lw->attn_sink, scale, oi);
+        float no_sink[H];
+        for (int h = 0; h < H; h++) no_sink[h] = -INFINITY;
+        dsv4_cpu_sparse_attn(q + (size_t)i * H * hd, H, hd, ws->rows, K,
+                             f->fault == DSV4_FAULT_NO_SINK ? no_sink : lw->attn_sink, scale, oi);
         for (int h = 0; h < H; h++) dsv4_cpu_rope(oi + (size_t)h * hd + hd - rope->rope_dim, t, rope, 1);
     }
     /* Window ring: the last min(n, win) fresh rows. */
@@ -294,12 +306,12 @@ static dsv4_status attention_layer(dsv4_forward *f, dsv4_kv_manager *kv, const s
             float *qi = ws->q + (size_t)(s->row0 + i) * H * hd;
             for (int h = 0; h < H; h++) {
                 dsv4_cpu_rmsnorm_bf16_arith(qi + (size_t)h * hd, hd, eps);
-                dsv4_cpu_rope(qi + (size_t)h * hd + hd - rd, t, rope, 0);
+                dsv4_cpu_rope(qi + (size_t)h * hd + hd - rd, t + (f->fault == DSV4_FAULT_ROPE_POS), rope, 0);
             }
             float *kvi = ws->kv + (size_t)(s->row0 + i) * hd;
             dsv4_cpu_rmsnorm(kvi, lw->kv_norm, hd, eps, kvi);
             dsv4_cpu_rope(kvi + hd - rd, t, rope, 0);
-            dsv4_cpu_fake_quant_fp8(kvi, (size_t)(hd - rd), 64);
+            if (f->fault != DSV4_FAULT_NO_KV_QUANT) dsv4_cpu_fake_quant_fp8(kvi, (size_t)(hd - rd), 64);
         }
     }
     /* Indexer query side (CSA): qI = idx_wq_b(qr) -> RoPE -> Hadamard -> FP4; wI = weights_proj(x)·scale. */

@@ -376,7 +376,7 @@ static void bin_pass(const float *restrict l, uint16_t *restrict bin, int V, flo
 static int collect_bin(const uint16_t *bin, int V, int b, int32_t *idx) {
     int m = 0;
     for (int32_t t = 0; t < V; t++)
-        if (bin[t] == b) idx[m++] = t;
+        idx[m] = t, m += bin[t] == b;   /* branch-free: idx has room for V entries */
     return m;
 }
 
@@ -453,7 +453,17 @@ static int32_t kept_set(const dsv4_sampler *s, dsv4_sampler_ws *ws, const float 
         exp_pass(l, p, V, lmax, invT);
         for (int32_t t = 0; t < V; t++)
             if (p[t] >= minp && p[t] > 0) idx[k++] = t;
+    } else if (need_p && !need_k) {
+        /* p[] holds every token (exp_pass); branch-free compaction, since the kept tokens are scattered */
+        const float lb = keyv(l[bnd]);
+        for (int32_t t = 0; t < V; t++) {
+            float lt = keyv(l[t]);
+            int keep = ((lt > lb) | ((lt == lb) & (t <= bnd))) & (p[t] >= minp) & (p[t] > 0);
+            idx[k] = t;
+            k += keep;
+        }
     } else {
+        /* top-k cut: few tokens pass the rank test, so the branch is predictable */
         const float lb = keyv(l[bnd]);
         for (int32_t t = 0; t < V; t++) {
             float lt = keyv(l[t]);

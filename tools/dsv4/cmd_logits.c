@@ -34,13 +34,15 @@ static void dump_hook(void *user, int layer, const float *X, int n_rows, int hc,
 static void usage(void) {
     fprintf(stderr,
             "usage: dsv4 logits --model DIR --tokens IDS --prefill N --out FILE.npy [--dump-dir DIR]\n"
-            "                   [--backend cpu|cuda] [--threads N]\n"
-            "  IDS: comma-separated token ids, or a file of them (T tokens). 1 <= N <= T.\n");
+            "                   [--backend cpu|cuda] [--threads N] [--fault NAME]\n"
+            "  IDS: comma-separated token ids, or a file of them (T tokens). 1 <= N <= T.\n"
+            "  --fault: tests only, a deliberately broken variant (no-sink, no-compressed, rope-pos,\n"
+            "           no-kv-quant) to prove the oracle comparisons discriminate.\n");
 }
 
 int dsv4_cmd_logits(int argc, char **argv) {
     static const char *const known[] = {"--model", "--tokens", "--prefill", "--out", "--dump-dir", "--backend",
-                                        "--threads", NULL};
+                                        "--threads", "--fault", NULL};
     static const char *const flags[] = {"--help", NULL};
     if (cli_flag(argc, argv, "--help")) { usage(); return 0; }
     if (!cli_check_options("logits", argc, argv, known, flags)) return 2;
@@ -64,6 +66,17 @@ int dsv4_cmd_logits(int argc, char **argv) {
     opt.n_threads = cli_opt(argc, argv, "--threads") ? atoi(cli_opt(argc, argv, "--threads")) : 0;
     opt.max_seqs = 1;
     opt.max_tokens = T + 256;
+    const char *fault = cli_opt(argc, argv, "--fault");
+    if (fault) {
+        opt.fault = -1;
+        for (int i = 0; i < DSV4_FAULT_COUNT; i++)
+            if (!strcmp(fault, dsv4_fault_name(i))) opt.fault = i;
+        if (opt.fault < 0) {
+            fprintf(stderr, "dsv4 logits: unknown --fault '%s'\n", fault);
+            free(ids);
+            return 2;
+        }
+    }
     dsv4_err err = {{0}};
     dsv4_engine *e = NULL;
     int rc = 1;
