@@ -41,6 +41,7 @@ from transformers.models.deepseek_v4 import modeling_deepseek_v4 as M
 
 class _State:
     act = torch.bfloat16     # activation dtype (bf16 = official)
+    quant = True             # False disables every FP8/FP4 fake-quant (diagnostics only, not official)
 
 
 STATE = _State()
@@ -68,6 +69,8 @@ def pow2_ceil(y):
 def fp8_quant_dequant(x, block):
     """act_quant fake-quant (spec §3.3, ue8m0): returns the dequantized values as FP32.
     Exactly representable in BF16 (3-bit mantissa times a power of two)."""
+    if not STATE.quant:
+        return x.float()
     xf = x.float().unflatten(-1, (-1, block))
     amax = xf.abs().amax(dim=-1, keepdim=True).clamp_min(1e-4)
     s = pow2_ceil(amax * _INV448)
@@ -94,6 +97,8 @@ def e2m1_rne(v):
 
 def fp4_quant_dequant(x, block=32):
     """fp4_act_quant fake-quant (spec §3.4): returns FP32 values (exact in BF16)."""
+    if not STATE.quant:
+        return x.float()
     xf = x.float().unflatten(-1, (-1, block))
     amax = xf.abs().amax(dim=-1, keepdim=True).clamp_min(6.0 * 2.0 ** -126)
     s = pow2_ceil(amax * _INV6)

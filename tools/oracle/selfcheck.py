@@ -289,6 +289,55 @@ def t_model(model_dir):
                 check(f"layer {L} {kind} compressor r={r} ({split}) vs direct §4.5", diff <= 2 ** -7 * ref.abs().max().item(),
                       f"maxdiff {diff:.2e} exact {torch.mean((out[0].float() == ref).float()).item():.3f}")
 
+    # lightning indexer: patched HF indexer (prefill and decode) vs a direct §4.6 computation
+    for L, lt in enumerate(cfg.layer_types):
+        if lt != "compressed_sparse_attention":
+            continue
+        idxm = m.model.layers[L].self_attn.compressor.indexer
+        T = 61
+        x = torch.randn(1, T, cfg.hidden_size).to(torch.bfloat16)
+        qr = torch.randn(1, T, cfg.q_lora_rank).to(torch.bfloat16)
+        keys = P._compress(idxm, x, None, "indexer", 4, 128, True, "indexer", 64).float()   # checked above
+        nh = cfg.index_n_heads
+        bf = lambda t: t.to(torch.bfloat16).float()
+        qq = torch.tensor(ref_fake_quant(qr.float().numpy().reshape(-1), 128, 448.0, E4, 1e-4).reshape(T, -1), dtype=torch.float32)
+        q = bf(qq @ idxm.q_b_proj.weight.T).view(T, nh, 128)
+        ang = torch.arange(T).float()[:, None] * P.official_inv_freq(64, 160000.0, (16.0, 65536, 32.0, 1.0))[None]
+        z = torch.complex(q[..., 64::2], q[..., 65::2]) * torch.polar(torch.ones_like(ang), ang)[:, None]
+        q[..., 64::2], q[..., 65::2] = z.real, z.imag
+        Hm = torch.tensor([[(-1) ** bin(i & j).count("1") for j in range(128)] for i in range(128)], dtype=torch.float32)
+        q = bf(bf(q) @ Hm / math.sqrt(128))
+        q = torch.tensor(ref_fake_quant(q.numpy().reshape(-1), 32, 6.0, E2, 6 * 2.0 ** -126), dtype=torch.float32).view(T, nh, 128)
+        w = bf(bf(x[0].float() @ idxm.scorer.weights_proj.weight.T) * (128 ** -0.5 * nh ** -0.5))
+        sc = bf(torch.relu(bf(torch.einsum("thd,nd->thn", q, keys[0]))) * w[:, :, None])
+        score = bf(sc.sum(1))                                                              # [T, n]
+        refsel = []
+        for t in range(T):
+            nv = (t + 1) // 4
+            k = min(cfg.index_topk, keys.shape[1])
+            cand = sorted(range(nv), key=lambda j: (-score[t, j].item(), j))[:k]
+            refsel.append(sorted(cand) + [-1] * (k - len(cand)))
+        ties = 0   # rows whose k-th best score is tied with an entry outside the selection
+        for t in range(T):
+            nv = (t + 1) // 4
+            if nv > cfg.index_topk:
+                srt = sorted(range(nv), key=lambda j: (-score[t, j].item(), j))
+                ties += int(score[t, srt[cfg.index_topk - 1]] == score[t, srt[cfg.index_topk]])
+        for split in ("prefill", "decode"):
+            cache = DynamicCache(config=cfg)
+            got = []
+            steps = [T] if split == "prefill" else [1] * T
+            p0 = 0
+            for n in steps:
+                o = idxm(x[:, p0:p0 + n], qr[:, p0:p0 + n], torch.arange(p0, p0 + n)[None], cache, L)
+                for r_ in o[0].tolist():
+                    got.append(sorted(v for v in r_ if v >= 0))
+                p0 += n
+            ref_cmp = [[v for v in r_ if v >= 0] for r_ in refsel]
+            ok = got == ref_cmp
+            check(f"layer {L} indexer top-{cfg.index_topk} selection ({split}) vs direct §4.6", ok,
+                  f"(rows with a tie across the top-k boundary: {ties})")
+
     # routed expert: weight applied before w2; FP8 activation quantization of x and of the weighted h
     ex = m.model.layers[2].mlp.experts
     x = torch.randn(3, cfg.hidden_size).to(torch.bfloat16)
