@@ -4,9 +4,11 @@
  * exit 1 otherwise. --config alone prints the config-derived part (counts computed from shapes). */
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "kv/kv_schema.h"
 #include "core/status.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
@@ -45,40 +47,34 @@ static void print_layer_list(const dsv4_config *c, dsv4_layer_kind kind) {
     printf("\n");
 }
 
-/* KV accounting (spec §5.2), compact bit-exact storage:
- *  main entry  = (hd-rd) e4m3 + (hd-rd)/64 e8m0 scales, padded to 2 B, + rd BF16 rope dims, padded to 8 B
- *               (Flash/Pro: 448 + 7 + 1 pad + 128 = 584 B);
- *  indexer key = index_head_dim/2 packed e2m1 + index_head_dim/32 e8m0 (128 -> 64 + 4 = 68 B). */
+/* KV accounting: the numbers of the storage the engine actually allocates (src/kv/kv_schema.c), next to
+ * the official BF16 layout of spec §5.2 for comparison. */
 static void print_kv(const dsv4_config *c) {
-    int nope = c->head_dim - c->rope_head_dim;
-    int main_b = nope + nope / 64;
-    main_b += main_b & 1;
-    main_b += 2 * c->rope_head_dim;
-    main_b = (main_b + 7) / 8 * 8;
-    int idx_b = c->index_head_dim / 2 + c->index_head_dim / 32;
-    double grow = 0, grow_bf16 = 0;
-    double state = 0;
-    int n_blocks = c->n_layers + c->n_mtp_layers;
-    for (int l = 0; l < n_blocks; l++) {
+    dsv4_kv_schema *s = calloc(1, sizeof *s);
+    dsv4_err err = {{0}};
+    if (!s) return;
+    if (dsv4_kv_schema_init(s, c, 0, &err) != DSV4_OK) {
+        printf("KV cache: not computable for this config (%s)\n", err.msg);
+        free(s);
+        return;
+    }
+    double grow_bf16 = 0;
+    for (int l = 0; l < c->n_layers + c->n_mtp_layers; l++) {
         int r = c->compress_ratios[l];
         if (r == 0) continue;
-        int coff = r == 4 ? 2 : 1;
-        grow += (double)main_b / r;
         grow_bf16 += 2.0 * c->head_dim / r;
-        state += 2.0 * coff * r * coff * c->head_dim * 4; /* kv_state + score_state, FP32 */
-        if (r == 4) {
-            grow += (double)idx_b / 4;
-            grow_bf16 += 2.0 * c->index_head_dim / 4;
-            state += 2.0 * 8 * 2 * c->index_head_dim * 4;
-        }
+        if (r == 4) grow_bf16 += 2.0 * c->index_head_dim / 4;
     }
-    double rings = (double)n_blocks * c->window_size * main_b;
-    printf("KV cache per sequence (compact storage: main entry %d B, indexer key %d B):\n", main_b, idx_b);
-    printf("  growth                 %10.2f B/token  (%.2f GiB at 1M tokens; official BF16 layout %.2f B/token)\n",
-           grow, grow * 1048576.0 / (1 << 30), grow_bf16);
-    printf("  fixed: SWA rings       %10.2f MiB      (%d blocks x %d slots x %d B)\n", rings / (1 << 20), n_blocks,
-           c->window_size, main_b);
-    printf("  fixed: compressor state%10.2f MiB      (FP32 kv_state + score_state)\n", state / (1 << 20));
+    double grow = dsv4_kv_schema_bytes_per_token(s);
+    size_t fixed = dsv4_kv_schema_fixed_bytes_per_request(s);
+    printf("KV cache per sequence (compact bit-exact storage: entry %d B, indexer key %d B, block %d tokens):\n",
+           s->entry.bytes, s->ikey.code_bytes + s->ikey.n_scales, s->block_tokens);
+    printf("  growth                 %10.2f B/token  (%.2f GiB at 1M tokens; unpadded %.2f; official BF16 layout "
+           "%.2f B/token)\n",
+           grow, grow * 1048576.0 / (1 << 30), dsv4_kv_schema_bytes_per_token_unpadded(s), grow_bf16);
+    printf("  fixed per request      %10.2f MiB      (SWA rings of every layer incl. MTP + FP32 compressor state)\n",
+           fixed / 1048576.0);
+    free(s);
 }
 
 static void print_config(const dsv4_config *c) {
