@@ -37,6 +37,10 @@ const char *dsv4_status_name(dsv4_status st);
  * sequences, each with a prefill chunk or one decode token. Not thread-safe: one caller drives it. */
 typedef struct dsv4_engine dsv4_engine;
 
+/* Progress of dsv4_engine_create, for front ends that draw a bar: stage "checkpoint" (open + validate +
+ * bind; done 0 then 1 of total 1) then "weights" (bytes of the weight files read in so far, of total). */
+typedef void (*dsv4_progress_fn)(void *user, const char *stage, uint64_t done, uint64_t total);
+
 typedef struct dsv4_engine_options {
     const char *model_dir;   /* checkpoint directory (config.json + safetensors) */
     const char *backend;     /* "cpu" (default) or "cuda" */
@@ -44,6 +48,10 @@ typedef struct dsv4_engine_options {
     int max_seqs;            /* concurrent sequences (KV slots); <= 0: 8 */
     long max_tokens;         /* KV capacity in tokens over all sequences; <= 0: max_seqs * 4096 */
     int fault;               /* tests only: a dsv4_fault, a deliberately broken variant (0 = none) */
+    dsv4_progress_fn progress; /* optional; when set, create also reads every page of the mapped weight
+                                  files once (64 MiB per call), so loading time shows in the bar rather
+                                  than in the first step */
+    void *progress_user;     /* passed to progress (borrowed) */
 } dsv4_engine_options;
 
 /* Deliberately broken forward variants, used only to prove that the comparisons against oracles

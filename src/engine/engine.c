@@ -2,6 +2,7 @@
  * the thread pool, the KV-cache manager and the forward pass, and maps sequence handles to KV slots. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "core/status.h"
 #include "core/threadpool.h"
@@ -26,6 +27,30 @@ void dsv4_engine_destroy(dsv4_engine *e) {
     free(e);
 }
 
+/* Reads one byte per 4 KiB page of every mapped weight file, reporting bytes done per 64 MiB chunk. Only
+ * when a progress callback is set: the mappings are otherwise faulted in lazily by the first steps. */
+static void page_in_weights(const dsv4_checkpoint *ck, dsv4_progress_fn fn, void *user) {
+    uint64_t total = 0, done = 0;
+    for (int f = 0; f < ck->n_files; f++) total += ck->files[f].size;
+    fn(user, "weights", 0, total);
+    const size_t chunk = (size_t)64 << 20;
+    volatile uint8_t sink = 0;
+    for (int f = 0; f < ck->n_files; f++) {
+        const dsv4_st_file *sf = &ck->files[f];
+        for (size_t off = 0; off < sf->size; off += chunk) {
+            size_t n = sf->size - off < chunk ? sf->size - off : chunk;
+            size_t a = off & ~(size_t)4095;   /* mappings are page aligned; chunk offsets are too */
+            if (sf->mapped) madvise((void *)(uintptr_t)(sf->base + a), n + (off - a), MADV_WILLNEED);
+            uint8_t acc = 0;
+            for (size_t i = 0; i < n; i += 4096) acc ^= sf->base[off + i];
+            sink ^= acc;
+            done += n;
+            fn(user, "weights", done, total);
+        }
+    }
+    (void)sink;
+}
+
 dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out, dsv4_err *err) {
     *out = NULL;
     if (!opt || !opt->model_dir)
@@ -38,7 +63,12 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
     dsv4_status st;
     int max_seqs = opt->max_seqs > 0 ? opt->max_seqs : 8;
     long max_tokens = opt->max_tokens > 0 ? opt->max_tokens : (long)max_seqs * 4096;
-    if ((st = dsv4_model_load(opt->model_dir, &e->model, err)) != DSV4_OK ||
+    if (opt->progress) opt->progress(opt->progress_user, "checkpoint", 0, 1);
+    if ((st = dsv4_model_load(opt->model_dir, &e->model, err)) == DSV4_OK && opt->progress) {
+        opt->progress(opt->progress_user, "checkpoint", 1, 1);
+        page_in_weights(&e->model->ckpt, opt->progress, opt->progress_user);
+    }
+    if (st != DSV4_OK ||
         (st = dsv4_threadpool_create(opt->n_threads, &e->pool, err)) != DSV4_OK ||
         (st = dsv4_kv_access_create(e->model->cfg, max_seqs, max_tokens, &e->kv, err)) != DSV4_OK ||
         (st = dsv4_forward_create(e->model, e->pool, &e->fwd, err)) != DSV4_OK) {

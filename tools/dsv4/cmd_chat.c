@@ -1,10 +1,157 @@
-/* cmd_chat.c — placeholder for the 'chat' subcommand until its issue lands. */
+/* cmd_chat.c — `dsv4 chat`: multi-turn chat. On a terminal: line editing and history (libedit), commands
+ * /think /nothink /reset /quit /help, Ctrl-D exits, Ctrl-C stops the answer being generated. With stdin
+ * not a terminal: one user message per input line, each answer printed and ended with a newline.
+ *
+ * The conversation is kept as an OpenAI-style messages array; every turn re-renders it (chat.h) and
+ * re-tokenizes it, and the KV cache is reused when the new prompt extends the tokens it already holds
+ * (otherwise, e.g. after a thinking turn whose reasoning the format drops, the sequence is reset).
+ * Shared machinery: textgen.{h,c}. */
+#include <editline/readline.h>
+#include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
+#include "cli_util.h"
+#include "textgen.h"
+#include "tokenizer/chat.h"
+
+#define CHAT_MAX_NEW 512
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: dsv4 chat [options]   interactive chat (one message per line when stdin is not a terminal)\n"
+               "  commands: /think  /nothink  /reset (forget the conversation)  /quit (or Ctrl-D)  /help\n");
+    cli_textgen_usage(f, CHAT_MAX_NEW);
+}
+
+static volatile sig_atomic_t interrupted;
+static void on_sigint(int sig) {
+    (void)sig;
+    interrupted = 1;
+}
+
+/* One line of user input (malloc'ed, no trailing newline), or NULL at end of input. */
+static char *read_input(int tty, int thinking) {
+    if (tty) return readline(thinking ? "you (thinking)> " : "you> ");
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n = getline(&line, &cap, stdin);
+    if (n < 0) { free(line); return NULL; }
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+    return line;
+}
+
+/* Runs one turn: appends the user message, renders + tokenizes the conversation, streams the answer and
+ * appends it. Returns 0, or 1 on a failure that leaves the conversation as it was. */
+static int turn(cli_textgen *g, const cli_textgen_opts *o, json_t *msgs, const char *text, int thinking, uint64_t seed) {
+    size_t n = strlen(text), bad = dsv4_utf8_valid_prefix(text, n);
+    if (bad != n) {
+        fprintf(stderr, "dsv4 chat: the message is not valid UTF-8 (invalid byte at offset %zu); ignored\n", bad);
+        return 1;
+    }
+    if (json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", text))) return 1;
+    dsv4_chat_opts co;
+    dsv4_chat_opts_default(&co);
+    co.thinking = thinking != 0;
+    dsv4_err err = {{0}};
+    dsv4_tok_buf prompt = {0};
+    dsv4_token_list ids = {0};
+    cli_textgen_result r = {0};
+    int rc = 1;
+    if (dsv4_chat_render(msgs, NULL, &co, &prompt, &err) != DSV4_OK ||
+        dsv4_tokenizer_encode(g->tok, prompt.data, prompt.len, &ids, &err) != DSV4_OK) {
+        fprintf(stderr, "dsv4 chat: %s\n", err.msg);
+        goto out;
+    }
+    interrupted = 0;
+    if (cli_textgen_generate(g, o, ids.ids, ids.n, thinking, seed, 1, &r)) goto out;
+    printf("\n");
+    fflush(stdout);
+    json_t *a = json_pack("{s:s, s:s%}", "role", "assistant", "content", r.content.data ? r.content.data : "",
+                          r.content.len);
+    if (a && thinking) json_object_set_new(a, "reasoning_content", json_stringn(r.reasoning.data ? r.reasoning.data : "",
+                                                                                r.reasoning.len));
+    if (!a || json_array_append_new(msgs, a)) goto out;
+    if (r.end == CLI_END_INTERRUPT) fprintf(stderr, "[interrupted]\n");
+    if (o->stats) cli_textgen_print_stats(g, seed);
+    rc = 0;
+out:
+    if (rc) json_array_remove(msgs, json_array_size(msgs) - 1);   /* drop the user message again */
+    cli_textgen_result_free(&r);
+    dsv4_tok_buf_free(&prompt);
+    dsv4_token_list_free(&ids);
+    return rc;
+}
 
 int dsv4_cmd_chat(int argc, char **argv) {
-    (void)argc;
-    fprintf(stderr, "dsv4 %s: not implemented yet\n", argv[0]);
-    return 1;
+    static const char *const known[] = {CLI_TEXTGEN_VALUE_OPTS, NULL};
+    static const char *const flags[] = {CLI_TEXTGEN_FLAG_OPTS, "--help", "-h", NULL};
+    if (cli_flag(argc, argv, "--help") || cli_flag(argc, argv, "-h")) { usage(stdout); return 0; }
+    if (!cli_check_options("chat", argc, argv, known, flags)) return 2;
+    cli_textgen_opts o;
+    int rc = cli_textgen_parse("chat", argc, argv, 1.0, CHAT_MAX_NEW, &o);
+    if (rc) return rc;
+    uint64_t seed = o.sp.seed;
+    if (!o.seed_given) {
+        struct timespec t;
+        clock_gettime(CLOCK_REALTIME, &t);
+        seed = ((uint64_t)t.tv_sec * 1000000007ull) ^ (uint64_t)t.tv_nsec ^ ((uint64_t)getpid() << 32);
+    }
+    cli_textgen g;
+    if ((rc = cli_textgen_open(&g, "chat", &o, 1))) {
+        cli_textgen_close(&g);
+        return rc;
+    }
+    int tty = isatty(STDIN_FILENO), thinking = o.thinking;
+    json_t *msgs = json_array();
+    struct sigaction sa = {0}, old_sa;
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    if (tty) {
+        using_history();
+        g.interrupt = &interrupted;
+        sigaction(SIGINT, &sa, &old_sa);
+        fprintf(stderr, "dsv4 chat: %s mode; /think /nothink /reset /quit (Ctrl-D), Ctrl-C stops an answer\n",
+                thinking ? "thinking" : "chat");
+    }
+    rc = msgs ? 0 : 1;
+    for (int n_turn = 0; msgs;) {
+        char *line = read_input(tty, thinking);
+        if (!line) {
+            if (tty) fputc('\n', stdout);
+            break;
+        }
+        const char *s = line;
+        while (*s == ' ' || *s == '\t') s++;
+        if (!*s) { free(line); continue; }
+        if (tty) add_history(line);
+        if (*s == '/') {
+            if (!strcmp(s, "/quit") || !strcmp(s, "/exit")) { free(line); break; }
+            else if (!strcmp(s, "/think")) { thinking = 1; fprintf(stderr, "[thinking mode on]\n"); }
+            else if (!strcmp(s, "/nothink")) { thinking = 0; fprintf(stderr, "[thinking mode off]\n"); }
+            else if (!strcmp(s, "/reset")) {
+                json_array_clear(msgs);
+                if (cli_textgen_reset(&g)) { free(line); rc = 1; break; }
+                fprintf(stderr, "[conversation cleared]\n");
+            } else if (!strcmp(s, "/help")) {
+                fprintf(stderr, "/think  /nothink  /reset  /quit (or Ctrl-D); Ctrl-C stops an answer\n");
+            } else {
+                fprintf(stderr, "dsv4 chat: unknown command '%s' (/help lists them)\n", s);
+            }
+            free(line);
+            continue;
+        }
+        /* a different seed per turn, reproducible from --seed */
+        if (turn(&g, &o, msgs, line, thinking, seed + (uint64_t)n_turn * 0x9E3779B97F4A7C15ull) == 0) n_turn++;
+        else if (!tty) rc = 1;
+        free(line);
+    }
+    if (tty) sigaction(SIGINT, &old_sa, NULL);
+    json_decref(msgs);
+    cli_textgen_close(&g);
+    return rc;
 }

@@ -1,89 +1,170 @@
-/* cmd_generate.c — `dsv4 generate`: greedy generation from prompt token ids (--prompt-ids), printing
- * the generated ids. Text prompts (-p) and sampling options arrive with the tokenizer and sampler. */
+/* cmd_generate.c — `dsv4 generate`: one completion, either
+ *   -p TEXT         TEXT rendered as a single user turn of the chat format (or tokenized as-is with --raw),
+ *                   sampled and streamed to stdout as text (reasoning first in --thinking mode), or
+ *   --prompt-ids    token ids in, the generated ids out (comma-separated on one line; greedy by default).
+ * Without --model it runs on the embedded default (random weights; see textgen.h). Shared machinery:
+ * textgen.{h,c}. Exit codes: 0 ok, 1 failure, 2 usage. */
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "cli_util.h"
-#include "dsv4.h"
+#include "textgen.h"
+#include "tokenizer/chat.h"
 
-static void usage(void) {
-    fprintf(stderr, "usage: dsv4 generate --model DIR --prompt-ids IDS [-n K] [--backend cpu] [--threads N]\n"
-                    "  Greedy decoding of K tokens (default 16) after the prompt; stops at EOS.\n");
+#define TEXT_MAX_NEW 256
+#define IDS_MAX_NEW 16
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: dsv4 generate (-p TEXT | --prompt-ids IDS) [options]\n"
+               "  -p TEXT                 prompt text, rendered as one user turn of the chat format; the answer\n"
+               "                          is streamed to stdout (in --thinking mode the reasoning comes first:\n"
+               "                          dimmed on a terminal, else between <think> and </think>)\n"
+               "  --raw                   tokenize TEXT as-is (no chat format)\n"
+               "  --prompt-ids IDS        comma-separated ids (or a file of them); prints the generated ids,\n"
+               "                          greedy unless --temperature is given, -n default %d\n",
+            IDS_MAX_NEW);
+    cli_textgen_usage(f, TEXT_MAX_NEW);
 }
 
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
-static double now_s(void) {
+static uint64_t clock_seed(void) {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return ((uint64_t)t.tv_sec * 1000000007ull) ^ (uint64_t)t.tv_nsec ^ ((uint64_t)getpid() << 32);
 }
 
-int dsv4_cmd_generate(int argc, char **argv) {
-    static const char *const known[] = {"--model", "--prompt-ids", "-n", "--backend", "--threads", NULL};
-    static const char *const flags[] = {"--help", "--stats", NULL};
-    if (cli_flag(argc, argv, "--help")) { usage(); return 0; }
-    if (!cli_check_options("generate", argc, argv, known, flags)) return 2;
-    const char *model = cli_opt(argc, argv, "--model"), *prompt = cli_opt(argc, argv, "--prompt-ids");
-    if (!model || !prompt) { usage(); return 2; }
-    int n_gen = cli_opt(argc, argv, "-n") ? atoi(cli_opt(argc, argv, "-n")) : 16;
-    if (n_gen < 0) { fprintf(stderr, "dsv4 generate: -n must be >= 0\n"); return 2; }
-    int32_t *ids = NULL;
-    int T = 0;
-    if (cli_parse_ids("generate", prompt, &ids, &T)) return 2;
-    dsv4_engine_options opt = {0};
-    opt.model_dir = model;
-    opt.backend = cli_opt(argc, argv, "--backend");
-    opt.n_threads = cli_opt(argc, argv, "--threads") ? atoi(cli_opt(argc, argv, "--threads")) : 0;
-    opt.max_seqs = 1;
-    opt.max_tokens = T + n_gen + 256;
+/* The prompt's token ids: the chat rendering of one user turn, or TEXT itself with --raw. */
+static int prompt_tokens(cli_textgen *g, const char *text, int raw, int thinking, dsv4_token_list *ids) {
+    size_t n = strlen(text), bad = dsv4_utf8_valid_prefix(text, n);
+    if (bad != n) {
+        fprintf(stderr, "dsv4 generate: the prompt is not valid UTF-8 (invalid byte at offset %zu)\n", bad);
+        return 2;
+    }
     dsv4_err err = {{0}};
-    dsv4_engine *e = NULL;
-    if (dsv4_engine_create(&opt, &e, &err) != DSV4_OK) {
-        fprintf(stderr, "dsv4 generate: %s\n", err.msg);
-        free(ids);
+    dsv4_tok_buf prompt = {0};
+    dsv4_status st = DSV4_OK;
+    if (raw) {
+        st = dsv4_tok_buf_append(&prompt, text, n);
+    } else {
+        json_t *msgs = json_pack("[{s:s, s:s}]", "role", "user", "content", text);
+        dsv4_chat_opts co;
+        dsv4_chat_opts_default(&co);
+        co.thinking = thinking != 0;
+        st = msgs ? dsv4_chat_render(msgs, NULL, &co, &prompt, &err) : DSV4_ERR_NOMEM;
+        json_decref(msgs);
+    }
+    if (st == DSV4_OK) st = dsv4_tokenizer_encode(g->tok, prompt.data ? prompt.data : "", prompt.len, ids, &err);
+    dsv4_tok_buf_free(&prompt);
+    if (st != DSV4_OK) {
+        fprintf(stderr, "dsv4 generate: %s\n", err.msg[0] ? err.msg : "out of memory");
         return 1;
     }
-    int rc = 1, seq, vocab = dsv4_engine_vocab_size(e), eos = dsv4_engine_eos_id(e);
-    float *logits = malloc(sizeof(float) * (size_t)vocab);
-    if (!logits || dsv4_engine_seq_open(e, &seq, &err) != DSV4_OK) {
-        fprintf(stderr, "dsv4 generate: %s\n", logits ? err.msg : "out of memory");
+    return 0;
+}
+
+/* --prompt-ids: ids in, generated ids out (the EOS id is printed too, then generation stops). */
+static int run_ids(cli_textgen *g, const cli_textgen_opts *o, const int32_t *ids, int T, uint64_t seed) {
+    dsv4_err err = {{0}};
+    int rc = 1;
+    dsv4_sampling_params sp = o->sp;
+    sp.seed = seed;
+    dsv4_sampler s;
+    if (dsv4_sampler_init(&s, &sp, g->vocab, &err) != DSV4_OK ||
+        dsv4_sampler_add_prompt(&s, ids, (size_t)T, &err) != DSV4_OK) {
+        fprintf(stderr, "dsv4 generate: %s\n", err.msg);
         goto done;
     }
-    double t0 = now_s(), t_prefill = 0;
-    dsv4_batch_item it = {seq, ids, T, 1};
-    int32_t tok;
-    for (int i = 0; i < n_gen; i++) {
-        if (dsv4_engine_step(e, &it, 1, logits, &err) != DSV4_OK) {
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    if (o->max_new > 0 && cli_textgen_prefill(g, ids, (size_t)T)) goto done;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    g->st_prompt = T;
+    g->st_prefill_s = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
+    g->st_gen = 0;
+    for (int i = 0; i < o->max_new; i++) {
+        dsv4_sample_out so;
+        if (dsv4_sampler_next(&s, &g->ws, g->logits, &so, &err) != DSV4_OK) {
             fprintf(stderr, "dsv4 generate: %s\n", err.msg);
             goto done;
         }
-        if (i == 0) t_prefill = now_s() - t0;
-        tok = argmax(logits, vocab);
-        printf("%s%d", i ? "," : "", tok);
+        printf("%s%d", i ? "," : "", so.token);
         fflush(stdout);
-        if (tok == eos) break;
-        it = (dsv4_batch_item){seq, &tok, 1, 1};
+        g->st_gen++;
+        if (so.token == g->eos || i + 1 == o->max_new) break;
+        dsv4_batch_item it = {g->seq, &so.token, 1, 1};
+        if (dsv4_engine_step(g->e, &it, 1, g->logits, &err) != DSV4_OK) {
+            fprintf(stderr, "dsv4 generate: %s\n", err.msg);
+            goto done;
+        }
     }
     printf("\n");
-    if (cli_flag(argc, argv, "--stats")) {
-        double total = now_s() - t0;
-        fprintf(stderr, "prefill %d tokens: %.3f s (%.1f tok/s); decode %d tokens: %.3f s (%.1f tok/s)\n", T,
-                t_prefill, T / t_prefill, n_gen - 1, total - t_prefill,
-                n_gen > 1 ? (n_gen - 1) / (total - t_prefill) : 0.0);
-    }
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    g->st_decode_s = (a.tv_sec - b.tv_sec) + (a.tv_nsec - b.tv_nsec) * 1e-9;
     rc = 0;
 done:
-    free(logits);
+    dsv4_sampler_free(&s);
+    return rc;
+}
+
+int dsv4_cmd_generate(int argc, char **argv) {
+    static const char *const known[] = {CLI_TEXTGEN_VALUE_OPTS, "-p", "--prompt-ids", NULL};
+    static const char *const flags[] = {CLI_TEXTGEN_FLAG_OPTS, "--help", "-h", "--raw", NULL};
+    if (cli_flag(argc, argv, "--help") || cli_flag(argc, argv, "-h")) { usage(stdout); return 0; }
+    if (!cli_check_options("generate", argc, argv, known, flags)) return 2;
+    const char *text = cli_opt(argc, argv, "-p"), *ids_spec = cli_opt(argc, argv, "--prompt-ids");
+    if (!text == !ids_spec) {
+        fprintf(stderr, "dsv4 generate: give exactly one of -p TEXT and --prompt-ids IDS\n");
+        usage(stderr);
+        return 2;
+    }
+    if (ids_spec && cli_flag(argc, argv, "--raw")) {
+        fprintf(stderr, "dsv4 generate: --raw applies to -p TEXT only\n");
+        return 2;
+    }
+    cli_textgen_opts o;
+    int rc = cli_textgen_parse("generate", argc, argv, ids_spec ? 0.0 : 1.0, ids_spec ? IDS_MAX_NEW : TEXT_MAX_NEW, &o);
+    if (rc) return rc;
+    if (ids_spec && o.n_stops) {
+        fprintf(stderr, "dsv4 generate: --stop applies to -p TEXT only\n");
+        return 2;
+    }
+    int32_t *ids = NULL;
+    int T = 0;
+    if (ids_spec && cli_parse_ids("generate", ids_spec, &ids, &T)) return 2;
+    if (text) {   /* reject a bad prompt before any model work */
+        size_t n = strlen(text), bad = dsv4_utf8_valid_prefix(text, n);
+        if (bad != n) {
+            fprintf(stderr, "dsv4 generate: the prompt is not valid UTF-8 (invalid byte at offset %zu)\n", bad);
+            return 2;
+        }
+    }
+    uint64_t seed = o.seed_given ? o.sp.seed : clock_seed();
+    cli_textgen g;
+    if (!o.ctx) o.ctx = (ids_spec ? T : 0) + o.max_new + 4096;
+    rc = cli_textgen_open(&g, "generate", &o, text != NULL);
+    if (rc) goto done;
+    if (ids_spec) {
+        rc = run_ids(&g, &o, ids, T, seed);
+    } else {
+        dsv4_token_list prompt = {0};
+        rc = prompt_tokens(&g, text, cli_flag(argc, argv, "--raw"), o.thinking, &prompt);
+        if (!rc) {
+            cli_textgen_result r;
+            rc = cli_textgen_generate(&g, &o, prompt.ids, prompt.n, o.thinking, seed, 1, &r);
+            if (!rc) printf("\n");
+            cli_textgen_result_free(&r);
+        }
+        dsv4_token_list_free(&prompt);
+    }
+    fflush(stdout);
+    if (!rc && o.stats) cli_textgen_print_stats(&g, seed);
+done:
+    fflush(stdout);
+    cli_textgen_close(&g);
     free(ids);
-    dsv4_engine_destroy(e);
     return rc;
 }

@@ -18,6 +18,7 @@ static const subcommand commands[] = {
     {"tokenize", dsv4_cmd_tokenize, "print the token ids of a text"},
     {"chat-template", dsv4_cmd_chat_template, "render an OpenAI-style messages file as a prompt"},
     {"bench", dsv4_cmd_bench, "measure prefill and decode speed"},
+    {"synth", dsv4_cmd_synth, "write a random-weight checkpoint in the released format"},
 };
 
 static void usage(FILE *f) {
