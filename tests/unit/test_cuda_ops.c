@@ -374,18 +374,43 @@ static void attn_case(int n_q, int H, int K, int n_kv, int n_empty, int with_rop
         if (with_rope)
             for (int h = 0; h < H; h++) dsv4_cpu_rope(o + (size_t)h * hd + hd - 64, pos[i], &rope_yarn, 1);
     }
-    /* tolerance per head: |got − ref| ≤ 2^-8·|ref| + 2^-10·rms(ref_head) (docs/NUMERICS.md) */
+    /* Tolerance (docs/NUMERICS.md): |got − ref| ≤ 2^-7·|ref| + 2^-7·(1 + 2^-6)·A[d], where
+     * A[d] = Σ_j p_j·|v_j[d]| / Z (fp64; summed over the pair for the inverse-RoPE dims): any set of
+     * BF16-rounding flips of the probabilities moves o[d] by at most 2^-7·A[d], the output rounding by one
+     * BF16 ulp, FP32 accumulation by ≤ K·2^-24·A[d]. */
     size_t n = (size_t)n_q * H * hd, nd = 0, bad = 0;
     double worst = 0, se = 0, sr = 0;
     long maxulp = 0;
+    double *A = xmalloc((size_t)hd * sizeof(double)), *sc = xmalloc((size_t)K * sizeof(double));
     for (size_t hrow = 0; hrow < (size_t)n_q * H; hrow++) {
-        double rms = 0;
-        for (int d = 0; d < hd; d++) rms += (double)ref[hrow * hd + d] * ref[hrow * hd + d];
-        rms = sqrt(rms / hd);
+        int qi = (int)(hrow / H), h = (int)(hrow % H);
+        const float *qh = q + hrow * hd;
+        double m = -INFINITY, Z = 0;
+        for (int j = 0; j < K; j++) {
+            int32_t v = idx[(size_t)qi * K + j];
+            sc[j] = -INFINITY;
+            if (v < 0) continue;
+            double acc = 0;
+            for (int d = 0; d < hd; d++) acc += (double)qh[d] * kv[(size_t)v * hd + d];
+            sc[j] = acc * p.scale;
+            if (sc[j] > m) m = sc[j];
+        }
+        for (int d = 0; d < hd; d++) A[d] = 0;
+        for (int j = 0; j < K; j++) {
+            int32_t v = idx[(size_t)qi * K + j];
+            if (v < 0) continue;
+            double e = exp(sc[j] - m);
+            Z += e;
+            for (int d = 0; d < hd; d++) A[d] += e * fabs(kv[(size_t)v * hd + d]);
+        }
+        Z += exp(sink[h] - m);
+        for (int d = 0; d < hd; d++) A[d] = m == -INFINITY ? 0 : A[d] / Z;
+        if (with_rope)
+            for (int d = hd - 64; d < hd; d += 2) A[d] = A[d + 1] = A[d] + A[d + 1];
         for (int d = 0; d < hd; d++) {
             size_t i = hrow * hd + d;
             double e = fabs((double)got[i] - ref[i]);
-            double tol = ldexp(fabs(ref[i]), -8) + ldexp(rms, -10) + 1e-30;
+            double tol = ldexp(fabs(ref[i]), -7) + ldexp(A[d], -7) * (1 + 1.0 / 64) + 1e-30;
             if (!(e <= tol)) bad++;
             if (e / tol > worst || isnan(e)) worst = isnan(e) ? INFINITY : e / tol;
             long u = ulp_dist(got[i], ref[i]);
@@ -395,9 +420,12 @@ static void attn_case(int n_q, int H, int K, int n_kv, int n_empty, int with_rop
             sr += (double)ref[i] * ref[i];
         }
     }
+    free(A); free(sc);
+    double rel = sr > 0 ? sqrt(se / sr) : 0;
     printf("  attn n_q=%d H=%d K=%d empty=%d%s: differing=%zu/%zu (%.4f%%) max_ulp=%ld rel_l2=%.3g worst err/tol=%.3f\n",
-           n_q, H, K, n_empty, with_rope ? " +inv_rope" : "", nd, n, 100.0 * nd / n, maxulp, sqrt(se / sr), worst);
+           n_q, H, K, n_empty, with_rope ? " +inv_rope" : "", nd, n, 100.0 * nd / n, maxulp, rel, worst);
     CHECK(bad == 0, "attention: %zu elements outside tolerance (worst err/tol %.3f)", bad, worst);
+    CHECK(rel <= 1e-3 && nd * 100 <= n, "attention: rel_l2 %.3g, %zu of %zu not bitwise", rel, nd, n);
     free(q); free(kv); free(sink); free(idx); free(pos); free(got); free(ref); free(rows);
     dev_free_all();
 }
@@ -578,17 +606,21 @@ static void test_route(void) {
                                mode == 2 ? dtok : NULL, k, 1.5f, dex, dw, ERR));
         from_dev(gex, dex, sizeof gex);
         from_dev(gw, dw, sizeof gw);
-        int bad_id = 0, bad_w = 0;
+        int bad_id = 0, bad_w = 0, diff_w = 0;
         for (int r = 0; r < rows; r++) {
             dsv4_cpu_route(z + (size_t)r * E, E, mode == 0 ? bias : NULL, mode == 2 ? tid + (size_t)tok[r] * k : NULL,
                            k, 1.5f, rex, rw);
             for (int i = 0; i < k; i++) {
                 bad_id += gex[r * k + i] != rex[i];
-                bad_w += !(gw[r * k + i] == rw[i]);
+                /* glibc's log1pf is not correctly rounded (the GPU's fp64-rounded one is): ≤ 2 FP32 ulps */
+                double dw = fabs((double)gw[r * k + i] - rw[i]);
+                diff_w += dw != 0.0;
+                bad_w += !(dw <= 2.0 * ldexp(fabs(rw[i]), -23));
             }
         }
-        printf("  route %s rows=%d E=%d k=%d: wrong ids=%d, weights not bitwise=%d\n",
-               mode == 0 ? "learned+bias" : (mode == 1 ? "learned" : "hash"), rows, E, k, bad_id, bad_w);
+        printf("  route %s rows=%d E=%d k=%d: wrong ids=%d, weights not bitwise=%d/%d, beyond 2 fp32 ulp=%d\n",
+               mode == 0 ? "learned+bias" : (mode == 1 ? "learned" : "hash"), rows, E, k, bad_id, diff_w, rows * k,
+               bad_w);
         CHECK(bad_id == 0 && bad_w == 0, "router differs (mode %d)", mode);
     }
     free(z); free(bias); free(tid); free(tok);
