@@ -40,7 +40,7 @@ ifeq ($(cuda),1)
   CFLAGS  += -DDSV4_HAVE_CUDA=1
   NVFLAGS := -std=c++17 -O3 -Iinclude -Isrc -lineinfo -gencode=arch=compute_90a,code=sm_90a \
              -Xcompiler -Wall,-fno-strict-aliasing --expt-relaxed-constexpr
-  LIB_CU_OBJ := $(CU_SRC:%.cu=$(BUILD)/%.o)
+  LIB_CU_OBJ := $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
   LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas \
              -lculibos -lcudart_static -ldl -lrt -lstdc++
 else
@@ -63,7 +63,7 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.cu
+$(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
