@@ -1,6 +1,7 @@
 /* cmd_chat.c — `dsv4 chat`: multi-turn chat. On a terminal: line editing and history (libedit), commands
- * /think /nothink /reset /quit /help, Ctrl-D exits, Ctrl-C stops the answer being generated. With stdin
- * not a terminal: one user message per input line, each answer printed and ended with a newline.
+ * /think /nothink /reset /quit /help, Ctrl-D exits, Ctrl-C stops the answer being generated (at the prompt
+ * it drops the line being typed). With stdin not a terminal: one user message per input line, each
+ * answer printed and ended with a newline.
  *
  * The conversation is kept as an OpenAI-style messages array; every turn re-renders it (chat.h) and
  * re-tokenizes it, and the KV cache is reused when the new prompt extends the tokens it already holds
@@ -120,7 +121,12 @@ int dsv4_cmd_chat(int argc, char **argv) {
     }
     rc = msgs ? 0 : 1;
     for (int n_turn = 0; msgs;) {
+        interrupted = 0;
         char *line = read_input(tty, thinking);
+        if (!line && tty && interrupted) {   /* Ctrl-C at the prompt: drop the line, prompt again */
+            fputc('\n', stdout);
+            continue;
+        }
         if (!line) {
             if (tty) fputc('\n', stdout);
             break;
