@@ -90,6 +90,13 @@ long dsv4_engine_seq_len(const dsv4_engine *e, int seq);
  * KV exhausted) no sequence's state changes. */
 dsv4_status dsv4_engine_step(dsv4_engine *e, const dsv4_batch_item *items, int n_items, float *logits,
                              dsv4_err *err);
+/* Greedy decoding of n_seqs open sequences: feeds first[i] to seqs[i], then n_steps-1 more steps each
+ * feeding back the argmax; out [n_steps, n_seqs] gets the argmax token of every step (ties: lower id).
+ * On the cuda backend the loop runs on the device (argmax on the device, graph replays, no host work
+ * between steps) and device_ms (optional) is its device time; the cpu backend runs dsv4_engine_step. */
+dsv4_status dsv4_engine_decode_greedy(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *first,
+                                      int n_steps, int32_t *out, double *device_ms, dsv4_err *err);
+/* Layer dumps exist on the cpu backend only (ignored on cuda). */
 void dsv4_engine_set_layer_dump(dsv4_engine *e, dsv4_layer_dump_fn fn, void *user);
 
 #ifdef __cplusplus

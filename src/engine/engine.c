@@ -1,5 +1,6 @@
-/* engine.c — the public engine API of dsv4.h over the CPU reference backend: loads the model, creates
- * the thread pool, the KV-cache manager and the forward pass, and maps sequence handles to KV slots. */
+/* engine.c — the public engine API of dsv4.h: loads the model, creates the thread pool, the KV-cache
+ * manager and the forward pass of the chosen backend (cpu reference, or cuda: forward_cuda.h, which owns
+ * its KV manager on device memory), and maps sequence handles to KV slots. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -8,6 +9,7 @@
 #include "core/threadpool.h"
 #include "dsv4.h"
 #include "engine/forward.h"
+#include "engine/forward_cuda.h"
 #include "engine/kv_access.h"
 #include "engine/model.h"
 
@@ -15,13 +17,15 @@ struct dsv4_engine {
     dsv4_model *model;        /* owned */
     dsv4_threadpool *pool;    /* owned */
     dsv4_kv_manager *kv;      /* owned */
-    dsv4_forward *fwd;        /* owned */
+    dsv4_forward *fwd;        /* owned; NULL on the cuda backend */
+    dsv4_forward_cuda *cfwd;  /* owned; cuda backend only (it then owns kv, whose arenas are on the device) */
 };
 
 void dsv4_engine_destroy(dsv4_engine *e) {
     if (!e) return;
     dsv4_forward_destroy(e->fwd);
-    dsv4_kv_access_destroy(e->kv);
+    if (e->cfwd) dsv4_forward_cuda_destroy(e->cfwd);
+    else dsv4_kv_access_destroy(e->kv);
     dsv4_threadpool_destroy(e->pool);
     dsv4_model_free(e->model);
     free(e);
@@ -55,9 +59,11 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
     *out = NULL;
     if (!opt || !opt->model_dir)
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: no model directory given");
-    if (opt->backend && strcmp(opt->backend, "cpu") != 0)
-        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: backend '%s' is not available in this build "
-                            "(known: cpu)", opt->backend);
+    int cuda = opt->backend && strcmp(opt->backend, "cuda") == 0;
+    if (opt->backend && !cuda && strcmp(opt->backend, "cpu") != 0)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: unknown backend '%s' (known: cpu, cuda)", opt->backend);
+    if (cuda && opt->fault)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: fault variants exist on the cpu backend only");
     dsv4_engine *e = calloc(1, sizeof *e);
     if (!e) return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
     dsv4_status st;
@@ -67,6 +73,19 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
     if ((st = dsv4_model_load(opt->model_dir, &e->model, err)) == DSV4_OK && opt->progress) {
         opt->progress(opt->progress_user, "checkpoint", 1, 1);
         page_in_weights(&e->model->ckpt, opt->progress, opt->progress_user);
+    }
+    if (st == DSV4_OK && cuda) {
+        dsv4_forward_cuda_options co = {0};
+        co.max_seqs = max_seqs;
+        co.max_tokens = max_tokens;
+        co.verbose = opt->progress != NULL;
+        if ((st = dsv4_forward_cuda_create(e->model, &co, &e->cfwd, err)) != DSV4_OK) {
+            dsv4_engine_destroy(e);
+            return st;
+        }
+        e->kv = dsv4_forward_cuda_kv(e->cfwd);
+        *out = e;
+        return DSV4_OK;
     }
     if (st != DSV4_OK ||
         (st = dsv4_threadpool_create(opt->n_threads, &e->pool, err)) != DSV4_OK ||
@@ -112,11 +131,41 @@ dsv4_status dsv4_engine_step(dsv4_engine *e, const dsv4_batch_item *items, int n
         }
         steps[i] = (dsv4_seq_step){items[i].seq, items[i].tokens, items[i].n_tokens, items[i].want_logits};
     }
-    dsv4_status st = dsv4_forward_step(e->fwd, e->kv, steps, n_items, logits, err);
+    dsv4_status st = e->cfwd ? dsv4_forward_cuda_step(e->cfwd, steps, n_items, logits, err)
+                             : dsv4_forward_step(e->fwd, e->kv, steps, n_items, logits, err);
     free(steps);
     return st;
 }
 
+dsv4_status dsv4_engine_decode_greedy(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *first,
+                                      int n_steps, int32_t *out, double *device_ms, dsv4_err *err) {
+    if (n_seqs <= 0 || n_steps <= 0) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: empty greedy decode");
+    if (device_ms) *device_ms = 0.0;
+    if (e->cfwd) return dsv4_forward_cuda_decode_greedy(e->cfwd, seqs, n_seqs, first, n_steps, out, device_ms, err);
+    const int V = e->model->cfg->vocab_size;
+    float *logits = malloc(sizeof(float) * (size_t)n_seqs * V);
+    dsv4_batch_item *items = malloc(sizeof *items * (size_t)n_seqs);
+    int32_t *cur = malloc(sizeof *cur * (size_t)n_seqs);
+    dsv4_status st = DSV4_OK;
+    if (!logits || !items || !cur) st = dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
+    for (int i = 0; i < n_seqs && st == DSV4_OK; i++) cur[i] = first[i];
+    for (int k = 0; k < n_steps && st == DSV4_OK; k++) {
+        for (int i = 0; i < n_seqs; i++) items[i] = (dsv4_batch_item){seqs[i], &cur[i], 1, 1};
+        if ((st = dsv4_engine_step(e, items, n_seqs, logits, err)) != DSV4_OK) break;
+        for (int i = 0; i < n_seqs; i++) {
+            const float *l = logits + (size_t)i * V;
+            int best = 0;
+            for (int v = 1; v < V; v++)
+                if (l[v] > l[best]) best = v;
+            out[(size_t)k * n_seqs + i] = cur[i] = best;
+        }
+    }
+    free(logits);
+    free(items);
+    free(cur);
+    return st;
+}
+
 void dsv4_engine_set_layer_dump(dsv4_engine *e, dsv4_layer_dump_fn fn, void *user) {
-    dsv4_forward_set_hook(e->fwd, fn, user);
+    if (e->fwd) dsv4_forward_set_hook(e->fwd, fn, user); /* the cuda backend has no layer dump */
 }

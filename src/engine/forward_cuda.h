@@ -1,0 +1,70 @@
+/* forward_cuda.h — the DeepSeek V4 forward pass on one CUDA device: the same computation, in the same order,
+ * as forward_cpu.c (the reference), with weights resident on the device in their released formats, the KV
+ * cache in device arenas (compact bit-exact entries, kv_schema.h) and decode steps replayed from captured
+ * CUDA graphs. Plain C; without DSV4_HAVE_CUDA every entry point fails with DSV4_ERR_UNSUPPORTED
+ * ("backend cuda not compiled in").
+ *
+ * Owns: the CUDA context, the device weights, the KV manager (created with a device-memory hook; callers
+ * admit/release through dsv4_forward_cuda_kv and the kv_access.h functions), a workspace sized at creation
+ * for max_rows rows and max_seqs sequences, pinned input staging, one graph per decode bucket
+ * (1, 2, 4, ... max_seqs sequences of one token). Nothing allocates, synchronizes or branches on device data
+ * inside a step; a step waits for the device only when it copies logits back.
+ *
+ * Not thread-safe: one caller drives it. */
+#ifndef DSV4_ENGINE_FORWARD_CUDA_H
+#define DSV4_ENGINE_FORWARD_CUDA_H
+
+#include <stdint.h>
+
+#include "dsv4.h"
+#include "engine/forward.h"
+#include "engine/model.h"
+#include "kv/kv_manager.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dsv4_forward_cuda dsv4_forward_cuda;
+
+typedef struct dsv4_forward_cuda_options {
+    int device;        /* CUDA device ordinal */
+    int max_seqs;      /* KV slots = most sequences in one step; <= 0: 8 */
+    long max_tokens;   /* KV capacity in tokens (all sequences) and the longest sequence; <= 0: max_seqs*4096 */
+    int max_rows;      /* most token rows per device pass (larger steps are split); <= 0: 512 */
+    int no_graphs;     /* 1: decode steps run eagerly (tests compare against graph replay) */
+    int verbose;       /* 1: upload progress and rate on stderr */
+} dsv4_forward_cuda_options;
+
+/* Uploads the model's weights (m must outlive the forward; wo_a is dequantized to BF16 on the device),
+ * creates the KV manager on device memory and the workspace. Errors: UNSUPPORTED (no CUDA in this build or
+ * no device), CUDA, NOMEM (device memory), CONFIG (a shape the kernels do not take). */
+dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cuda_options *opt,
+                                     dsv4_forward_cuda **out, dsv4_err *err);
+void dsv4_forward_cuda_destroy(dsv4_forward_cuda *f);
+
+/* The KV manager (owned by f): admit / release / positions through kv_access.h. */
+dsv4_kv_manager *dsv4_forward_cuda_kv(dsv4_forward_cuda *f);
+void dsv4_forward_cuda_set_graphs(dsv4_forward_cuda *f, int enabled);
+
+/* One step, the contract of dsv4_forward_step (forward.h): all-or-nothing block preparation, logits
+ * [n_want, vocab] FP32 in the order of steps with want_logits, lengths advance on success. Steps where
+ * every sequence brings one token replay the decode graph of the smallest bucket >= n_steps. */
+dsv4_status dsv4_forward_cuda_step(dsv4_forward_cuda *f, const dsv4_seq_step *steps, int n_steps, float *logits,
+                                   dsv4_err *err);
+
+/* Greedy decoding entirely on the device: each sequence (slot) is fed first[i] at its current position,
+ * then n_steps-1 more steps feed back the argmax; out [n_steps, n_slots] holds the argmax token of every
+ * step. The loop is n_steps graph replays with no host work in between (tokens and positions advance on
+ * the device). ms (optional): device time of the loop, in milliseconds (CUDA events). */
+dsv4_status dsv4_forward_cuda_decode_greedy(dsv4_forward_cuda *f, const int *slots, int n_slots,
+                                            const int32_t *first, int n_steps, int32_t *out, double *ms,
+                                            dsv4_err *err);
+
+/* Device name and the weight upload (bytes, GB/s) for logs and benches. */
+void dsv4_forward_cuda_describe(const dsv4_forward_cuda *f, char *buf, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
