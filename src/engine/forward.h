@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "core/threadpool.h"
+#include "dist/comm.h"
 #include "dsv4.h"
 #include "engine/model.h"
 #include "kv/kv_manager.h"
@@ -39,6 +40,12 @@ dsv4_status dsv4_forward_create(const dsv4_model *model, dsv4_threadpool *pool, 
                                 dsv4_err *err);
 void dsv4_forward_destroy(dsv4_forward *f);
 void dsv4_forward_set_hook(dsv4_forward *f, dsv4_layer_hook hook, void *user);
+/* Tensor/expert parallelism: the model was loaded for one rank (dsv4_model_load_shard, world > 1) and comm
+ * (borrowed; its rank/world must equal the model's shard) joins the forwards of the other ranks. Every rank
+ * runs dsv4_forward_step with the same steps on its own (replicated) KV manager, concurrently; the logits
+ * and every rank's state come out bitwise identical on all ranks. A step without a communicator on a
+ * partitioned model fails with DSV4_ERR_INVALID_ARG. */
+void dsv4_forward_set_comm(dsv4_forward *f, dsv4_comm *comm);
 /* Tests only: run a deliberately broken variant (dsv4_fault of dsv4.h). */
 void dsv4_forward_set_fault(dsv4_forward *f, int fault);
 

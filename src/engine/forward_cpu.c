@@ -9,7 +9,16 @@
  * Within a step and layer, for each sequence: (1) compressors consume all its new tokens and emit the
  * entries that complete (visible to later positions), (2) each query attends its window — rows of this
  * step come from the fresh kv, older ones from the ring — plus its compressed entries, (3) the last
- * min(n, window) fresh kv rows are written to the ring. */
+ * min(n, window) fresh kv rows are written to the ring.
+ *
+ * Tensor/expert parallelism (docs/MULTI_GPU.md): with a partitioned model (m->shard.world > 1) this rank
+ * computes its heads, groups, index heads, experts and vocab rows only, and joins the other ranks through
+ * f->comm at the places the official model does: embedding (all-reduce of zero-masked rows), indexer scores
+ * (BF16 all-reduce of the per-rank head sums, before top-k), wo_b (FP32 all-reduce of the BF16 partial
+ * outputs, then BF16), routed experts (FP32 all-reduce of the partial sums, before the shared expert is
+ * added), head (all-gather of the vocab slices). Loops use the shard's local counts; formulas use global
+ * ones. With world = 1 every range is the whole dimension and no collective runs, so the arithmetic is the
+ * unpartitioned one, operation for operation. */
 #include "engine/forward.h"
 
 #include <math.h>
@@ -54,6 +63,7 @@ typedef struct workspace {
     const float **rows;     /* [window + max entries] attention row pointers */
     float *dec;             /* [window + max entries, hd] decoded cache rows */
     float *scores;          /* [max entries] indexer scores */
+    uint16_t *scores16;     /* [max entries] the same as bf16 bits, for the all-reduce (world > 1) */
     int32_t *topk;          /* [index_topk] */
     float *keys;            /* [max entries, dIh] decoded indexer keys */
     int cap_entries;
@@ -65,6 +75,7 @@ struct dsv4_forward {
     dsv4_layer_hook hook;
     void *hook_user;
     int fault;              /* dsv4_fault; 0 in every real use */
+    dsv4_comm *comm;        /* borrowed; required when m->shard.world > 1 */
     workspace ws;
 };
 
@@ -72,7 +83,7 @@ static void ws_free(workspace *w) {
     void *ptrs[] = {w->X, w->X2, w->x, w->post, w->comb, w->qa, w->qr, w->q, w->kv, w->o, w->og, w->u, w->ug,
                     w->a, w->cmp, w->qI, w->wI, w->logits_e, w->experts, w->eweights, w->ey, w->ex, w->eg,
                     w->eu, w->eh, w->eo, w->erow, w->eslot, w->sy, w->head_in, (void *)w->rows, w->dec,
-                    w->scores, w->topk, w->keys};
+                    w->scores, w->topk, w->keys, w->scores16};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
     memset(w, 0, sizeof *w);
 }
@@ -85,9 +96,11 @@ static dsv4_status ws_reserve_rows(workspace *w, const dsv4_config *c, int rows,
     int cap_entries = w->cap_entries;
     const float **keep_rows = w->rows; float *keep_dec = w->dec, *keep_scores = w->scores, *keep_keys = w->keys;
     int32_t *keep_topk = w->topk;
-    w->rows = NULL; w->dec = NULL; w->scores = NULL; w->keys = NULL; w->topk = NULL;
+    uint16_t *keep_scores16 = w->scores16;
+    w->rows = NULL; w->dec = NULL; w->scores = NULL; w->keys = NULL; w->topk = NULL; w->scores16 = NULL;
     ws_free(w);
     w->rows = keep_rows; w->dec = keep_dec; w->scores = keep_scores; w->keys = keep_keys; w->topk = keep_topk;
+    w->scores16 = keep_scores16;
     w->cap_entries = cap_entries;
     long D = c->dim, hc = c->hc_mult, H = c->n_heads, hd = c->head_dim, QL = c->q_lora_rank;
     long G = c->o_groups, R = c->o_lora_rank, E = c->n_routed_experts, k = c->n_activated_experts;
@@ -112,8 +125,8 @@ static dsv4_status ws_reserve_entries(workspace *w, const dsv4_config *c, int en
     if (entries <= w->cap_entries) return DSV4_OK;
     int n = entries + 1024;
     long hd = c->head_dim, win = c->window_size;
-    free((void *)w->rows); free(w->dec); free(w->scores); free(w->topk); free(w->keys);
-    int bad = ALLOC(w->rows, win + n) | ALLOC(w->dec, (win + n) * hd) | ALLOC(w->scores, n) |
+    free((void *)w->rows); free(w->dec); free(w->scores); free(w->topk); free(w->keys); free(w->scores16);
+    int bad = ALLOC(w->rows, win + n) | ALLOC(w->dec, (win + n) * hd) | ALLOC(w->scores, n) | ALLOC(w->scores16, n) |
               ALLOC(w->topk, (c->index_topk > n ? c->index_topk : n)) | ALLOC(w->keys, (long)n * c->index_head_dim);
     if (bad) { w->cap_entries = 0; return dsv4_err_set(err, DSV4_ERR_NOMEM, "forward: scratch for %d entries", n); }
     w->cap_entries = n;
@@ -144,6 +157,8 @@ const char *dsv4_fault_name(int fault) {
 
 void dsv4_forward_set_fault(dsv4_forward *f, int fault) { f->fault = fault; }
 
+void dsv4_forward_set_comm(dsv4_forward *f, dsv4_comm *comm) { f->comm = comm; }
+
 void dsv4_forward_set_hook(dsv4_forward *f, dsv4_layer_hook hook, void *user) {
     f->hook = hook;
     f->hook_user = user;
@@ -167,6 +182,18 @@ static void fp8_linear(dsv4_forward *f, const float *x, int M, const dsv4_fp8_li
 static void expert_linear(dsv4_forward *f, const float *x, int M, const dsv4_expert_linear *l, float *y) {
     if (l->is_fp4) dsv4_cpu_linear_fp4(f->pool, x, M, l->in, l->w, l->scale, l->out, y);
     else dsv4_cpu_linear_fp8(f->pool, x, M, l->in, l->w, l->scale, l->out, y);
+}
+
+/* Rows [r0, r0+n) of an FP8 linear as a view (r0, n multiples of 128: the rank's slice of a column split). */
+static dsv4_fp8_linear fp8_rows(const dsv4_fp8_linear *l, int r0, int n) {
+    int sc_cols = (l->in + 127) / 128;
+    return (dsv4_fp8_linear){l->w + (size_t)r0 * l->in, l->scale + (size_t)(r0 / 128) * sc_cols, n, l->in};
+}
+
+/* In-place FP32 all-reduce of buf[n] over the ranks (no-op on one rank). */
+static dsv4_status allreduce_f32(dsv4_forward *f, float *buf, size_t n, dsv4_err *err) {
+    if (f->m->shard.world == 1) return DSV4_OK;
+    return dsv4_comm_allreduce_sum(f->comm, buf, n, DSV4_COMM_F32, NULL, err);
 }
 
 /* ==== attention sub-layer =============================================================================== */
@@ -229,7 +256,8 @@ static dsv4_status attend_sequence(dsv4_forward *f, dsv4_kv_manager *kv, const s
                                    const dsv4_layer_weights *lw, const float *q, const float *fresh_kv,
                                    const float *qI, const float *wI, float *o, dsv4_err *err) {
     const dsv4_config *c = f->m->cfg;
-    const int H = c->n_heads, hd = c->head_dim, win = c->window_size, ratio = lw->ratio;
+    const dsv4_shard *sh = &f->m->shard;
+    const int H = sh->nh, hd = c->head_dim, win = c->window_size, ratio = lw->ratio; /* H: local heads */
     const float scale = 1.0f / sqrtf((float)hd);
     const dsv4_rope *rope = dsv4_model_rope(f->m, layer);
     workspace *ws = &f->ws;
@@ -250,12 +278,18 @@ static dsv4_status attend_sequence(dsv4_forward *f, dsv4_kv_manager *kv, const s
         if (ratio && f->fault != DSV4_FAULT_NO_COMPRESSED) {
             long n_vis = (t + 1) / ratio;
             if (dsv4_config_layer_kind(c, layer) == DSV4_LAYER_CSA) {
-                const int nIh = c->index_n_heads, dIh = c->index_head_dim;
+                const int nIh = sh->nih, dIh = c->index_head_dim; /* local index heads */
                 for (long w = 0; w < n_vis; w++) dsv4_kv_access_idx_read(kv, s->slot, layer, w, ws->keys + (size_t)w * dIh);
                 int kcur = (int)(n_vis < c->index_topk ? n_vis : c->index_topk);
                 if (kcur > 0) {
                     dsv4_cpu_indexer_scores(qI + (size_t)i * nIh * dIh, wI + (size_t)i * nIh, nIh, dIh, ws->keys,
                                             (int)n_vis, ws->scores);
+                    if (sh->world > 1) {
+                        /* The official model all-reduces the BF16 head sums of every rank before top-k. */
+                        for (long w = 0; w < n_vis; w++) ws->scores16[w] = dsv4_f32_to_bf16(ws->scores[w]);
+                        DSV4_TRY(dsv4_comm_allreduce_sum(f->comm, ws->scores16, (size_t)n_vis, DSV4_COMM_BF16, NULL, err));
+                        for (long w = 0; w < n_vis; w++) ws->scores[w] = dsv4_bf16_to_f32(ws->scores16[w]);
+                    }
                     dsv4_cpu_topk(ws->scores, (int)n_vis, kcur, ws->topk);
                 }
                 for (int j = 0; j < kcur; j++) {
@@ -275,7 +309,7 @@ static dsv4_status attend_sequence(dsv4_forward *f, dsv4_kv_manager *kv, const s
         float no_sink[H];
         for (int h = 0; h < H; h++) no_sink[h] = -INFINITY;
         dsv4_cpu_sparse_attn(q + (size_t)i * H * hd, H, hd, ws->rows, K,
-                             f->fault == DSV4_FAULT_NO_SINK ? no_sink : lw->attn_sink, scale, oi);
+                             f->fault == DSV4_FAULT_NO_SINK ? no_sink : lw->attn_sink + sh->h0, scale, oi);
         for (int h = 0; h < H; h++) dsv4_cpu_rope(oi + (size_t)h * hd + hd - rope->rope_dim, t, rope, 1);
     }
     /* Window ring: the last min(n, win) fresh rows. */
@@ -288,8 +322,10 @@ static dsv4_status attention_layer(dsv4_forward *f, dsv4_kv_manager *kv, const s
                                    int rows, int layer, const float *x, float *out, dsv4_err *err) {
     const dsv4_config *c = f->m->cfg;
     const dsv4_layer_weights *lw = &f->m->w.layers[layer];
+    const dsv4_shard *sh = &f->m->shard;
     workspace *ws = &f->ws;
-    const int H = c->n_heads, hd = c->head_dim, QL = c->q_lora_rank, G = c->o_groups, R = c->o_lora_rank;
+    /* H, G: this rank's heads and groups (all of them on one rank); H/G heads per group either way. */
+    const int H = sh->nh, hd = c->head_dim, QL = c->q_lora_rank, G = sh->ng, R = c->o_lora_rank;
     const dsv4_rope *rope = dsv4_model_rope(f->m, layer);
     const int rd = rope->rope_dim;
     const float eps = (float)c->norm_eps;
@@ -297,7 +333,8 @@ static dsv4_status attention_layer(dsv4_forward *f, dsv4_kv_manager *kv, const s
     /* Query: wq_a -> q_norm -> wq_b -> per-head RMS (BF16 arithmetic) -> RoPE. */
     fp8_linear(f, x, rows, &lw->wq_a, ws->qa);
     for (int i = 0; i < rows; i++) dsv4_cpu_rmsnorm(ws->qa + (size_t)i * QL, lw->q_norm, QL, eps, ws->qr + (size_t)i * QL);
-    fp8_linear(f, ws->qr, rows, &lw->wq_b, ws->q);
+    const dsv4_fp8_linear wq_b = fp8_rows(&lw->wq_b, sh->h0 * hd, H * hd);
+    fp8_linear(f, ws->qr, rows, &wq_b, ws->q);
     /* KV: wkv -> kv_norm -> RoPE -> FP8 fake-quant of the nope dims (block 64). */
     fp8_linear(f, x, rows, &lw->wkv, ws->kv);
     for (const seq_rows *s = seqs; s < seqs + n_seqs; s++) {
@@ -317,10 +354,12 @@ static dsv4_status attention_layer(dsv4_forward *f, dsv4_kv_manager *kv, const s
     /* Indexer query side (CSA): qI = idx_wq_b(qr) -> RoPE -> Hadamard -> FP4; wI = weights_proj(x)·scale. */
     int is_csa = dsv4_config_layer_kind(c, layer) == DSV4_LAYER_CSA;
     if (is_csa) {
-        const int nIh = c->index_n_heads, dIh = c->index_head_dim;
-        fp8_linear(f, ws->qr, rows, &lw->idx_wq_b, ws->qI);
-        dsv4_cpu_linear_bf16(f->pool, x, rows, c->dim, lw->idx_weights_proj, nIh, ws->wI, DSV4_OUT_BF16);
-        const float wscale = (float)(1.0 / sqrt((double)dIh) / sqrt((double)nIh));
+        const int nIh = sh->nih, dIh = c->index_head_dim; /* local index heads; the scale uses the global count */
+        const dsv4_fp8_linear idx_wq_b = fp8_rows(&lw->idx_wq_b, sh->ih0 * dIh, nIh * dIh);
+        fp8_linear(f, ws->qr, rows, &idx_wq_b, ws->qI);
+        dsv4_cpu_linear_bf16(f->pool, x, rows, c->dim, lw->idx_weights_proj + (size_t)sh->ih0 * c->dim, nIh, ws->wI,
+                             DSV4_OUT_BF16);
+        const float wscale = (float)(1.0 / sqrt((double)dIh) / sqrt((double)c->index_n_heads));
         for (const seq_rows *s = seqs; s < seqs + n_seqs; s++)
             for (int i = 0; i < s->n; i++) {
                 float *qIi = ws->qI + (size_t)(s->row0 + i) * nIh * dIh;
@@ -339,8 +378,8 @@ static dsv4_status attention_layer(dsv4_forward *f, dsv4_kv_manager *kv, const s
         const float *xs = x + (size_t)s->row0 * c->dim;
         if (is_csa) run_compressor(f, kv, s, layer, &lw->idx_compressor, DSV4_KV_COMP_INDEXER, xs);
         if (lw->ratio) run_compressor(f, kv, s, layer, &lw->compressor, DSV4_KV_COMP_MAIN, xs);
-        const float *qI = is_csa ? ws->qI + (size_t)s->row0 * c->index_n_heads * c->index_head_dim : NULL;
-        const float *wI = is_csa ? ws->wI + (size_t)s->row0 * c->index_n_heads : NULL;
+        const float *qI = is_csa ? ws->qI + (size_t)s->row0 * sh->nih * c->index_head_dim : NULL;
+        const float *wI = is_csa ? ws->wI + (size_t)s->row0 * sh->nih : NULL;
         DSV4_TRY(attend_sequence(f, kv, s, layer, lw, ws->q + (size_t)s->row0 * H * hd,
                                  ws->kv + (size_t)s->row0 * hd, qI, wI, ws->o + (size_t)s->row0 * H * hd, err));
     }
@@ -354,7 +393,15 @@ static dsv4_status attention_layer(dsv4_forward *f, dsv4_kv_manager *kv, const s
         for (int i = 0; i < rows; i++)
             memcpy(ws->u + (size_t)i * G * R + (size_t)g * R, ws->ug + (size_t)i * R, sizeof(float) * R);
     }
-    fp8_linear(f, ws->u, rows, &lw->wo_b, out);
+    if (sh->world == 1) {
+        fp8_linear(f, ws->u, rows, &lw->wo_b, out);
+        return DSV4_OK;
+    }
+    /* Row-parallel wo_b: this rank's input columns give a BF16 partial; the official model sums the
+     * partials in FP32 and rounds the sum to BF16. */
+    fp8_linear(f, ws->u, rows, &f->m->wo_b_local[layer], out);
+    DSV4_TRY(allreduce_f32(f, out, (size_t)rows * c->dim, err));
+    for (size_t i = 0; i < (size_t)rows * c->dim; i++) out[i] = dsv4_bf16_round(out[i]);
     return DSV4_OK;
 }
 
@@ -373,12 +420,14 @@ static void swiglu_ffn(dsv4_forward *f, const float *x, int M, const dsv4_expert
     expert_linear(f, ws->eh, M, w2, y);
 }
 
-static void moe_layer(dsv4_forward *f, const seq_rows *seqs, int n_seqs, int rows, int layer, const float *x,
-                      float *out) {
+static dsv4_status moe_layer(dsv4_forward *f, const seq_rows *seqs, int n_seqs, int rows, int layer,
+                             const float *x, float *out, dsv4_err *err) {
     const dsv4_config *c = f->m->cfg;
     const dsv4_layer_weights *lw = &f->m->w.layers[layer];
+    const dsv4_shard *sh = &f->m->shard;
     workspace *ws = &f->ws;
     const int D = c->dim, E = c->n_routed_experts, k = c->n_activated_experts;
+    const int e_lo = sh->e0, e_hi = sh->e0 + sh->ne; /* this rank's experts (router is replicated) */
     /* Router: FP32 logits, sqrt-softplus, selection (bias or hash), normalised weights. */
     dsv4_cpu_linear_bf16(f->pool, x, rows, D, lw->gate_w, E, ws->logits_e, DSV4_OUT_F32);
     for (const seq_rows *s = seqs; s < seqs + n_seqs; s++)
@@ -389,7 +438,7 @@ static void moe_layer(dsv4_forward *f, const seq_rows *seqs, int n_seqs, int row
                            ws->experts + (size_t)r * k, ws->eweights + (size_t)r * k);
         }
     /* Routed experts: gather the rows of each expert, run its SwiGLU FFN, scatter to [row, slot]. */
-    for (int e = 0; e < E; e++) {
+    for (int e = e_lo; e < e_hi; e++) {
         int n = 0;
         for (int r = 0; r < rows; r++)
             for (int j = 0; j < k; j++)
@@ -409,7 +458,8 @@ static void moe_layer(dsv4_forward *f, const seq_rows *seqs, int n_seqs, int row
     dsv4_expert_linear s2 = {lw->shared_w2.w, lw->shared_w2.scale, lw->shared_w2.out, lw->shared_w2.in, 0};
     dsv4_expert_linear s3 = {lw->shared_w3.w, lw->shared_w3.scale, lw->shared_w3.out, lw->shared_w3.in, 0};
     swiglu_ffn(f, x, rows, &s1, &s3, &s2, NULL, ws->sy);
-    /* y = bf16(Σ routed (ascending expert id) + shared), FP32 accumulator. */
+    /* y = bf16(Σ routed (ascending expert id) + shared), FP32 accumulator. With several ranks each sums its
+     * own experts (ascending), the partial sums are all-reduced in FP32, then the shared expert is added. */
     for (int r = 0; r < rows; r++) {
         int order[64];
         DSV4_ASSERT(k <= 64);
@@ -421,11 +471,16 @@ static void moe_layer(dsv4_forward *f, const seq_rows *seqs, int n_seqs, int row
         float *o = out + (size_t)r * D;
         for (int d = 0; d < D; d++) {
             float acc = 0.0f;
-            for (int j = 0; j < k; j++) acc += ws->ey[((size_t)r * k + order[j]) * D + d];
-            acc += ws->sy[(size_t)r * D + d];
-            o[d] = dsv4_bf16_round(acc);
+            for (int j = 0; j < k; j++) {
+                int e = ws->experts[(size_t)r * k + order[j]];
+                if (e >= e_lo && e < e_hi) acc += ws->ey[((size_t)r * k + order[j]) * D + d];
+            }
+            o[d] = acc;
         }
     }
+    DSV4_TRY(allreduce_f32(f, out, (size_t)rows * D, err));
+    for (size_t i = 0; i < (size_t)rows * D; i++) out[i] = dsv4_bf16_round(out[i] + ws->sy[i]);
+    return DSV4_OK;
 }
 
 /* ==== the step ========================================================================================== */
@@ -435,7 +490,13 @@ dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_s
     const dsv4_model *m = f->m;
     const dsv4_config *c = m->cfg;
     const int D = c->dim, hc = c->hc_mult;
+    const dsv4_shard *sh = &m->shard;
     if (n_steps <= 0) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "forward: empty batch");
+    if (sh->world > 1 && (dsv4_comm_world(f->comm) != sh->world || dsv4_comm_rank(f->comm) != sh->rank))
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "forward: model is rank %d of %d but the communicator is "
+                            "rank %d of %d", sh->rank, sh->world, dsv4_comm_rank(f->comm), dsv4_comm_world(f->comm));
+    int collective = 0;     /* set once this rank may be inside the group's collectives: failures then abort */
+    float *head_part = NULL;
     seq_rows *seqs = calloc((size_t)n_steps, sizeof *seqs);
     if (!seqs) return dsv4_err_set(err, DSV4_ERR_NOMEM, "forward: out of memory");
     int rows = 0;
@@ -468,6 +529,9 @@ dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_s
         if (st != DSV4_OK) goto done;
         for (int i = 0; i < n_steps; i++) seqs[i].pos0 = dsv4_kv_access_seq_len(kv, steps[i].slot);
     }
+    /* Everything above fails identically on every rank (replicated inputs and KV); from here a failure is
+     * rank-local (memory) or a peer's, so it aborts the group instead of leaving peers in a collective. */
+    collective = 1;
     if ((st = ws_reserve_rows(&f->ws, c, rows, err)) != DSV4_OK) goto done;
     {
         /* Scratch for the longest list of compressed entries any query of this step can see. */
@@ -481,12 +545,28 @@ dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_s
     }
     workspace *ws = &f->ws;
     /* Embedding, expanded to hc identical streams. */
-    for (const seq_rows *s = seqs; s < seqs + n_steps; s++)
-        for (int i = 0; i < s->n; i++) {
-            float *X = ws->X + (size_t)(s->row0 + i) * hc * D;
-            dsv4_cpu_embed(m->w.embed, D, s->tokens[i], X);
-            for (int h = 1; h < hc; h++) memcpy(X + (size_t)h * D, X, sizeof(float) * D);
-        }
+    if (sh->world == 1) {
+        for (const seq_rows *s = seqs; s < seqs + n_steps; s++)
+            for (int i = 0; i < s->n; i++) {
+                float *X = ws->X + (size_t)(s->row0 + i) * hc * D;
+                dsv4_cpu_embed(m->w.embed, D, s->tokens[i], X);
+                for (int h = 1; h < hc; h++) memcpy(X + (size_t)h * D, X, sizeof(float) * D);
+            }
+    } else {
+        /* Vocab-split table: the owner of a token writes its row, every other rank -0.0 (the identity of
+         * IEEE addition, so the all-reduce reproduces the row bit for bit, signed zeros included). */
+        for (const seq_rows *s = seqs; s < seqs + n_steps; s++)
+            for (int i = 0; i < s->n; i++) {
+                float *e = ws->x + (size_t)(s->row0 + i) * D;
+                int t = s->tokens[i] - sh->v0;
+                if (t >= 0 && t < sh->nv) dsv4_cpu_embed(m->w.embed + (size_t)sh->v0 * D, D, t, e);
+                else for (int d = 0; d < D; d++) e[d] = -0.0f;
+            }
+        if ((st = allreduce_f32(f, ws->x, (size_t)rows * D, err)) != DSV4_OK) goto done;
+        for (int r = 0; r < rows; r++)
+            for (int h = 0; h < hc; h++)
+                memcpy(ws->X + ((size_t)r * hc + h) * D, ws->x + (size_t)r * D, sizeof(float) * D);
+    }
     const float eps = (float)c->norm_eps, hc_eps = (float)c->hc_eps;
     for (int layer = 0; layer < c->n_layers; layer++) {
         const dsv4_layer_weights *lw = &m->w.layers[layer];
@@ -508,7 +588,7 @@ dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_s
                             ws->comb + (size_t)r * hc * hc);
             dsv4_cpu_rmsnorm(ws->x + (size_t)r * D, lw->ffn_norm, D, eps, ws->x + (size_t)r * D);
         }
-        moe_layer(f, seqs, n_steps, rows, layer, ws->x, ws->a);
+        if ((st = moe_layer(f, seqs, n_steps, rows, layer, ws->x, ws->a, err)) != DSV4_OK) goto done;
         for (int r = 0; r < rows; r++)
             dsv4_cpu_hc_post(ws->a + (size_t)r * D, ws->X2 + (size_t)r * hc * D, ws->post + (size_t)r * hc,
                              ws->comb + (size_t)r * hc * hc, hc, D, ws->X + (size_t)r * hc * D);
@@ -524,13 +604,33 @@ dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_s
         dsv4_cpu_rmsnorm(ws->head_in + (size_t)n_want * D, m->w.norm, D, eps, ws->head_in + (size_t)n_want * D);
         n_want++;
     }
-    if (n_want)
+    if (n_want && sh->world == 1)
         dsv4_cpu_linear_bf16(f->pool, ws->head_in, n_want, D, m->w.head, c->vocab_size, logits, DSV4_OUT_F32);
+    if (sh->world > 1) {
+        /* Vocab-split head: every rank computes its slice, an all-gather assembles [N][n_want][V/N] and the
+         * slices are put in vocab order. Ranks agree on n_want (replicated steps). */
+        const size_t nv = (size_t)sh->nv, part = (size_t)n_want * nv;
+        if (!(head_part = malloc(sizeof(float) * (part * (size_t)(sh->world + 1) + 1)))) {
+            st = dsv4_err_set(err, DSV4_ERR_NOMEM, "forward: out of memory (head all-gather)");
+            goto done;
+        }
+        float *mine = head_part, *all = head_part + part;
+        if (n_want)
+            dsv4_cpu_linear_bf16(f->pool, ws->head_in, n_want, D, m->w.head + (size_t)sh->v0 * D, sh->nv, mine,
+                                 DSV4_OUT_F32);
+        if ((st = dsv4_comm_allgather(f->comm, mine, all, sizeof(float) * part, NULL, err)) != DSV4_OK) goto done;
+        for (int r = 0; r < sh->world; r++)
+            for (int i = 0; i < n_want; i++)
+                memcpy(logits + (size_t)i * c->vocab_size + (size_t)r * nv, all + (size_t)r * part + (size_t)i * nv,
+                       sizeof(float) * nv);
+    }
     for (int i = 0; i < n_steps; i++) {
         int slot = steps[i].slot, n = steps[i].n_tokens;
         dsv4_kv_access_commit(kv, &slot, &n, 1);
     }
 done:
+    if (st != DSV4_OK && collective && sh->world > 1) dsv4_comm_abort(f->comm);
+    free(head_part);
     free(seqs);
     return st;
 }

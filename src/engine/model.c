@@ -15,6 +15,10 @@ void dsv4_model_free(dsv4_model *m) {
         for (int l = 0; l < m->cfg->n_layers; l++) free(m->wo_a_bf16[l]);
         free(m->wo_a_bf16);
     }
+    if (m->wo_b_local) {
+        for (int l = 0; l < m->cfg->n_layers; l++) free((void *)(uintptr_t)m->wo_b_local[l].w); /* owned (w+scale) */
+        free(m->wo_b_local);
+    }
     dsv4_model_weights_free(&m->w);
     dsv4_checkpoint_close(&m->ckpt);
     free(m);
@@ -22,19 +26,36 @@ void dsv4_model_free(dsv4_model *m) {
 
 /* W[o, c] = e4m3(w[o, c]) · 2^(scale[o/128, c/128] - 127), exactly representable in BF16 for every
  * weight a real checkpoint holds (3 mantissa bits times a power of two), rounded RNE otherwise. */
-static uint16_t *dequant_fp8_to_bf16(const dsv4_fp8_linear *l) {
-    uint16_t *out = malloc(sizeof(uint16_t) * (size_t)l->out * (size_t)l->in);
+static uint16_t *dequant_fp8_to_bf16(const dsv4_fp8_linear *l, int o0, int n_out) {
+    uint16_t *out = malloc(sizeof(uint16_t) * (size_t)n_out * (size_t)l->in);
     if (!out) return NULL;
     int sc_cols = (l->in + 127) / 128;
-    for (int o = 0; o < l->out; o++)
+    for (int o = o0; o < o0 + n_out; o++)
         for (int c = 0; c < l->in; c++) {
             float s = dsv4_e8m0_to_f32(l->scale[(size_t)(o / 128) * sc_cols + c / 128]);
-            out[(size_t)o * l->in + c] = dsv4_f32_to_bf16(dsv4_e4m3_to_f32(l->w[(size_t)o * l->in + c]) * s);
+            out[(size_t)(o - o0) * l->in + c] = dsv4_f32_to_bf16(dsv4_e4m3_to_f32(l->w[(size_t)o * l->in + c]) * s);
         }
     return out;
 }
 
+/* Copies input columns [c0, c0+nc) of an FP8 linear (c0, nc multiples of 128) into one owned buffer:
+ * w [out, nc] then scale [ceil(out/128), nc/128]. */
+static int slice_fp8_columns(const dsv4_fp8_linear *l, int c0, int nc, dsv4_fp8_linear *dst) {
+    int sr = (l->out + 127) / 128, sc = (l->in + 127) / 128, nsc = nc / 128;
+    uint8_t *buf = malloc((size_t)l->out * nc + (size_t)sr * nsc);
+    if (!buf) return -1;
+    for (int o = 0; o < l->out; o++) memcpy(buf + (size_t)o * nc, l->w + (size_t)o * l->in + c0, (size_t)nc);
+    uint8_t *scale = buf + (size_t)l->out * nc;
+    for (int r = 0; r < sr; r++) memcpy(scale + (size_t)r * nsc, l->scale + (size_t)r * sc + c0 / 128, (size_t)nsc);
+    *dst = (dsv4_fp8_linear){buf, scale, l->out, nc};
+    return 0;
+}
+
 dsv4_status dsv4_model_load(const char *dir, dsv4_model **out, dsv4_err *err) {
+    return dsv4_model_load_shard(dir, 0, 1, out, err);
+}
+
+dsv4_status dsv4_model_load_shard(const char *dir, int rank, int world, dsv4_model **out, dsv4_err *err) {
     *out = NULL;
     dsv4_model *m = calloc(1, sizeof *m);
     if (!m) return dsv4_err_set(err, DSV4_ERR_NOMEM, "model: out of memory");
@@ -47,17 +68,33 @@ dsv4_status dsv4_model_load(const char *dir, dsv4_model **out, dsv4_err *err) {
         return st;
     }
     const dsv4_config *c = m->cfg;
+    if ((st = dsv4_shard_init(c, rank, world, &m->shard, err)) != DSV4_OK) {
+        dsv4_model_free(m);
+        return st;
+    }
     dsv4_rope_init(&m->rope_swa, c->rope_head_dim, c->rope_theta, 0, 1.0, c->original_seq_len, c->beta_fast,
                    c->beta_slow);
     dsv4_rope_init(&m->rope_compressed, c->rope_head_dim, c->compress_rope_theta, 1, c->rope_factor,
                    c->original_seq_len, c->beta_fast, c->beta_slow);
     m->wo_a_bf16 = calloc((size_t)c->n_layers, sizeof *m->wo_a_bf16);
     if (!m->wo_a_bf16) { dsv4_model_free(m); return dsv4_err_set(err, DSV4_ERR_NOMEM, "model: out of memory"); }
+    const int R = c->o_lora_rank;
     for (int l = 0; l < c->n_layers; l++)
-        if (!(m->wo_a_bf16[l] = dequant_fp8_to_bf16(&m->w.layers[l].wo_a))) {
+        if (!(m->wo_a_bf16[l] = dequant_fp8_to_bf16(&m->w.layers[l].wo_a, m->shard.g0 * R, m->shard.ng * R))) {
             dsv4_model_free(m);
             return dsv4_err_set(err, DSV4_ERR_NOMEM, "model: out of memory dequantizing layers.%d.attn.wo_a", l);
         }
+    if (world > 1) {
+        if (!(m->wo_b_local = calloc((size_t)c->n_layers, sizeof *m->wo_b_local))) {
+            dsv4_model_free(m);
+            return dsv4_err_set(err, DSV4_ERR_NOMEM, "model: out of memory");
+        }
+        for (int l = 0; l < c->n_layers; l++)
+            if (slice_fp8_columns(&m->w.layers[l].wo_b, m->shard.g0 * R, m->shard.ng * R, &m->wo_b_local[l])) {
+                dsv4_model_free(m);
+                return dsv4_err_set(err, DSV4_ERR_NOMEM, "model: out of memory slicing layers.%d.attn.wo_b", l);
+            }
+    }
     *out = m;
     return DSV4_OK;
 }

@@ -9,6 +9,7 @@
 
 #include "backend/cpu/ops.h"
 #include "dsv4.h"
+#include "engine/shard.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/weights.h"
@@ -23,10 +24,20 @@ typedef struct dsv4_model {
     dsv4_model_weights w;           /* owned bindings (views into ckpt mappings) */
     dsv4_rope rope_swa;             /* θ = rope_theta, no YaRN (ratio-0 layers, MTP) */
     dsv4_rope rope_compressed;      /* θ = compress_rope_theta with YaRN (ratio != 0 layers) */
-    uint16_t **wo_a_bf16;           /* [n_layers] each [G*R, (H/G)*hd] bf16, owned */
+    uint16_t **wo_a_bf16;           /* [n_layers] each [ng*R, (H/G)*hd] bf16, owned: the rank's groups
+                                       [g0, g0+ng) of shard (all G groups when world = 1) */
+    dsv4_shard shard;               /* the part of the model this rank owns (whole model when world = 1) */
+    dsv4_fp8_linear *wo_b_local;    /* world > 1: [n_layers] owned copies of wo_b's input columns
+                                       [g0*R, (g0+ng)*R): w [D, ng*R], scale [ceil(D/128), ng*R/128]
+                                       (row-split: not contiguous in the file); NULL when world = 1 */
 } dsv4_model;
 
 dsv4_status dsv4_model_load(const char *dir, dsv4_model **out, dsv4_err *err);
+/* As dsv4_model_load, for rank `rank` of a tensor/expert-parallel group of `world` (1: the whole model).
+ * The partition (m->shard) comes from dsv4_shard_init on the checkpoint's config, whose divisibility errors
+ * are returned before anything is dequantized. Column splits stay views into the mapping (the forward
+ * offsets them); only the rank's wo_a groups are dequantized and only its wo_b input columns copied. */
+dsv4_status dsv4_model_load_shard(const char *dir, int rank, int world, dsv4_model **out, dsv4_err *err);
 void dsv4_model_free(dsv4_model *m);
 
 static inline const dsv4_rope *dsv4_model_rope(const dsv4_model *m, int layer) {
