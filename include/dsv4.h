@@ -48,6 +48,9 @@ typedef struct dsv4_engine_options {
     int max_seqs;            /* concurrent sequences (KV slots); <= 0: 8 */
     long max_tokens;         /* KV capacity in tokens over all sequences; <= 0: max_seqs * 4096 */
     int fault;               /* tests only: a dsv4_fault, a deliberately broken variant (0 = none) */
+    int gpus;                /* tensor/expert-parallel ranks (docs/MULTI_GPU.md); <= 1: one. cpu backend: ranks
+                                are host threads sharing the machine (n_threads split between them); cuda:
+                                one GPU per rank (not implemented yet: DSV4_ERR_UNSUPPORTED) */
     dsv4_progress_fn progress; /* optional; when set, create also reads every page of the mapped weight
                                   files once (64 MiB per call), so loading time shows in the bar rather
                                   than in the first step */
@@ -74,8 +77,10 @@ typedef struct dsv4_batch_item {
 } dsv4_batch_item;
 
 /* Called after every layer with the hyper-connection state of every token row of the step,
- * X [n_rows, hc, hidden] float32 (rows in batch order). */
-typedef void (*dsv4_layer_dump_fn)(void *user, int layer, const float *X, int n_rows, int hc, int hidden);
+ * X [n_rows, hc, hidden] float32 holding BF16 values (rows in batch order). X is the input of the next
+ * layer: a hook may overwrite it (teacher forcing: feed an oracle's state to compare one layer at a time);
+ * written values must be BF16-exact. */
+typedef void (*dsv4_layer_dump_fn)(void *user, int layer, float *X, int n_rows, int hc, int hidden);
 
 dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out, dsv4_err *err);
 void dsv4_engine_destroy(dsv4_engine *e);

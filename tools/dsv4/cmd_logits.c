@@ -17,10 +17,32 @@ typedef struct dump_state {
     long positions, filled; /* rows written so far for the current layer sweep */
     float **per_layer;      /* [n_layers][positions * hc * hidden] */
     long step_row0;         /* position of the first row of the running step */
+    int step_rows;          /* rows of the running step */
+    float **teacher;        /* [n_layers] oracle state after layer L, [positions, hc, hidden], or NULL */
+    long teacher_row;       /* hc * hidden of the teacher files */
+    int teacher_mismatch;   /* set when the engine's hc * hidden differs from the files' */
 } dump_state;
 
-static void dump_hook(void *user, int layer, const float *X, int n_rows, int hc, int hidden) {
+static void dump_hook(void *user, int layer, float *X, int n_rows, int hc, int hidden) {
     dump_state *d = user;
+    /* Teacher forcing: after recording this layer's own output, replace it by the oracle's so the next
+     * layer sees exactly the oracle's input. */
+    if (d->teacher && layer + 1 < d->n_layers && d->teacher[layer]) {
+        size_t row = (size_t)hc * hidden;
+        if ((long)row != d->teacher_row) {
+            d->teacher_mismatch = 1;
+            return;
+        }
+        if (d->per_layer) {
+            if (!d->per_layer[layer]) d->per_layer[layer] = calloc((size_t)d->positions * row, sizeof(float));
+            if (d->per_layer[layer]) memcpy(d->per_layer[layer] + (size_t)d->step_row0 * row, X, sizeof(float) * row * (size_t)n_rows);
+            d->hc = hc;
+            d->hidden = hidden;
+        }
+        memcpy(X, d->teacher[layer] + (size_t)d->step_row0 * row, sizeof(float) * row * (size_t)n_rows);
+        return;
+    }
+    if (!d->per_layer) return;
     size_t row = (size_t)hc * hidden;
     if (!d->per_layer[layer]) {
         d->per_layer[layer] = calloc((size_t)d->positions * row, sizeof(float));
@@ -34,21 +56,25 @@ static void dump_hook(void *user, int layer, const float *X, int n_rows, int hc,
 static void usage(void) {
     fprintf(stderr,
             "usage: dsv4 logits --model DIR --tokens IDS --prefill N --out FILE.npy [--dump-dir DIR]\n"
-            "                   [--backend cpu|cuda] [--threads N] [--fault NAME]\n"
+            "                   [--backend cpu|cuda] [--threads N] [--fault NAME] [--teacher-dir DIR]\n"
             "  IDS: comma-separated token ids, or a file of them (T tokens). 1 <= N <= T.\n"
             "  --fault: tests only, a deliberately broken variant (no-sink, no-compressed, rope-pos,\n"
-            "           no-kv-quant) to prove the oracle comparisons discriminate.\n");
+            "           no-kv-quant) to prove the oracle comparisons discriminate.\n"
+            "  --teacher-dir DIR: teacher forcing: the input of layer L+1 is DIR/hc_L.npy ([T, hc, hidden], an\n"
+            "           oracle's dump) instead of this engine's layer-L output; with --dump-dir, hc_L.npy then\n"
+            "           holds each layer's output from the oracle's input (a per-layer comparison).\n");
 }
 
 int dsv4_cmd_logits(int argc, char **argv) {
     static const char *const known[] = {"--model", "--tokens", "--prefill", "--out", "--dump-dir", "--backend",
-                                        "--threads", "--fault", NULL};
+                                        "--threads", "--fault", "--teacher-dir", NULL};
     static const char *const flags[] = {"--help", NULL};
     if (cli_flag(argc, argv, "--help")) { usage(); return 0; }
     if (!cli_check_options("logits", argc, argv, known, flags)) return 2;
     const char *model = cli_opt(argc, argv, "--model"), *tokens = cli_opt(argc, argv, "--tokens");
     const char *prefill_s = cli_opt(argc, argv, "--prefill"), *out = cli_opt(argc, argv, "--out");
     const char *dump_dir = cli_opt(argc, argv, "--dump-dir");
+    const char *teacher_dir = cli_opt(argc, argv, "--teacher-dir");
     if (!model || !tokens || !prefill_s || !out) { usage(); return 2; }
     int32_t *ids = NULL;
     int T = 0;
@@ -102,8 +128,29 @@ int dsv4_cmd_logits(int argc, char **argv) {
         dump.n_layers = dsv4_engine_n_layers(e);
         dump.per_layer = calloc((size_t)dump.n_layers, sizeof(float *));
         dump.positions = T;
-        dsv4_engine_set_layer_dump(e, dump_hook, &dump);
     }
+    if (teacher_dir) {
+        dump.n_layers = dsv4_engine_n_layers(e);
+        dump.positions = T;
+        dump.teacher = calloc((size_t)dump.n_layers, sizeof(float *));
+        if (!dump.teacher) { fprintf(stderr, "dsv4 logits: out of memory\n"); goto done; }
+        for (int l = 0; l + 1 < dump.n_layers; l++) {
+            char path[4096];
+            long shape[3];
+            int nd = 0;
+            snprintf(path, sizeof path, "%s/hc_%d.npy", teacher_dir, l);
+            if (dsv4_npy_read_f32(path, &dump.teacher[l], shape, 3, &nd, &err) != DSV4_OK) {
+                fprintf(stderr, "dsv4 logits: --teacher-dir: %s\n", err.msg);
+                goto done;
+            }
+            if (nd != 3 || shape[0] != T || (l > 0 && shape[1] * shape[2] != dump.teacher_row)) {
+                fprintf(stderr, "dsv4 logits: --teacher-dir: %s must be [%d, hc, hidden]\n", path, T);
+                goto done;
+            }
+            dump.teacher_row = shape[1] * shape[2];
+        }
+    }
+    if (dump_dir || teacher_dir) dsv4_engine_set_layer_dump(e, dump_hook, &dump);
     int seq;
     if (dsv4_engine_seq_open(e, &seq, &err) != DSV4_OK) { fprintf(stderr, "dsv4 logits: %s\n", err.msg); goto done; }
     for (long i = 0; i < rows; i++) {
@@ -113,6 +160,10 @@ int dsv4_cmd_logits(int argc, char **argv) {
             fprintf(stderr, "dsv4 logits: step %ld: %s\n", i, err.msg);
             goto done;
         }
+    }
+    if (dump.teacher_mismatch) {
+        fprintf(stderr, "dsv4 logits: --teacher-dir: the files' [hc, hidden] do not match this model\n");
+        goto done;
     }
     long shape[2] = {rows, vocab};
     if (dsv4_npy_write_f32(out, logits, shape, 2, &err) != DSV4_OK) {
@@ -139,6 +190,10 @@ done:
     if (dump.per_layer) {
         for (int l = 0; l < dump.n_layers; l++) free(dump.per_layer[l]);
         free(dump.per_layer);
+    }
+    if (dump.teacher) {
+        for (int l = 0; l < dump.n_layers; l++) free(dump.teacher[l]);
+        free(dump.teacher);
     }
     free(logits);
     free(ids);
