@@ -8,6 +8,7 @@
 #include "core/status.h"
 #include "core/threadpool.h"
 #include "dsv4.h"
+#include "engine/engine_tp.h"
 #include "engine/forward.h"
 #include "engine/forward_cuda.h"
 #include "engine/kv_access.h"
@@ -19,11 +20,13 @@ struct dsv4_engine {
     dsv4_kv_manager *kv;      /* owned */
     dsv4_forward *fwd;        /* owned; NULL on the cuda backend */
     dsv4_forward_cuda *cfwd;  /* owned; cuda backend only (it then owns kv, whose arenas are on the device) */
+    dsv4_tp_group *tp;        /* owned; cpu backend with gpus > 1: ranks 1..N-1 (this engine is rank 0) */
 };
 
 void dsv4_engine_destroy(dsv4_engine *e) {
     if (!e) return;
     dsv4_forward_destroy(e->fwd);
+    dsv4_tp_group_destroy(e->tp);
     if (e->cfwd) dsv4_forward_cuda_destroy(e->cfwd);
     else dsv4_kv_access_destroy(e->kv);
     dsv4_threadpool_destroy(e->pool);
@@ -64,13 +67,18 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: unknown backend '%s' (known: cpu, cuda)", opt->backend);
     if (cuda && opt->fault)
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: fault variants exist on the cpu backend only");
+    int world = opt->gpus > 1 ? opt->gpus : 1;
+    if (cuda && world > 1)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: --gpus %d: the multi-GPU CUDA forward is not "
+                            "implemented yet (docs/MULTI_GPU.md); the cpu backend runs %d ranks on threads", world,
+                            world);
     dsv4_engine *e = calloc(1, sizeof *e);
     if (!e) return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
     dsv4_status st;
     int max_seqs = opt->max_seqs > 0 ? opt->max_seqs : 8;
     long max_tokens = opt->max_tokens > 0 ? opt->max_tokens : (long)max_seqs * 4096;
     if (opt->progress) opt->progress(opt->progress_user, "checkpoint", 0, 1);
-    if ((st = dsv4_model_load(opt->model_dir, &e->model, err)) == DSV4_OK && opt->progress) {
+    if ((st = dsv4_model_load_shard(opt->model_dir, 0, world, &e->model, err)) == DSV4_OK && opt->progress) {
         opt->progress(opt->progress_user, "checkpoint", 1, 1);
         page_in_weights(&e->model->ckpt, opt->progress, opt->progress_user);
     }
@@ -88,7 +96,8 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
         return DSV4_OK;
     }
     if (st != DSV4_OK ||
-        (st = dsv4_threadpool_create(opt->n_threads, &e->pool, err)) != DSV4_OK ||
+        (st = dsv4_threadpool_create(world > 1 ? dsv4_tp_threads_per_rank(opt->n_threads, world) : opt->n_threads,
+                                     &e->pool, err)) != DSV4_OK ||
         (st = dsv4_kv_access_create(e->model->cfg, max_seqs, max_tokens, &e->kv, err)) != DSV4_OK ||
         (st = dsv4_forward_create(e->model, e->pool, &e->fwd, err)) != DSV4_OK) {
         dsv4_engine_destroy(e);
@@ -99,6 +108,16 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: unknown fault %d", opt->fault);
     }
     dsv4_forward_set_fault(e->fwd, opt->fault);
+    if (world > 1) {
+        dsv4_comm *comm0 = NULL;
+        if ((st = dsv4_tp_group_create(opt->model_dir, world, opt->n_threads, max_seqs, max_tokens, &e->tp, &comm0,
+                                       err)) != DSV4_OK) {
+            dsv4_engine_destroy(e);
+            return st;
+        }
+        dsv4_forward_set_comm(e->fwd, comm0);
+        dsv4_tp_group_set_fault(e->tp, opt->fault);
+    }
     *out = e;
     return DSV4_OK;
 }
@@ -108,10 +127,14 @@ int dsv4_engine_n_layers(const dsv4_engine *e) { return e->model->cfg->n_layers;
 int dsv4_engine_eos_id(const dsv4_engine *e) { return e->model->cfg->eos_token_id; }
 
 dsv4_status dsv4_engine_seq_open(dsv4_engine *e, int *seq, dsv4_err *err) {
-    return dsv4_kv_access_admit(e->kv, seq, err);
+    dsv4_status st = dsv4_kv_access_admit(e->kv, seq, err);
+    if (st == DSV4_OK && e->tp && (st = dsv4_tp_group_admit(e->tp, *seq, err)) != DSV4_OK)
+        dsv4_kv_access_release(e->kv, *seq);
+    return st;
 }
 
 void dsv4_engine_seq_close(dsv4_engine *e, int seq) {
+    if (e->tp) dsv4_tp_group_release(e->tp, seq);
     if (dsv4_kv_access_slot_valid(e->kv, seq)) dsv4_kv_access_release(e->kv, seq);
 }
 
@@ -132,6 +155,7 @@ dsv4_status dsv4_engine_step(dsv4_engine *e, const dsv4_batch_item *items, int n
         steps[i] = (dsv4_seq_step){items[i].seq, items[i].tokens, items[i].n_tokens, items[i].want_logits};
     }
     dsv4_status st = e->cfwd ? dsv4_forward_cuda_step(e->cfwd, steps, n_items, logits, err)
+                     : e->tp ? dsv4_tp_group_step(e->tp, e->fwd, e->kv, steps, n_items, logits, err)
                              : dsv4_forward_step(e->fwd, e->kv, steps, n_items, logits, err);
     free(steps);
     return st;
@@ -167,5 +191,7 @@ dsv4_status dsv4_engine_decode_greedy(dsv4_engine *e, const int *seqs, int n_seq
 }
 
 void dsv4_engine_set_layer_dump(dsv4_engine *e, dsv4_layer_dump_fn fn, void *user) {
-    if (e->fwd) dsv4_forward_set_hook(e->fwd, fn, user); /* the cuda backend has no layer dump */
+    /* The cuda backend has no layer dump; with gpus > 1 the hook sees rank 0's state (identical on every
+     * rank) and must not write it (the other ranks would not see the change). */
+    if (e->fwd) dsv4_forward_set_hook(e->fwd, fn, user);
 }
