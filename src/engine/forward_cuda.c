@@ -793,7 +793,7 @@ static dsv4_status sync_block_tables(dsv4_forward_cuda *f, const int *slots, int
         int32_t *stage = f->h_bt + (size_t)i * ld;
         memcpy(stage, row, sizeof(int32_t) * (size_t)ld);
         memcpy(shadow, row, sizeof(int32_t) * (size_t)ld);
-        T(dsv4_cuda_upload(f->ctx, f->d_bt + (size_t)slots[i] * ld, stage, sizeof(int32_t) * (size_t)ld, err));
+        T(dsv4_glue_upload_async(f->ctx, f->d_bt + (size_t)slots[i] * ld, stage, sizeof(int32_t) * (size_t)ld, err));
     }
     return DSV4_OK;
 }
@@ -838,7 +838,7 @@ static void fill_decode_inputs(dsv4_forward_cuda *f, int B, const int *slots, co
 }
 
 static dsv4_status upload_inputs(dsv4_forward_cuda *f, dsv4_err *err) {
-    return dsv4_cuda_upload(f->ctx, f->in, f->h_in, sizeof(int32_t) * (3 * (size_t)f->R + 5 * (size_t)f->S), err);
+    return dsv4_glue_upload_async(f->ctx, f->in, f->h_in, sizeof(int32_t) * (3 * (size_t)f->R + 5 * (size_t)f->S), err);
 }
 
 /* Runs one device pass over the pieces (each a run of one sequence's tokens) and commits them. */

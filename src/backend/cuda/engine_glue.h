@@ -136,6 +136,9 @@ dsv4_status dsv4_glue_advance(dsv4_cuda_ctx *ctx, const int32_t *argmax, int n, 
 
 /* ---- graphs and pinned host memory ------------------------------------------------------------------ */
 dsv4_status dsv4_glue_host_alloc(size_t bytes, void **p, dsv4_err *err);
+/* Stream-ordered host-to-device copy that does not wait (src must be pinned and stay untouched until the
+ * stream passes the copy; dsv4_cuda_upload waits instead). */
+dsv4_status dsv4_glue_upload_async(dsv4_cuda_ctx *ctx, void *dst, const void *src, size_t bytes, dsv4_err *err);
 void dsv4_glue_host_free(void *p);
 dsv4_status dsv4_glue_capture_begin(dsv4_cuda_ctx *ctx, dsv4_err *err);
 /* Ends the capture begun on ctx's stream. ok = 0 aborts it (after a failed enqueue; *exec stays NULL). */

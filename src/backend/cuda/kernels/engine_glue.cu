@@ -607,6 +607,12 @@ extern "C" dsv4_status dsv4_glue_host_alloc(size_t bytes, void **p, dsv4_err *er
     return DSV4_OK;
 }
 
+extern "C" dsv4_status dsv4_glue_upload_async(dsv4_cuda_ctx *ctx, void *dst, const void *src, size_t bytes,
+                                              dsv4_err *err) {
+    DSV4_CUDA_CHECK(err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, CST(ctx)));
+    return DSV4_OK;
+}
+
 extern "C" void dsv4_glue_host_free(void *p) {
     if (p) (void)cudaFreeHost(p);
 }

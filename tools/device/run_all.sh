@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# run_all.sh — on the GPU machine (device `run` tool, carry [".devlibs"]): builds everything, runs every test
+# (the unit/model suite incl. the CUDA op tests test_cuda_linear / test_cuda_ops, then the CUDA end-to-end
+# test test_cuda_forward), then compute-sanitizer memcheck on a tiny `dsv4 logits --backend cuda` run
+# (prefill + graph-replayed decode) of each tiny checkpoint. Logs go to $OUT; the summary is printed last.
+#   usage: bash tools/device/run_all.sh [--forward-only]   (--forward-only: skip the rest of the suite)
+# Typical call: run(command="bash tools/device/run_all.sh", carry=[".devlibs"], timeout_s=570)
+set -u
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/dsv4_out}
+mkdir -p "$OUT"
+MODE=${1:-}
+t0=$(date +%s)
+step() { echo "== [$(( $(date +%s) - t0 ))s] $*"; }
+. tools/device/devlibs_env.sh
+B=build/release
+summary=""
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader 2>&1 | tee "$OUT/gpu.txt"
+
+step "build (make -j16 all)"
+if make -j16 all >"$OUT/build.log" 2>&1; then
+    echo "make all: ok"
+else
+    echo "make all FAILED (another module's work in progress?); building what compiles:"
+    grep -E "error" "$OUT/build.log" | head -10
+    make -k -j16 all >>"$OUT/build.log" 2>&1
+fi
+ls $B/dsv4 $B/tests/model/test_cuda_forward >/dev/null || { echo "nothing to run"; exit 1; }
+
+if [ "$MODE" != "--forward-only" ]; then
+    step "unit + model suite (tests/run_tests.sh, release build; test_cuda_forward runs separately below)"
+    mkdir -p /tmp/suite/tests/unit /tmp/suite/tests/model
+    ln -sf "$PWD/$B/dsv4" /tmp/suite/dsv4
+    for t in $B/tests/unit/test_* $B/tests/model/test_*; do
+        case "$t" in *.o|*.d|*test_cuda_forward) continue;; esac
+        [ -x "$t" ] && ln -sf "$PWD/$t" "/tmp/suite/${t#$B/}"
+    done
+    DSV4_BUILD=/tmp/suite timeout 400 tests/run_tests.sh >"$OUT/suite.log" 2>&1
+    echo "suite rc=$?"
+    grep -E "passed .* failed|^[0-9]+ passed" "$OUT/suite.log" | grep -v " 0 failed" | head -20
+    summary="$summary\nsuite: $(tail -1 "$OUT/suite.log")"
+fi
+
+step "test_cuda_forward"
+timeout 300 $B/tests/model/test_cuda_forward >"$OUT/forward.log" 2>&1
+echo "test_cuda_forward rc=$?"
+cat "$OUT/forward.log" | head -80
+summary="$summary\ntest_cuda_forward: $(tail -1 "$OUT/forward.log")"
+
+step "compute-sanitizer memcheck: dsv4 logits --backend cuda"
+CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+for m in tiny-flash tiny-pro; do
+    ids=$(seq 3 7 300 | head -40 | paste -sd, -)   # 40 tokens: prefill 33 (eager), 7 decode steps (graph)
+    timeout 240 "$CS" --tool memcheck --leak-check full --error-exitcode 9 \
+        $B/dsv4 logits --model tests/data/$m --tokens "$ids" --prefill 33 --out /tmp/$m.npy --backend cuda \
+        >"$OUT/memcheck_$m.log" 2>&1
+    rc=$?
+    echo "memcheck $m rc=$rc: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_$m.log" | tail -1)"
+    summary="$summary\nmemcheck $m: rc=$rc $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_$m.log" | tail -1)"
+done
+step "done"
+echo -e "SUMMARY$summary"
