@@ -1,7 +1,10 @@
 /* cmd_inspect.c — `dsv4 inspect --model DIR | --config FILE`: validates a checkpoint (every tensor the
  * config implies, nothing else) and prints a readable summary: layer schedule, routing, parameter counts
  * and bytes by dtype, KV-cache bytes per token and per request. Exit 0 when valid; one error line and
- * exit 1 otherwise. --config alone prints the config-derived part (counts computed from shapes). */
+ * exit 1 otherwise. --config alone prints the config-derived part (counts computed from shapes).
+ * --gpus N [--gpu-mem GB] adds the tensor/expert-parallel plan (docs/MULTI_GPU.md): weight bytes resident
+ * per GPU and the KV capacity left on each, or the error "needs at least K GPUs of G GB" when N GPUs cannot
+ * hold the model (checked from the config before any weight file is opened). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,13 +13,82 @@
 #include "cli.h"
 #include "kv/kv_schema.h"
 #include "core/status.h"
+#include "engine/shard.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/weights.h"
 
 static void usage(FILE *f) {
     fprintf(f, "usage: dsv4 inspect --model DIR     validate a checkpoint directory and summarize it\n"
-               "       dsv4 inspect --config FILE   summarize a config.json alone (no weights)\n");
+               "       dsv4 inspect --config FILE   summarize a config.json alone (no weights)\n"
+               "  --gpus N        also plan N-GPU tensor/expert parallelism: weights per GPU, KV capacity left\n"
+               "  --gpu-mem GB    memory per GPU in GB (10^9 bytes)                                   [80]\n");
+}
+
+/* ---- multi-GPU plan --------------------------------------------------------------------------------------
+ * Per GPU: the rank's weights (dsv4_shard_weight_bytes: split tensors / N, the rest replicated) plus a fixed
+ * reserve for activations, workspaces, CUDA context and NCCL buffers (RESERVE_GB: an estimate, stated in the
+ * output), the rest is KV. KV pools are replicated on every rank (one shared K=V head; docs/MULTI_GPU.md), so
+ * every GPU holds the whole KV of every sequence: more GPUs free weight memory, they do not split the KV. */
+#define RESERVE_GB 4.0
+#define MIN_KV_TOKENS 4096   /* a plan must fit at least one request of this many tokens */
+
+/* KV bytes of one request of n tokens (0 when the schema is not computable). */
+static double kv_request_bytes(const dsv4_config *c, long n, double *per_token, double *fixed) {
+    dsv4_kv_schema *s = calloc(1, sizeof *s);
+    dsv4_err err = {{0}};
+    double b = 0;
+    *per_token = *fixed = 0;
+    if (s && dsv4_kv_schema_init(s, c, 0, &err) == DSV4_OK) {
+        *per_token = dsv4_kv_schema_bytes_per_token(s);
+        *fixed = (double)dsv4_kv_schema_fixed_bytes_per_request(s);
+        b = *fixed + *per_token * (double)n;
+    }
+    free(s);
+    return b;
+}
+
+static int plan_fits(const dsv4_config *c, int n, double mem) {
+    dsv4_shard sh;
+    double bpt, fixed;
+    return dsv4_shard_init(c, 0, n, &sh, NULL) == DSV4_OK &&
+           (double)dsv4_shard_weight_bytes(c, n) + RESERVE_GB * 1e9 + kv_request_bytes(c, MIN_KV_TOKENS, &bpt, &fixed) <= mem;
+}
+
+/* Prints the plan, or the one error line and returns 1. */
+static int print_gpu_plan(const dsv4_config *c, int gpus, double gpu_gb) {
+    const double mem = gpu_gb * 1e9;
+    dsv4_shard sh;
+    dsv4_err err = {{0}};
+    if (dsv4_shard_init(c, 0, gpus, &sh, &err) != DSV4_OK) {
+        fprintf(stderr, "dsv4 inspect: --gpus %d: %s\n", gpus, err.msg);
+        return 1;
+    }
+    if (!plan_fits(c, gpus, mem)) {
+        int k = 0;
+        for (int n = gpus + 1; n <= 1024 && !k; n++)
+            if (plan_fits(c, n, mem)) k = n;
+        if (k)
+            fprintf(stderr, "dsv4 inspect: the model needs at least %d GPUs of %g GB (%d given: %.1f GB of weights "
+                    "per GPU + %.0f GB reserve + KV for %d tokens)\n", k, gpu_gb, gpus,
+                    dsv4_shard_weight_bytes(c, gpus) / 1e9, RESERVE_GB, MIN_KV_TOKENS);
+        else
+            fprintf(stderr, "dsv4 inspect: the model does not fit on any number of GPUs of %g GB\n", gpu_gb);
+        return 1;
+    }
+    double bpt, fixed;
+    kv_request_bytes(c, 0, &bpt, &fixed);
+    double w = (double)dsv4_shard_weight_bytes(c, gpus), left = mem - w - RESERVE_GB * 1e9;
+    printf("multi-GPU plan: %d GPU%s of %g GB (tensor parallel: %d heads, %d groups, %d index heads, %d vocab rows "
+           "per GPU; expert parallel: %d routed experts per GPU)\n", gpus, gpus == 1 ? "" : "s", gpu_gb, sh.nh, sh.ng,
+           sh.nih, sh.nv, sh.ne);
+    printf("  weights per GPU        %10.2f GB  (all GPUs: %.2f GB; the replicated part counted on each)\n", w / 1e9,
+           w * gpus / 1e9);
+    printf("  reserve per GPU        %10.2f GB  (activations, workspaces, CUDA context, NCCL; estimate)\n", RESERVE_GB);
+    printf("  KV capacity per GPU    %10.2f GB  = %ld tokens in one request, or %ld requests of 8192 tokens "
+           "(%.0f B/token + %.2f MiB per request; KV is replicated on every GPU)\n", left / 1e9,
+           (long)((left - fixed) / bpt), (long)(left / (fixed + 8192.0 * bpt)), bpt, fixed / 1048576.0);
+    return 0;
 }
 
 static void print_count(const char *label, uint64_t n, const char *unit) {
@@ -120,10 +192,28 @@ static void print_stats(const dsv4_checkpoint_stats *s, const char *how) {
 
 int dsv4_cmd_inspect(int argc, char **argv) {
     const char *model = NULL, *config = NULL;
+    int gpus = 0;
+    double gpu_gb = 80.0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
         if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
         else if (!strcmp(argv[i], "--config") && i + 1 < argc) config = argv[++i];
+        else if (!strcmp(argv[i], "--gpus") && i + 1 < argc) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1 || v > 1024) {
+                fprintf(stderr, "dsv4 inspect: --gpus wants an integer in [1, 1024], got '%s'\n", argv[i]);
+                return 2;
+            }
+            gpus = (int)v;
+        } else if (!strcmp(argv[i], "--gpu-mem") && i + 1 < argc) {
+            char *end;
+            gpu_gb = strtod(argv[++i], &end);
+            if (*end || !(gpu_gb > 0 && gpu_gb < 1e6)) {
+                fprintf(stderr, "dsv4 inspect: --gpu-mem wants a positive number of GB, got '%s'\n", argv[i]);
+                return 2;
+            }
+        }
         else {
             fprintf(stderr, "dsv4 inspect: unknown or incomplete option '%s'\n", argv[i]);
             usage(stderr);
@@ -148,7 +238,19 @@ int dsv4_cmd_inspect(int argc, char **argv) {
         print_config(&cfg);
         print_stats(&st, cfg.expert_fp4 < 0 ? "from shapes, FP4 experts assumed" : "from shapes");
         print_kv(&cfg);
-        return 0;
+        return gpus ? print_gpu_plan(&cfg, gpus, gpu_gb) : 0;
+    }
+    if (gpus) {
+        /* Too few GPUs is an error before any weight file is opened: decide from config.json alone. */
+        char path[4096];
+        dsv4_config cfg;
+        snprintf(path, sizeof path, "%s/config.json", model);
+        if (dsv4_config_load(path, &cfg, &err) == DSV4_OK) {
+            if (cfg.expert_fp4 < 0) cfg.expert_fp4 = 1;
+            dsv4_shard sh;
+            if (dsv4_shard_init(&cfg, 0, gpus, &sh, &err) != DSV4_OK || !plan_fits(&cfg, gpus, gpu_gb * 1e9))
+                return print_gpu_plan(&cfg, gpus, gpu_gb);
+        }
     }
     dsv4_checkpoint ck;
     if (dsv4_checkpoint_open(model, &ck, &err) != DSV4_OK) {
@@ -166,7 +268,8 @@ int dsv4_cmd_inspect(int argc, char **argv) {
     print_config(&ck.cfg);
     print_stats(&ck.stats, "checkpoint");
     print_kv(&ck.cfg);
+    int rc = gpus ? print_gpu_plan(&ck.cfg, gpus, gpu_gb) : 0;
     dsv4_model_weights_free(&w);
     dsv4_checkpoint_close(&ck);
-    return 0;
+    return rc;
 }

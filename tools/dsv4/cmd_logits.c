@@ -56,7 +56,7 @@ static void dump_hook(void *user, int layer, float *X, int n_rows, int hc, int h
 static void usage(void) {
     fprintf(stderr,
             "usage: dsv4 logits --model DIR --tokens IDS --prefill N --out FILE.npy [--dump-dir DIR]\n"
-            "                   [--backend cpu|cuda] [--threads N] [--fault NAME] [--teacher-dir DIR]\n"
+            "                   [--backend cpu|cuda] [--threads N] [--gpus N] [--fault NAME] [--teacher-dir DIR]\n"
             "  IDS: comma-separated token ids, or a file of them (T tokens). 1 <= N <= T.\n"
             "  --fault: tests only, a deliberately broken variant (no-sink, no-compressed, rope-pos,\n"
             "           no-kv-quant) to prove the oracle comparisons discriminate.\n"
@@ -67,7 +67,7 @@ static void usage(void) {
 
 int dsv4_cmd_logits(int argc, char **argv) {
     static const char *const known[] = {"--model", "--tokens", "--prefill", "--out", "--dump-dir", "--backend",
-                                        "--threads", "--fault", "--teacher-dir", NULL};
+                                        "--threads", "--gpus", "--fault", "--teacher-dir", NULL};
     static const char *const flags[] = {"--help", NULL};
     if (cli_flag(argc, argv, "--help")) { usage(); return 0; }
     if (!cli_check_options("logits", argc, argv, known, flags)) return 2;
@@ -90,6 +90,7 @@ int dsv4_cmd_logits(int argc, char **argv) {
     opt.model_dir = model;
     opt.backend = cli_opt(argc, argv, "--backend");
     opt.n_threads = cli_opt(argc, argv, "--threads") ? atoi(cli_opt(argc, argv, "--threads")) : 0;
+    opt.gpus = cli_opt(argc, argv, "--gpus") ? atoi(cli_opt(argc, argv, "--gpus")) : 0;
     opt.max_seqs = 1;
     opt.max_tokens = T + 256;
     const char *fault = cli_opt(argc, argv, "--fault");

@@ -39,6 +39,7 @@ void cli_textgen_usage(FILE *f, int default_max_new) {
             "  --stop STR              stop before STR (repeatable, up to %d)\n"
             "  --ctx N                 KV-cache capacity in tokens\n"
             "  --backend cpu  --threads N\n"
+            "  --gpus N                tensor/expert-parallel ranks (cpu: N host threads)        [1]\n"
             "  --stats                 speed statistics on stderr\n"
             "  --progress              progress bars even when stderr is not a terminal\n",
             default_max_new, CLI_MAX_STOPS);
@@ -104,6 +105,10 @@ int cli_textgen_parse(const char *cmd, int argc, char **argv, double temperature
     if ((v = cli_opt(argc, argv, "--threads"))) {
         if (parse_long(cmd, "--threads", v, 0, 4096, &l)) return 2;
         o->threads = (int)l;
+    }
+    if ((v = cli_opt(argc, argv, "--gpus"))) {
+        if (parse_long(cmd, "--gpus", v, 1, 1024, &l)) return 2;
+        o->gpus = (int)l;
     }
     if ((v = cli_opt(argc, argv, "--ctx"))) {
         if (parse_long(cmd, "--ctx", v, 1, 1L << 30, &l)) return 2;
@@ -331,6 +336,7 @@ int cli_textgen_open(cli_textgen *g, const char *cmd, const cli_textgen_opts *o,
     eo.model_dir = g->model_dir;
     eo.backend = o->backend;
     eo.n_threads = o->threads;
+    eo.gpus = o->gpus;
     eo.max_seqs = 1;
     eo.max_tokens = o->ctx > 0 ? o->ctx : 16384;
     eo.progress = g->prog.enabled ? cli_progress_engine_cb : NULL;

@@ -28,6 +28,7 @@ typedef struct cli_textgen_opts {
     const char *tokenizer;             /* --tokenizer FILE, or NULL: looked up (cli_textgen_open) */
     const char *backend;               /* --backend */
     int threads;                       /* --threads (0 = all CPUs) */
+    int gpus;                          /* --gpus N: tensor/expert-parallel ranks (0 = 1; docs/MULTI_GPU.md) */
     long ctx;                          /* --ctx: KV capacity in tokens (0 = command default) */
     dsv4_sampling_params sp;           /* --temperature --top-p --top-k --min-p --seed --repetition-penalty */
     int seed_given;                    /* --seed was passed (else the seed comes from the clock) */
@@ -40,7 +41,7 @@ typedef struct cli_textgen_opts {
 } cli_textgen_opts;
 
 /* Option names for cli_check_options (NULL-terminated), the shared part of each command's list. */
-#define CLI_TEXTGEN_VALUE_OPTS "--model", "--tokenizer", "--backend", "--threads", "--ctx", "--temperature", \
+#define CLI_TEXTGEN_VALUE_OPTS "--model", "--tokenizer", "--backend", "--threads", "--gpus", "--ctx", "--temperature", \
     "--top-p", "--top-k", "--min-p", "--seed", "--repetition-penalty", "-n", "--stop"
 #define CLI_TEXTGEN_FLAG_OPTS "--thinking", "--stats", "--progress"
 
