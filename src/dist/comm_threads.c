@@ -34,7 +34,8 @@ typedef struct group {
 /* Waits until all ranks arrived. DSV4_ERR_INTERNAL if the group is (or becomes) aborted. */
 static dsv4_status meet(group *g, dsv4_err *err) {
     pthread_mutex_lock(&g->mu);
-    if (!g->aborted) {
+    int aborted = g->aborted;
+    if (!aborted) {
         unsigned long gen = g->gen;
         if (++g->arrived == g->world) {
             g->arrived = 0;
@@ -43,8 +44,8 @@ static dsv4_status meet(group *g, dsv4_err *err) {
         } else {
             while (g->gen == gen && !g->aborted) pthread_cond_wait(&g->cv, &g->mu);
         }
+        aborted = g->gen == gen;   /* a completed barrier succeeds even if the group is aborted right after */
     }
-    int aborted = g->aborted;
     pthread_mutex_unlock(&g->mu);
     return aborted ? dsv4_err_set(err, DSV4_ERR_INTERNAL, "comm threads: a peer rank failed (group aborted)")
                    : DSV4_OK;
