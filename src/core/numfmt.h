@@ -55,6 +55,16 @@ static inline float dsv4_fp4_unpack(const uint8_t *packed, size_t i) {
     return dsv4_e2m1_table[(i & 1) ? (b >> 4) : (b & 15)];
 }
 
+/* max_i |x_i| over n floats (0 for n = 0); the block statistic of every power-of-two scale rule. */
+static inline float dsv4_block_amax(const float *x, int n) {
+    float m = 0.0f;
+    for (int i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        if (a > m) m = a;
+    }
+    return m;
+}
+
 /* ceil(log2(t)) exact on the FP32 bit pattern, for normal positive t (spec §3.3 step 2). */
 static inline int dsv4_ceil_log2_f32(float t) {
     uint32_t u;

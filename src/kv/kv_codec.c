@@ -13,20 +13,11 @@ static float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi 
 
 static int same_bits(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
 
-static float block_amax(const float *x, int n) {
-    float m = 0.0f;
-    for (int i = 0; i < n; i++) {
-        float a = fabsf(x[i]);
-        if (a > m) m = a;
-    }
-    return m;
-}
-
 /* ---- FP8 (e4m3, pow2 scale per 64) ------------------------------------------------------------- */
 
 /* act_quant of one block: returns the scale exponent e and writes codes[n]. */
 static int fp8_block_quantize(const float *x, int n, uint8_t *codes) {
-    int e = dsv4_pow2_scale_exp(block_amax(x, n), DSV4_FP8_AMAX_FLOOR, 1.0f / 448.0f);
+    int e = dsv4_pow2_scale_exp(dsv4_block_amax(x, n), DSV4_FP8_AMAX_FLOOR, 1.0f / 448.0f);
     for (int i = 0; i < n; i++) codes[i] = dsv4_f32_to_e4m3(clampf(ldexpf(x[i], -e), -448.0f, 448.0f));
     return e;
 }
@@ -101,7 +92,7 @@ void dsv4_kv_entry_decode(const dsv4_kv_entry_fmt *f, const uint8_t *src, float 
 /* ---- FP4 (e2m1, pow2 scale per 32) ------------------------------------------------------------- */
 
 static int fp4_block_quantize(const float *x, uint8_t *nib /* [32] unpacked codes */) {
-    int e = dsv4_pow2_scale_exp(block_amax(x, DSV4_KV_FP4_BLOCK), DSV4_FP4_AMAX_FLOOR, 1.0f / 6.0f);
+    int e = dsv4_pow2_scale_exp(dsv4_block_amax(x, DSV4_KV_FP4_BLOCK), DSV4_FP4_AMAX_FLOOR, 1.0f / 6.0f);
     for (int i = 0; i < DSV4_KV_FP4_BLOCK; i++) nib[i] = dsv4_f32_to_e2m1(clampf(ldexpf(x[i], -e), -6.0f, 6.0f));
     return e;
 }

@@ -23,7 +23,7 @@ typedef struct {
     dsv4_checkpoint_visit_fn fn;
     void *ctx;
     int is_mtp;
-    char name[160];
+    char name[320];
 } visitor;
 
 static dsv4_status emit(visitor *v, const char *prefix, const char *suffix, dsv4_dtype dt, int ndim, int64_t d0,
@@ -37,7 +37,7 @@ static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /* FP8 block linear "<p><m>.weight" [out, in] + "<p><m>.scale" [ceil(out/128), ceil(in/128)]. */
 static dsv4_status emit_fp8(visitor *v, const char *p, const char *m, int64_t out, int64_t in, int routed) {
-    char pre[160];
+    char pre[256];
     snprintf(pre, sizeof pre, "%s%s", p, m);
     DSV4_TRY(emit(v, pre, ".weight", DSV4_DTYPE_F8_E4M3, 2, out, in, routed));
     return emit(v, pre, ".scale", DSV4_DTYPE_F8_E8M0, 2, cdiv(out, 128), cdiv(in, 128), routed);
@@ -45,7 +45,7 @@ static dsv4_status emit_fp8(visitor *v, const char *p, const char *m, int64_t ou
 
 static dsv4_status emit_expert(visitor *v, const char *p, const char *m, int64_t out, int64_t in) {
     if (v->cfg->expert_fp4 == 0) return emit_fp8(v, p, m, out, in, 1);
-    char pre[160];
+    char pre[256];
     snprintf(pre, sizeof pre, "%s%s", p, m);
     DSV4_TRY(emit(v, pre, ".weight", DSV4_DTYPE_I8, 2, out, in / 2, 1));
     return emit(v, pre, ".scale", DSV4_DTYPE_F8_E8M0, 2, out, in / 32, 1);
@@ -53,7 +53,7 @@ static dsv4_status emit_expert(visitor *v, const char *p, const char *m, int64_t
 
 static dsv4_status emit_hc(visitor *v, const char *p, const char *which, int64_t mix, int64_t n_scale) {
     const dsv4_config *c = v->cfg;
-    char pre[160];
+    char pre[256];
     snprintf(pre, sizeof pre, "%s%s", p, which);
     DSV4_TRY(emit(v, pre, "_fn", DSV4_DTYPE_F32, 2, mix, (int64_t)c->hc_mult * c->dim, 0));
     DSV4_TRY(emit(v, pre, "_base", DSV4_DTYPE_F32, 1, mix, 0, 0));

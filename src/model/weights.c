@@ -21,7 +21,7 @@ typedef struct {
 /* Data of tensor "<p><s>", copied to aligned memory when its address is not a multiple of align. */
 static const void *view(binder *b, const char *p, const char *s, size_t align) {
     if (b->st != DSV4_OK) return NULL;
-    char name[192];
+    char name[320];
     snprintf(name, sizeof name, "%s%s", p, s);
     const dsv4_st_tensor *t = dsv4_checkpoint_tensor_find(b->ck, name);
     if (!t) {
@@ -55,20 +55,20 @@ static const uint16_t *bf16(binder *b, const char *p, const char *s) { return vi
 static const float *f32(binder *b, const char *p, const char *s) { return view(b, p, s, 4); }
 
 static dsv4_fp8_linear fp8(binder *b, const char *p, const char *m, int out, int in) {
-    char pre[160];
+    char pre[256];
     snprintf(pre, sizeof pre, "%s%s", p, m);
     return (dsv4_fp8_linear){view(b, pre, ".weight", 1), view(b, pre, ".scale", 1), out, in};
 }
 
 static dsv4_expert_linear expert(binder *b, const char *p, const char *m, int out, int in) {
-    char pre[160];
+    char pre[256];
     snprintf(pre, sizeof pre, "%s%s", p, m);
     return (dsv4_expert_linear){view(b, pre, ".weight", 1), view(b, pre, ".scale", 1), out, in,
                                 b->ck->cfg.expert_fp4};
 }
 
 static dsv4_hc_weights hc(binder *b, const char *p, const char *which) {
-    char pre[160];
+    char pre[256];
     snprintf(pre, sizeof pre, "%s%s", p, which);
     return (dsv4_hc_weights){f32(b, pre, "_fn"), f32(b, pre, "_base"), f32(b, pre, "_scale")};
 }

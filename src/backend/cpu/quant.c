@@ -5,21 +5,12 @@
 
 #include "core/numfmt.h"
 
-static float block_amax(const float *x, int n) {
-    float m = 0.0f;
-    for (int i = 0; i < n; i++) {
-        float a = fabsf(x[i]);
-        if (a > m) m = a;
-    }
-    return m;
-}
-
 static float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 void dsv4_cpu_act_quant_fp8(const float *x, size_t n, int block, uint8_t *q, uint8_t *scale_e8m0) {
     for (size_t b = 0; b * block < n; b++) {
         const float *xb = x + b * block;
-        int e = dsv4_pow2_scale_exp(block_amax(xb, block), DSV4_FP8_AMAX_FLOOR, 1.0f / 448.0f);
+        int e = dsv4_pow2_scale_exp(dsv4_block_amax(xb, block), DSV4_FP8_AMAX_FLOOR, 1.0f / 448.0f);
         /* x / s with s a power of two is exact (ldexp), as is the official multiply by 1/s. */
         for (int i = 0; i < block; i++) q[b * block + i] = dsv4_f32_to_e4m3(clampf(ldexpf(xb[i], -e), -448.0f, 448.0f));
         scale_e8m0[b] = (uint8_t)(e + 127);
@@ -29,7 +20,7 @@ void dsv4_cpu_act_quant_fp8(const float *x, size_t n, int block, uint8_t *q, uin
 void dsv4_cpu_fake_quant_fp8(float *x, size_t n, int block) {
     for (size_t b = 0; b * block < n; b++) {
         float *xb = x + b * block;
-        int e = dsv4_pow2_scale_exp(block_amax(xb, block), DSV4_FP8_AMAX_FLOOR, 1.0f / 448.0f);
+        int e = dsv4_pow2_scale_exp(dsv4_block_amax(xb, block), DSV4_FP8_AMAX_FLOOR, 1.0f / 448.0f);
         for (int i = 0; i < block; i++) {
             float qv = dsv4_e4m3_to_f32(dsv4_f32_to_e4m3(clampf(ldexpf(xb[i], -e), -448.0f, 448.0f)));
             xb[i] = dsv4_bf16_round(ldexpf(qv, e));
@@ -40,7 +31,7 @@ void dsv4_cpu_fake_quant_fp8(float *x, size_t n, int block) {
 void dsv4_cpu_fake_quant_fp4(float *x, size_t n) {
     for (size_t b = 0; b * 32 < n; b++) {
         float *xb = x + b * 32;
-        int e = dsv4_pow2_scale_exp(block_amax(xb, 32), DSV4_FP4_AMAX_FLOOR, 1.0f / 6.0f);
+        int e = dsv4_pow2_scale_exp(dsv4_block_amax(xb, 32), DSV4_FP4_AMAX_FLOOR, 1.0f / 6.0f);
         for (int i = 0; i < 32; i++) {
             float qv = dsv4_e2m1_to_f32(dsv4_f32_to_e2m1(clampf(ldexpf(xb[i], -e), -6.0f, 6.0f)));
             xb[i] = dsv4_bf16_round(ldexpf(qv, e));
