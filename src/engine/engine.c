@@ -191,7 +191,10 @@ dsv4_status dsv4_engine_decode_greedy(dsv4_engine *e, const int *seqs, int n_seq
 }
 
 void dsv4_engine_set_layer_dump(dsv4_engine *e, dsv4_layer_dump_fn fn, void *user) {
-    /* The cuda backend has no layer dump; with gpus > 1 the hook sees rank 0's state (identical on every
-     * rank) and must not write it (the other ranks would not see the change). */
+    /* With gpus > 1 the hook sees rank 0's state (identical on every rank) and must not write it (the other
+     * ranks would not see the change). On the cuda backend the passes then run eagerly and X goes down to
+     * the host and back after every layer (forward_cuda.h); a failure to get the host staging leaves no hook. */
     if (e->fwd) dsv4_forward_set_hook(e->fwd, fn, user);
+    if (e->cfwd && dsv4_forward_cuda_set_hook(e->cfwd, fn, user, NULL) != DSV4_OK)
+        (void)dsv4_forward_cuda_set_hook(e->cfwd, NULL, NULL, NULL);
 }

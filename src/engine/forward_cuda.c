@@ -15,7 +15,11 @@
  * attention takes a BF16 staging buffer — per layer the ring of every sequence, the selected (CSA) or all
  * visible (HCA) compressed entries are decoded into it, and the fresh kv rows of the step sit at its start;
  * the attention index lists point into it (decision: gather + decode into a per-step BF16 buffer, since the
- * attention kernel of the op library reads BF16 rows; docs/PERF.md says what it costs).
+ * attention kernel of the op library reads BF16 rows; docs/PERF.md says what it costs). Every loop stops at
+ * the live length computed on the device (index lists, attention tiles, indexer keys, decoded entries), so a
+ * step's time follows the context, not max_seq_len; only the workspace is sized by capacity.
+ *
+ * Layer hook (forward_cuda_set_hook): eager passes, X down to the host and back after every layer.
  *
  * Routed experts are chosen on the device, so the expert GEMMs run per (row, expert slot) pair with the
  * weights picked on the device (engine_glue moe_expert) rather than the CPU's per-expert row gathering. */
@@ -25,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/numfmt.h"
 #include "core/status.h"
 
 #ifndef DSV4_HAVE_CUDA
@@ -41,6 +46,10 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
 void dsv4_forward_cuda_destroy(dsv4_forward_cuda *f) { (void)f; }
 dsv4_kv_manager *dsv4_forward_cuda_kv(dsv4_forward_cuda *f) { (void)f; return NULL; }
 void dsv4_forward_cuda_set_graphs(dsv4_forward_cuda *f, int enabled) { (void)f; (void)enabled; }
+dsv4_status dsv4_forward_cuda_set_hook(dsv4_forward_cuda *f, dsv4_layer_dump_fn fn, void *user, dsv4_err *err) {
+    (void)f; (void)fn; (void)user;
+    return not_compiled(err);
+}
 dsv4_status dsv4_forward_cuda_step(dsv4_forward_cuda *f, const dsv4_seq_step *steps, int n_steps, float *logits,
                                    dsv4_err *err) {
     (void)f; (void)steps; (void)n_steps; (void)logits;
@@ -146,6 +155,7 @@ struct dsv4_forward_cuda {
     int R, S;                         /* max rows per pass, max sequences (= KV slots) */
     long msl;                         /* longest sequence */
     int use_graphs;
+    int capacity_lists;               /* options.capacity_lists */
     double upload_gb, upload_gbps;
     /* weights */
     void *wbuf;                       /* owned device buffer with every weight */
@@ -168,11 +178,17 @@ struct dsv4_forward_cuda {
     uint16_t *eg, *eu, *ey, *sg, *su, *sy, *Xh, *hin, *ikeys;
     uint8_t *aq1, *as1, *aq2, *as2;
     float *post, *comb, *cproj, *gproj, *gv, *gs, *attn_ws, *logits_e, *eweights, *scores, *logits;
-    int32_t *idx, *e_slot, *e_w, *e_pos, *experts, *sel, *nkeys, *kstart, *amax;
+    int32_t *idx, *nlive, *e_slot, *e_w, *e_pos, *experts, *sel, *nkeys, *kstart, *amax;
     int staging_ring, staging_comp;   /* row offsets inside staging */
     int Kmax, max_e_csa;
     bucket buckets[MAX_BUCKETS];
     int n_buckets;
+    /* layer hook (eager passes only) */
+    dsv4_layer_dump_fn hook;
+    void *hook_user;
+    float *hook_f;                    /* [R, hc, D] host staging (owned) */
+    uint16_t *hook_b;                 /* [R, hc, D] host staging (owned) */
+    int hook_rows;                    /* real rows of the pass being enqueued (padding rows come after) */
 };
 
 /* ---- KV memory hook: device arenas ---------------------------------------------------------------- */
@@ -349,7 +365,7 @@ static void take_workspace(dsv4_forward_cuda *f, arena *a) {
     TAKE(a, f->q, R * H * hd); TAKE(a, f->o, R * H * hd); TAKE(a, f->og, R * H * hd);
     TAKE(a, f->ug, R * G * Rl); TAKE(a, f->u, R * G * Rl);
     TAKE(a, f->staging, (R + S * win + comp_rows) * hd);
-    TAKE(a, f->idx, R * f->Kmax);
+    TAKE(a, f->idx, R * f->Kmax); TAKE(a, f->nlive, R);
     TAKE(a, f->attn_ws, dsv4_cuda_sparse_attn_ws_bytes((int)R, (int)H, f->Kmax) / sizeof(float));
     TAKE(a, f->aq1, R * D); TAKE(a, f->as1, R * D / 128);
     TAKE(a, f->aq2, R * k * kq2); TAKE(a, f->as2, R * k * kq2 / 128);
@@ -386,6 +402,8 @@ void dsv4_forward_cuda_destroy(dsv4_forward_cuda *f) {
     dsv4_glue_host_free(f->h_in);
     dsv4_glue_host_free(f->h_bt);
     free(f->bt_shadow);
+    free(f->hook_f);
+    free(f->hook_b);
     free(f->L);
     dsv4_cuda_ctx_destroy(f->ctx);
     free(f);
@@ -393,6 +411,24 @@ void dsv4_forward_cuda_destroy(dsv4_forward_cuda *f) {
 
 dsv4_kv_manager *dsv4_forward_cuda_kv(dsv4_forward_cuda *f) { return f->kv; }
 void dsv4_forward_cuda_set_graphs(dsv4_forward_cuda *f, int enabled) { f->use_graphs = enabled; }
+
+dsv4_status dsv4_forward_cuda_set_hook(dsv4_forward_cuda *f, dsv4_layer_dump_fn fn, void *user, dsv4_err *err) {
+    if (fn && !f->hook_f) {
+        size_t n = (size_t)f->R * (size_t)f->c->hc_mult * (size_t)f->c->dim;
+        f->hook_f = malloc(sizeof(float) * n);
+        f->hook_b = malloc(sizeof(uint16_t) * n);
+        if (!f->hook_f || !f->hook_b) {
+            free(f->hook_f);
+            free(f->hook_b);
+            f->hook_f = NULL;
+            f->hook_b = NULL;
+            return dsv4_err_set(err, DSV4_ERR_NOMEM, "cuda forward: out of memory (layer hook staging)");
+        }
+    }
+    f->hook = fn;
+    f->hook_user = user;
+    return DSV4_OK;
+}
 
 void dsv4_forward_cuda_describe(const dsv4_forward_cuda *f, char *buf, size_t n) {
     char dev[256];
@@ -429,6 +465,7 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
     f->R = opt && opt->max_rows > 0 ? opt->max_rows : 512;
     if (f->R < f->S) f->R = f->S;
     f->use_graphs = !(opt && opt->no_graphs);
+    f->capacity_lists = opt && opt->capacity_lists;
     int verbose = opt && opt->verbose;
     f->L = calloc((size_t)c->n_layers, sizeof *f->L);
     if (!f->L) { free(f); return dsv4_err_set(err, DSV4_ERR_NOMEM, "cuda forward: out of memory"); }
@@ -675,7 +712,7 @@ static dsv4_status attention_layer(dsv4_forward_cuda *f, const dsv4_glue_step *g
     const int kind = is_csa ? 1 : d->ratio ? 2 : 0;
     const int K = win + d->n_comp;
     T(dsv4_glue_build_idx(f->ctx, gs, win, f->staging_ring, kind, d->ratio ? d->ratio : 1, f->staging_comp, d->n_comp,
-                          f->sel, f->idx, err));
+                          f->sel, f->idx, f->nlive, f->capacity_lists, err));
     dsv4_cuda_attn_params ap;
     memset(&ap, 0, sizeof ap);
     ap.n_q = rows;
@@ -691,6 +728,7 @@ static dsv4_status attention_layer(dsv4_forward_cuda *f, const dsv4_glue_step *g
     ap.rope = *rope;
     ap.out = f->o;
     ap.ws = f->attn_ws;
+    ap.n_live = f->capacity_lists ? NULL : f->nlive;
     T(dsv4_cuda_sparse_attn(f->ctx, &ap, err));
     /* The window ring gets the last min(n, window) fresh rows (after this layer's ring was decoded). */
     T(dsv4_glue_ring_write(f->ctx, gs, &kv, fresh, err));
@@ -732,6 +770,19 @@ static dsv4_status moe_layer(dsv4_forward_cuda *f, const inputs *in, int rows, i
     return dsv4_glue_moe_combine(f->ctx, f->ey, f->experts, rows, k, D, f->sy, f->a, err);
 }
 
+/* The layer hook after layer l (eager passes only): X of the real rows down as FP32, the hook, and back up
+ * (the hook may have overwritten it: teacher forcing). Waits for the device twice. */
+static dsv4_status call_hook(dsv4_forward_cuda *f, int l, dsv4_err *err) {
+    const int hc = f->c->hc_mult, D = f->c->dim;
+    const size_t n = (size_t)f->hook_rows * hc * D;
+    if (!n) return DSV4_OK;
+    T(dsv4_cuda_download(f->ctx, f->hook_b, f->X, sizeof(uint16_t) * n, err));
+    for (size_t i = 0; i < n; i++) f->hook_f[i] = dsv4_bf16_to_f32(f->hook_b[i]);
+    f->hook(f->hook_user, l, f->hook_f, f->hook_rows, hc, D);
+    for (size_t i = 0; i < n; i++) f->hook_b[i] = dsv4_f32_to_bf16(f->hook_f[i]);
+    return dsv4_cuda_upload(f->ctx, f->X, f->hook_b, sizeof(uint16_t) * n, err);
+}
+
 /* Enqueues a whole pass for the shape in f->h_in (rows, n_seq, per-sequence row counts): embedding, every
  * layer, the head on n_out rows (f->in head list) and, for a decode pass (decode_tail), argmax + advance. */
 static dsv4_status enqueue_pass(dsv4_forward_cuda *f, int rows, int n_seq, int n_out, int decode_tail,
@@ -757,6 +808,7 @@ static dsv4_status enqueue_pass(dsv4_forward_cuda *f, int rows, int n_seq, int n
         T(dsv4_cuda_rmsnorm(f->ctx, f->x, D, d->ffn_norm, rows, D, eps, f->x, D, err));
         T(moe_layer(f, &in, rows, l, err));
         T(dsv4_cuda_hc_post(f->ctx, &hf, f->a, f->X2, f->post, f->comb, f->X, err));
+        if (f->hook) T(call_hook(f, l, err));
     }
     if (n_out > 0) {
         dsv4_cuda_hc_params hh = {n_out, hc, D, 0, hc_eps, eps, f->hc_head.fn, f->hc_head.base, f->hc_head.scale};
@@ -858,7 +910,8 @@ static dsv4_status run_pass(dsv4_forward_cuda *f, const piece *pc, int np, dsv4_
         for (int i = 0; i < np; i++) { pos[i] = pc[i].pos0; tok[i] = pc[i].tokens[0]; }
         fill_decode_inputs(f, B, slots, pos, tok, np);
         T(upload_inputs(f, err));
-        if (f->use_graphs) {
+        f->hook_rows = np;
+        if (f->use_graphs && !f->hook) {
             void *exec;
             T(graph_for(f, B, &exec, err));
             T(dsv4_glue_graph_launch(f->ctx, exec, err));
@@ -886,6 +939,7 @@ static dsv4_status run_pass(dsv4_forward_cuda *f, const piece *pc, int np, dsv4_
             if (pc[i].logits) h.head[n_out++] = r - 1;
         }
         T(upload_inputs(f, err));
+        f->hook_rows = rows;
         T(enqueue_pass(f, rows, np, n_out, 0, err));
         for (int i = 0, o = 0; i < np; i++)
             if (pc[i].logits) {
@@ -970,7 +1024,8 @@ dsv4_status dsv4_forward_cuda_decode_greedy(dsv4_forward_cuda *f, const int *slo
     T(upload_inputs(f, err));
     T(dsv4_cuda_memset(f->ctx, f->ctr, 0, sizeof(int32_t), err));
     void *exec = NULL;
-    if (f->use_graphs) T(graph_for(f, B, &exec, err));
+    f->hook_rows = n_slots;
+    if (f->use_graphs && !f->hook) T(graph_for(f, B, &exec, err));
     void *ev0 = NULL, *ev1 = NULL;
     T(dsv4_cuda_event_create(&ev0, err));
     dsv4_status st = dsv4_cuda_event_create(&ev1, err);

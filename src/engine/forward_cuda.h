@@ -34,6 +34,8 @@ typedef struct dsv4_forward_cuda_options {
     int max_rows;      /* most token rows per device pass (larger steps are split); <= 0: 512 */
     int no_graphs;     /* 1: decode steps run eagerly (tests compare against graph replay) */
     int verbose;       /* 1: upload progress and rate on stderr */
+    int capacity_lists;/* benchmarks only: 1 = attention walks the capacity-sized lists (window + max entries),
+                        * the behaviour before the live-length bounds; results are bitwise the same */
 } dsv4_forward_cuda_options;
 
 /* Uploads the model's weights (m must outlive the forward; wo_a is dequantized to BF16 on the device),
@@ -60,6 +62,13 @@ dsv4_status dsv4_forward_cuda_step(dsv4_forward_cuda *f, const dsv4_seq_step *st
 dsv4_status dsv4_forward_cuda_decode_greedy(dsv4_forward_cuda *f, const int *slots, int n_slots,
                                             const int32_t *first, int n_steps, int32_t *out, double *ms,
                                             dsv4_err *err);
+
+/* Layer hook (dsv4_layer_dump_fn, forward.h's dsv4_layer_hook): while set, every pass runs eagerly (no graph)
+ * and after each layer downloads X (BF16 on the device) as FP32 [rows, hc, hidden] (the pass's rows: the
+ * step's tokens sequence by sequence, as on the CPU), calls fn, and uploads X back (BF16, round to nearest
+ * even: exact for values the hook took from BF16 data), so the hook may overwrite X (teacher forcing).
+ * NULL removes it. Errors: NOMEM (host staging of max_rows rows). */
+dsv4_status dsv4_forward_cuda_set_hook(dsv4_forward_cuda *f, dsv4_layer_dump_fn fn, void *user, dsv4_err *err);
 
 /* Device name and the weight upload (bytes, GB/s) for logs and benches. */
 void dsv4_forward_cuda_describe(const dsv4_forward_cuda *f, char *buf, size_t n);

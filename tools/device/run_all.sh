@@ -3,7 +3,9 @@
 # (the unit/model suite incl. the CUDA op tests test_cuda_linear / test_cuda_ops, then the CUDA end-to-end
 # test test_cuda_forward), then compute-sanitizer memcheck on a tiny `dsv4 logits --backend cuda` run
 # (prefill + graph-replayed decode) of each tiny checkpoint. Logs go to $OUT; the summary is printed last.
-#   usage: bash tools/device/run_all.sh [--forward-only]   (--forward-only: skip the rest of the suite)
+# Then the goldens on the GPU (run_golden_gpu.sh: end to end vs the oracle + teacher-forced per layer).
+#   usage: bash tools/device/run_all.sh [--forward-only | --no-memcheck]
+#   (--forward-only: skip the rest of the suite; --no-memcheck: that and the memcheck step)
 # Typical call: run(command="bash tools/device/run_all.sh", carry=[".devlibs"], timeout_s=570)
 set -u
 cd "$(dirname "$0")/../.."
@@ -29,7 +31,7 @@ else
 fi
 ls $B/dsv4 $B/tests/model/test_cuda_forward >/dev/null || { echo "nothing to run"; exit 1; }
 
-if [ "$MODE" != "--forward-only" ]; then
+if [ -z "$MODE" ]; then
     step "unit + model suite (tests/run_tests.sh, release build; test_cuda_forward runs separately below)"
     mkdir -p /tmp/suite/tests/unit /tmp/suite/tests/model
     ln -sf "$PWD/$B/dsv4" /tmp/suite/dsv4
@@ -46,9 +48,16 @@ fi
 step "test_cuda_forward"
 timeout 300 $B/tests/model/test_cuda_forward >"$OUT/forward.log" 2>&1
 echo "test_cuda_forward rc=$?"
-cat "$OUT/forward.log" | head -80
+grep -v "^ok " "$OUT/forward.log" | head -150
 summary="$summary\ntest_cuda_forward: $(tail -1 "$OUT/forward.log")"
 
+step "goldens on the GPU (tools/device/run_golden_gpu.sh: end to end + teacher-forced per layer, --backend cuda)"
+timeout 300 bash tools/device/run_golden_gpu.sh $B/dsv4 >"$OUT/golden_gpu.log" 2>&1
+echo "run_golden_gpu rc=$?"
+cat "$OUT/golden_gpu.log"
+summary="$summary\ngolden_gpu: $(tail -1 "$OUT/golden_gpu.log")"
+
+if [ "$MODE" = "--no-memcheck" ]; then step "done"; echo -e "SUMMARY$summary"; exit 0; fi
 step "compute-sanitizer memcheck: dsv4 logits --backend cuda"
 CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 for m in tiny-flash tiny-pro; do

@@ -106,10 +106,13 @@ dsv4_status dsv4_glue_decode_selected(dsv4_cuda_ctx *ctx, const dsv4_glue_step *
 /* Attention index lists idx [rows, window + n_comp] into the staging buffer whose rows are
  * [0, rows) fresh kv, ring_base + s·window + p mod window ring, comp_base + ... compressed:
  * kind 1 (CSA): comp_base + r·n_comp + j for sel[r][j] >= 0; kind 2 (HCA): comp_base + s·n_comp + w for
- * w < (pos+1)/ratio; kind 0: n_comp = 0. Order as the CPU's: window oldest first, then compressed. */
+ * w < (pos+1)/ratio; kind 0: n_comp = 0. Order as the CPU's: window oldest first, then compressed.
+ * n_live [rows]: the live length of each list (window + min(n_comp, (pos+1)/ratio); 0 for padding); only
+ * idx[r][0 : n_live[r]] is written (sparse attention's n_live bound), so the cost follows the context;
+ * full = 1 writes the whole list (-1 past n_live: the capacity-sized lists, for A/B benchmarks). */
 dsv4_status dsv4_glue_build_idx(dsv4_cuda_ctx *ctx, const dsv4_glue_step *st, int window, int ring_base, int kind,
                                 int ratio, int comp_base, int n_comp, const int32_t *sel, int32_t *idx,
-                                dsv4_err *err);
+                                int32_t *n_live, int full, dsv4_err *err);
 /* Indexer visibility per row: n_keys[r] = (pos+1)/ratio (0 for padding), key_start[r] = s·max_e. */
 dsv4_status dsv4_glue_csa_meta(dsv4_cuda_ctx *ctx, const dsv4_glue_step *st, int ratio, int max_e, int32_t *n_keys,
                                int32_t *key_start, dsv4_err *err);

@@ -102,6 +102,8 @@ typedef struct dsv4_cuda_attn_params {
     dsv4_rope rope;        /* used when inv_rope_pos != NULL */
     uint16_t *out;         /* [n_q, H, hd] bf16; a head with no valid row gets zeros */
     float *ws;             /* workspace, dsv4_cuda_sparse_attn_ws_bytes bytes (FP32 scores) */
+    const int32_t *n_live; /* [n_q] or NULL: query i reads only idx[i][0 : min(n_live[i], K)] (the rest is taken
+                            * as empty and never read), so the work follows the live context, not K */
 } dsv4_cuda_attn_params;
 
 size_t dsv4_cuda_sparse_attn_ws_bytes(int n_q, int H, int K);

@@ -66,7 +66,10 @@ __global__ void __launch_bounds__(ATT_THREADS, 1) sparse_attn_kernel(dsv4_cuda_a
         for (int f = tid; f < ATT_HB * ATT_HD / 8; f += ATT_THREADS)
             dst[f] = f < hc * ATT_HD / 8 ? src[f] : make_uint4(0, 0, 0, 0);
     }
-    const int n_tiles = (p.K + ATT_TK - 1) / ATT_TK;
+    /* Entries at or past the live length are empty: skipping them changes nothing (an empty entry adds
+     * nothing to the max, Z or O), so the loops stop at the last live tile. */
+    const int K_live = p.n_live ? max(0, min(p.K, p.n_live[qi])) : p.K;
+    const int n_tiles = (K_live + ATT_TK - 1) / ATT_TK;
 
     /* ---- pass 1: scores and max. thread = row `lane` × heads h0..h0+3 ---- */
     const int h0 = warp * 4;
@@ -74,7 +77,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 1) sparse_attn_kernel(dsv4_cuda_a
     for (int t = 0; t < n_tiles; t++) {
         int j0 = t * ATT_TK;
         __syncthreads();
-        att_load_tile(sm, p.kv, idx, j0, p.K);
+        att_load_tile(sm, p.kv, idx, j0, K_live);
         __syncthreads();
         if (h0 < hc) {
             float acc[4] = {0.f, 0.f, 0.f, 0.f};
@@ -122,7 +125,7 @@ __global__ void __launch_bounds__(ATT_THREADS, 1) sparse_attn_kernel(dsv4_cuda_a
         int j0 = t * ATT_TK;
         __syncthreads(); /* also publishes sm.m after pass 1 */
         if (n_tiles > 1) {
-            att_load_tile(sm, p.kv, idx, j0, p.K);
+            att_load_tile(sm, p.kv, idx, j0, K_live);
             __syncthreads(); /* sm.valid is read below */
         }
         {

@@ -398,21 +398,27 @@ extern "C" dsv4_status dsv4_glue_decode_selected(dsv4_cuda_ctx *ctx, const dsv4_
 /* ==== attention lists, indexer visibility ============================================================== */
 
 __global__ void build_idx_kernel(dsv4_glue_step st, int window, int ring_base, int kind, int ratio, int comp_base,
-                                 int n_comp, const int32_t *sel, int32_t *idx) {
+                                 int n_comp, const int32_t *sel, int32_t *idx, int32_t *n_live, int full) {
     const int r = blockIdx.x, K = window + n_comp;
     const int s = st.rseq[r];
     const bool live = s >= 0 && st.sslot[s] >= 0;
     const int t = st.pos[r], P = live ? st.spos0[s] : 0, row0 = live ? st.srow0[s] : 0;
-    for (int j = threadIdx.x; j < K; j += blockDim.x) {
+    /* Compressed entries this row can see: HCA (t+1)/ratio; CSA the indexer's picks, which are at most
+     * (t+1)/ratio and come first (the rest of sel is -1). The list ends there. */
+    const int n_vis = kind ? min(n_comp, (t + 1) / ratio) : 0;
+    const int L = live ? window + n_vis : 0;
+    if (threadIdx.x == 0) n_live[r] = L;
+    for (int j = threadIdx.x; j < (full ? K : L); j += blockDim.x) {
         int v = -1;
-        if (live && j < window) {
+        if (j >= L) {
+        } else if (j < window) {
             int p = t - window + 1 + j;
             if (p >= P) v = row0 + (p - P);
             else if (p >= 0) v = ring_base + s * window + p % window;
-        } else if (live) {
+        } else {
             int jj = j - window;
             if (kind == 1) v = sel[(size_t)r * n_comp + jj] >= 0 ? comp_base + r * n_comp + jj : -1;
-            else v = jj < (t + 1) / ratio ? comp_base + s * n_comp + jj : -1;
+            else v = comp_base + s * n_comp + jj;
         }
         idx[(size_t)r * K + j] = v;
     }
@@ -420,9 +426,10 @@ __global__ void build_idx_kernel(dsv4_glue_step st, int window, int ring_base, i
 
 extern "C" dsv4_status dsv4_glue_build_idx(dsv4_cuda_ctx *ctx, const dsv4_glue_step *st, int window, int ring_base,
                                            int kind, int ratio, int comp_base, int n_comp, const int32_t *sel,
-                                           int32_t *idx, dsv4_err *err) {
+                                           int32_t *idx, int32_t *n_live, int full, dsv4_err *err) {
     if (!st->rows) return DSV4_OK;
-    build_idx_kernel<<<st->rows, 256, 0, CST(ctx)>>>(*st, window, ring_base, kind, ratio, comp_base, n_comp, sel, idx);
+    build_idx_kernel<<<st->rows, 256, 0, CST(ctx)>>>(*st, window, ring_base, kind, ratio, comp_base, n_comp, sel, idx,
+                                                     n_live, full);
     GLUE_CHECK(err);
     return DSV4_OK;
 }

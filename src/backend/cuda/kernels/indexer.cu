@@ -24,6 +24,14 @@ __global__ void __launch_bounds__(IDX_THREADS) indexer_scores_kernel(dsv4_cuda_i
     __shared__ __align__(16) float qs[IDX_NH * IDX_DH];
     __shared__ float wsh[IDX_NH];
     const int qi = blockIdx.y;
+    const int nk = p.n_keys[qi];
+    if ((int)blockIdx.x * IDX_THREADS >= nk) {
+        /* a block past the query's live keys: only the −inf padding (no q load), so the cost of a query
+         * follows its visible keys, not max_keys */
+        const int kw = blockIdx.x * IDX_THREADS + threadIdx.x;
+        if (kw < p.max_keys) p.scores[(size_t)qi * p.ld_scores + kw] = -INFINITY;
+        return;
+    }
     const uint16_t *q = p.q + (size_t)qi * p.nh * IDX_DH;
     for (int i = threadIdx.x; i < p.nh * IDX_DH; i += IDX_THREADS) qs[i] = bf2f(q[i]);
     if (threadIdx.x < p.nh) wsh[threadIdx.x] = bf2f(p.w[(size_t)qi * p.nh + threadIdx.x]);
@@ -31,7 +39,7 @@ __global__ void __launch_bounds__(IDX_THREADS) indexer_scores_kernel(dsv4_cuda_i
     const int kw = blockIdx.x * IDX_THREADS + threadIdx.x;
     if (kw >= p.max_keys) return;
     float *out = p.scores + (size_t)qi * p.ld_scores + kw;
-    if (kw >= p.n_keys[qi]) {
+    if (kw >= nk) {
         *out = -INFINITY;
         return;
     }
