@@ -50,7 +50,7 @@ expect_ok tiny-flash "all 427 tensors valid|HCA    1 layer : 2(r16)|MTP block: S
     --model tests/data/tiny-flash
 expect_ok tiny-pro "all 424 tensors valid|HCA    3 layers: 0(r8) 1(r8) 3(r8)|CSA    1 layer : 2" \
     --model tests/data/tiny-pro
-CFG=../shared/testdata/configs
+CFG=tests/data/configs
 [ -d "$CFG" ] || CFG=/work/shared/testdata/configs
 expect_ok config-flash "SWA    2 layers: 0 1|CSA   21 layers|HCA   20 layers|main model                284.335 G|official BF16 layout 6880.00 B/token" \
     --config "$CFG/deepseek-v4-flash.config.json"

@@ -11,7 +11,7 @@ ok() { pass=$((pass + 1)); echo "ok   $1"; }
 bad() { fail=$((fail + 1)); echo "FAIL $1: $2"; }
 TMP=$(mktemp -d /tmp/dsv4_test_gpus_XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
-CFG=../shared/testdata/configs
+CFG=tests/data/configs
 [ -d "$CFG" ] || CFG=/work/shared/testdata/configs
 FLASH=$CFG/deepseek-v4-flash.config.json PRO=$CFG/deepseek-v4-pro.config.json
 

@@ -25,8 +25,8 @@
 
 static const char *real_config(const char *which) {
     static char buf[PATH_MAX];
-    const char *dirs[] = {"../shared/testdata/configs", "/work/shared/testdata/configs"};
-    for (int i = 0; i < 2; i++) {
+    const char *dirs[] = {"tests/data/configs", "../shared/testdata/configs", "/work/shared/testdata/configs"};
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
         snprintf(buf, sizeof buf, "%s/deepseek-v4-%s.config.json", dirs[i], which);
         if (access(buf, R_OK) == 0) return buf;
     }
@@ -115,7 +115,7 @@ static void rm_tree(const char *dir) {
     char p[PATH_MAX];
     while ((de = readdir(d)) != NULL) {
         if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        if (snprintf(p, sizeof p, "%s/%s", dir, de->d_name) >= (int)sizeof p) continue;
         unlink(p);
     }
     closedir(d);

@@ -65,7 +65,7 @@ static void test_config_keys(void) {
     json_error_t je;
     json_t *ours = json_load_file(path, 0, &je);
     /* the released config: shared/ beside the repository (CI, developers), or its usual absolute place */
-    json_t *flash = json_load_file("../shared/testdata/configs/deepseek-v4-flash.config.json", 0, &je);
+    json_t *flash = json_load_file("tests/data/configs/deepseek-v4-flash.config.json", 0, &je);
     if (!flash) flash = json_load_file("/work/shared/testdata/configs/deepseek-v4-flash.config.json", 0, &je);
     CHECK(ours != NULL, "our config parses");
     if (!ours) return;
