@@ -58,6 +58,10 @@ typedef struct nccl_api {
     ncclResult_t (*group_start)(void);
     ncclResult_t (*group_end)(void);
     int refs;                 /* rank handles using this table */
+    /* The group (all its ranks live in this process): abort reaches every rank's communicator. */
+    ncclComm_t *group;        /* owned [world]: each rank's communicator, for the group-wide abort */
+    int world;
+    volatile int aborted;     /* set once by the first abort; later collectives of every rank fail */
 } nccl_api;
 
 typedef struct nccl_rank {
@@ -119,13 +123,21 @@ static dsv4_status load_api(const char *lib, nccl_api **out, dsv4_err *err) {
 static void api_release(nccl_api *a) {
     if (a && --a->refs == 0) {
         dlclose(a->dl);
+        free(a->group);
         free(a);
     }
 }
 
+#define ABORTED_CHECK(r, err)                                                                              \
+    do {                                                                                                   \
+        if ((r)->api->aborted)                                                                             \
+            return dsv4_err_set(err, DSV4_ERR_INTERNAL, "comm nccl: a rank failed (group aborted)");      \
+    } while (0)
+
 static dsv4_status n_allreduce(dsv4_comm *c, void *buf, size_t count, dsv4_comm_dtype dt, void *stream,
                                dsv4_err *err) {
     nccl_rank *r = c->impl;
+    ABORTED_CHECK(r, err);
     NCCL_CHECK(r->api, err, r->api->all_reduce(buf, buf, count, dt == DSV4_COMM_F32 ? NCCL_FLOAT32 : NCCL_BFLOAT16,
                                                NCCL_SUM, r->comm, stream));
     return DSV4_OK;
@@ -134,6 +146,7 @@ static dsv4_status n_allreduce(dsv4_comm *c, void *buf, size_t count, dsv4_comm_
 static dsv4_status n_allgather(dsv4_comm *c, const void *send, void *recv, size_t bytes, void *stream,
                                dsv4_err *err) {
     nccl_rank *r = c->impl;
+    ABORTED_CHECK(r, err);
     NCCL_CHECK(r->api, err, r->api->all_gather(send, recv, bytes, NCCL_UINT8, r->comm, stream));
     return DSV4_OK;
 }
@@ -141,6 +154,7 @@ static dsv4_status n_allgather(dsv4_comm *c, const void *send, void *recv, size_
 static dsv4_status n_alltoall(dsv4_comm *c, const void *send, void *recv, size_t bytes, void *stream,
                               dsv4_err *err) {
     nccl_rank *r = c->impl;
+    ABORTED_CHECK(r, err);
     NCCL_CHECK(r->api, err, r->api->group_start());
     for (int p = 0; p < c->world; p++) {
         ncclResult_t s = r->api->send((const char *)send + (size_t)p * bytes, bytes, NCCL_UINT8, p, r->comm, stream);
@@ -159,14 +173,23 @@ static dsv4_status n_alltoall(dsv4_comm *c, const void *send, void *recv, size_t
 
 static dsv4_status n_barrier(dsv4_comm *c, void *stream, dsv4_err *err) {
     nccl_rank *r = c->impl;
+    ABORTED_CHECK(r, err);
     NCCL_CHECK(r->api, err, r->api->all_reduce(r->scratch, r->scratch, 1, NCCL_FLOAT32, NCCL_SUM, r->comm, stream));
     return DSV4_OK;
 }
 
+/* Group-wide, as comm.h's contract asks: every rank's communicator is aborted (ncclCommAbort also makes
+ * NCCL kernels already waiting for a peer return), so peers blocked in a collective of this step — or in a
+ * stream wait behind one — are released instead of hanging. Another rank's thread may be about to call NCCL
+ * on its (now aborted) communicator: it sees `aborted` first in all but a narrow window; after an abort the
+ * engine must be recreated (docs/MULTI_GPU.md). */
 static void n_abort(dsv4_comm *c) {
     nccl_rank *r = c->impl;
-    if (r->comm) r->api->comm_abort(r->comm);
-    r->comm = NULL;
+    nccl_api *a = r->api;
+    if (a->aborted) return;
+    a->aborted = 1;
+    for (int i = 0; i < a->world; i++)
+        if (a->group[i]) a->comm_abort(a->group[i]);
 }
 
 static void n_destroy(dsv4_comm *c) {
@@ -175,7 +198,8 @@ static void n_destroy(dsv4_comm *c) {
     cudaGetDevice(&prev);
     cudaSetDevice(r->device);
     if (r->scratch) cudaFree(r->scratch);
-    if (r->comm) r->api->comm_destroy(r->comm);
+    if (r->comm && !r->api->aborted) r->api->comm_destroy(r->comm);   /* an abort already freed it */
+    if (r->api->group) r->api->group[c->rank] = NULL;
     cudaSetDevice(prev);
     api_release(r->api);
     free(r);
@@ -193,6 +217,12 @@ dsv4_status dsv4_comm_nccl_create(int world, const int *devices, const char *lib
     ncclComm_t *nc = calloc((size_t)world, sizeof *nc);
     if (!nc) { api_release(api); return dsv4_err_set(err, DSV4_ERR_NOMEM, "comm nccl: out of memory"); }
     api->refs = 1;   /* held by this function until the handles take it */
+    if (!(api->group = calloc((size_t)world, sizeof *api->group))) {
+        free(nc);
+        api_release(api);
+        return dsv4_err_set(err, DSV4_ERR_NOMEM, "comm nccl: out of memory");
+    }
+    api->world = world;
     ncclResult_t rc = api->comm_init_all(nc, world, devices);
     if (rc != NCCL_SUCCESS) {
         dsv4_status st = dsv4_err_set(err, DSV4_ERR_CUDA, "ncclCommInitAll(%d devices) failed: %s", world,
@@ -219,6 +249,7 @@ dsv4_status dsv4_comm_nccl_create(int world, const int *devices, const char *lib
             break;
         }
         *r = (nccl_rank){api, nc[made], devices[made], r->scratch};
+        api->group[made] = nc[made];
         nc[made] = NULL;
         api->refs++;
         *c = (dsv4_comm){&nccl_ops, made, world, r};

@@ -20,15 +20,16 @@ struct dsv4_engine {
     dsv4_kv_manager *kv;      /* owned */
     dsv4_forward *fwd;        /* owned; NULL on the cuda backend */
     dsv4_forward_cuda *cfwd;  /* owned; cuda backend only (it then owns kv, whose arenas are on the device) */
-    dsv4_tp_group *tp;        /* owned; cpu backend with gpus > 1: ranks 1..N-1 (this engine is rank 0) */
+    dsv4_tp_group *tp;        /* owned; gpus > 1: ranks 1..N-1 (this engine is rank 0): threads on the cpu
+                                 backend, GPUs 1..N-1 on the cuda backend (cfwd is then GPU 0's) */
 };
 
 void dsv4_engine_destroy(dsv4_engine *e) {
     if (!e) return;
     dsv4_forward_destroy(e->fwd);
-    dsv4_tp_group_destroy(e->tp);
-    if (e->cfwd) dsv4_forward_cuda_destroy(e->cfwd);
+    if (e->cfwd) dsv4_forward_cuda_destroy(e->cfwd);   /* owns kv; before the group, which owns its comm */
     else dsv4_kv_access_destroy(e->kv);
+    dsv4_tp_group_destroy(e->tp);
     dsv4_threadpool_destroy(e->pool);
     dsv4_model_free(e->model);
     free(e);
@@ -68,13 +69,10 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
     if (cuda && opt->fault)
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: fault variants exist on the cpu backend only");
     int world = opt->gpus > 1 ? opt->gpus : 1;
-    if (cuda && world > 1)
-        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: --gpus %d: the multi-GPU CUDA forward is not "
-                            "implemented yet (docs/MULTI_GPU.md); the cpu backend runs %d ranks on threads", world,
-                            world);
+    dsv4_status st;
+    if (cuda && world > 1 && (st = dsv4_tp_cuda_check_devices(world, err)) != DSV4_OK) return st;
     dsv4_engine *e = calloc(1, sizeof *e);
     if (!e) return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
-    dsv4_status st;
     int max_seqs = opt->max_seqs > 0 ? opt->max_seqs : 8;
     long max_tokens = opt->max_tokens > 0 ? opt->max_tokens : (long)max_seqs * 4096;
     if (opt->progress) opt->progress(opt->progress_user, "checkpoint", 0, 1);
@@ -87,7 +85,8 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
         co.max_seqs = max_seqs;
         co.max_tokens = max_tokens;
         co.verbose = opt->progress != NULL;
-        if ((st = dsv4_forward_cuda_create(e->model, &co, &e->cfwd, err)) != DSV4_OK) {
+        if ((st = world > 1 ? dsv4_tp_cuda_group_create(opt->model_dir, world, e->model, &co, &e->tp, &e->cfwd, err)
+                            : dsv4_forward_cuda_create(e->model, &co, &e->cfwd, err)) != DSV4_OK) {
             dsv4_engine_destroy(e);
             return st;
         }
@@ -154,7 +153,8 @@ dsv4_status dsv4_engine_step(dsv4_engine *e, const dsv4_batch_item *items, int n
         }
         steps[i] = (dsv4_seq_step){items[i].seq, items[i].tokens, items[i].n_tokens, items[i].want_logits};
     }
-    dsv4_status st = e->cfwd ? dsv4_forward_cuda_step(e->cfwd, steps, n_items, logits, err)
+    dsv4_status st = e->cfwd ? (e->tp ? dsv4_tp_cuda_step(e->tp, e->cfwd, steps, n_items, logits, err)
+                                      : dsv4_forward_cuda_step(e->cfwd, steps, n_items, logits, err))
                      : e->tp ? dsv4_tp_group_step(e->tp, e->fwd, e->kv, steps, n_items, logits, err)
                              : dsv4_forward_step(e->fwd, e->kv, steps, n_items, logits, err);
     free(steps);
@@ -165,6 +165,8 @@ dsv4_status dsv4_engine_decode_greedy(dsv4_engine *e, const int *seqs, int n_seq
                                       int n_steps, int32_t *out, double *device_ms, dsv4_err *err) {
     if (n_seqs <= 0 || n_steps <= 0) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: empty greedy decode");
     if (device_ms) *device_ms = 0.0;
+    if (e->cfwd && e->tp)
+        return dsv4_tp_cuda_decode_greedy(e->tp, e->cfwd, seqs, n_seqs, first, n_steps, out, device_ms, err);
     if (e->cfwd) return dsv4_forward_cuda_decode_greedy(e->cfwd, seqs, n_seqs, first, n_steps, out, device_ms, err);
     const int V = e->model->cfg->vocab_size;
     float *logits = malloc(sizeof(float) * (size_t)n_seqs * V);

@@ -9,6 +9,8 @@
 #include "dist/comm.h"
 #include "dsv4.h"
 #include "engine/forward.h"
+#include "engine/forward_cuda.h"
+#include "engine/model.h"
 #include "kv/kv_manager.h"
 
 #ifdef __cplusplus
@@ -39,6 +41,31 @@ dsv4_status dsv4_tp_group_step(dsv4_tp_group *g, dsv4_forward *f0, dsv4_kv_manag
 
 /* Tests: the logits rank r (1..world-1) computed in the last step ([n_want, vocab]; NULL when none). */
 const float *dsv4_tp_group_peer_logits(const dsv4_tp_group *g, int rank);
+
+/* ---- the CUDA group: one GPU per rank, devices 0..world-1, NCCL between them ---------------------------
+ * Same structure: rank 0 is the engine's forward (on the caller's thread), ranks 1..world-1 are owned here
+ * and run each step on a host thread of their own. Every rank holds a forward_cuda over its shard (its
+ * weights only), its own replicated KV manager on its GPU, and its NCCL communicator (options.comm). */
+
+/* DSV4_ERR_UNSUPPORTED naming both numbers when fewer than `world` CUDA devices are visible (or the build
+ * has no CUDA). Cheap: meant to run before anything is loaded. */
+dsv4_status dsv4_tp_cuda_check_devices(int world, dsv4_err *err);
+
+/* Creates the NCCL communicators of devices 0..world-1 (world >= 2), rank 0's forward on m0 (the engine's
+ * shard 0, borrowed) into *f0 (owned by the caller), and ranks 1..world-1 (each loads its shard of
+ * model_dir and uploads it) — all ranks in parallel, one host thread each. `base` gives max_seqs,
+ * max_tokens, max_rows, graphs and verbosity (its device and comm are ignored). */
+dsv4_status dsv4_tp_cuda_group_create(const char *model_dir, int world, const dsv4_model *m0,
+                                      const dsv4_forward_cuda_options *base, dsv4_tp_group **out,
+                                      dsv4_forward_cuda **f0, dsv4_err *err);
+/* dsv4_forward_cuda_step on every rank at once (logits from rank 0; every rank holds the same bits). */
+dsv4_status dsv4_tp_cuda_step(dsv4_tp_group *g, dsv4_forward_cuda *f0, const dsv4_seq_step *steps, int n_steps,
+                              float *logits, dsv4_err *err);
+/* dsv4_forward_cuda_decode_greedy on every rank at once; DSV4_ERR_INTERNAL if the ranks' tokens differ. */
+dsv4_status dsv4_tp_cuda_decode_greedy(dsv4_tp_group *g, dsv4_forward_cuda *f0, const int *slots, int n_slots,
+                                       const int32_t *first, int n_steps, int32_t *out, double *ms, dsv4_err *err);
+/* Tests and benches: the forward of rank r (1..world-1), NULL otherwise. */
+dsv4_forward_cuda *dsv4_tp_group_peer_cuda(const dsv4_tp_group *g, int rank);
 
 #ifdef __cplusplus
 }

@@ -65,6 +65,15 @@ void dsv4_forward_cuda_describe(const dsv4_forward_cuda *f, char *buf, size_t n)
     (void)f;
     snprintf(buf, n, "cuda not compiled in");
 }
+dsv4_status dsv4_forward_cuda_time_collectives(dsv4_forward_cuda *f, int on, dsv4_err *err) {
+    (void)f; (void)on;
+    return not_compiled(err);
+}
+void dsv4_forward_cuda_collective_time(const dsv4_forward_cuda *f, double *ms, int *n_calls) {
+    (void)f;
+    if (ms) *ms = 0.0;
+    if (n_calls) *n_calls = 0;
+}
 
 #else /* DSV4_HAVE_CUDA */
 
@@ -144,7 +153,11 @@ static void *a_put(arena *a, const void *src, size_t bytes) {
 
 /* ==== the forward ======================================================================================= */
 
+/* exec NULL: seen once but not captured yet (with a communicator a bucket's first pass runs eagerly, so that
+ * NCCL sets up its connections for these message sizes outside a capture). */
 typedef struct bucket { int n; void *exec; } bucket;
+
+#define MAX_COLL_EVENTS 1024   /* collective timing: event pairs one pass may record */
 
 struct dsv4_forward_cuda {
     const dsv4_model *m;              /* borrowed */
@@ -189,6 +202,18 @@ struct dsv4_forward_cuda {
     float *hook_f;                    /* [R, hc, D] host staging (owned) */
     uint16_t *hook_b;                 /* [R, hc, D] host staging (owned) */
     int hook_rows;                    /* real rows of the pass being enqueued (padding rows come after) */
+    /* tensor/expert parallelism (options.comm; docs/MULTI_GPU.md) */
+    dsv4_comm *comm;                  /* borrowed; NULL: single GPU, no collective */
+    dsv4_shard sh;                    /* the model's shard (whole model on one GPU) */
+    float *red;                       /* [R, D] FP32 all-reduce buffer (embedding, wo_b, MoE partials) */
+    uint16_t *sc16;                   /* [R, max_e_csa] BF16 indexer scores for their all-reduce */
+    float *lgath;                     /* [world, S, nv] head slices, all-gathered (rank-major) */
+    /* collective timing (eager passes) */
+    int time_coll;
+    void **coll_ev;                   /* [2 * MAX_COLL_EVENTS] owned events */
+    int n_coll;                       /* pairs recorded in the pass being enqueued */
+    double coll_ms;                   /* last step: sum over its passes */
+    int coll_calls;
 };
 
 /* ---- KV memory hook: device arenas ---------------------------------------------------------------- */
@@ -198,7 +223,9 @@ static dsv4_status mem_alloc(void *ctx, size_t bytes, void **out) {
 }
 static void mem_release(void *ctx, void *p) { dsv4_cuda_free((dsv4_cuda_ctx *)ctx, p); }
 static dsv4_status mem_fill32(void *ctx, void *dst, uint32_t pattern, size_t n) {
-    return dsv4_glue_fill32((dsv4_cuda_ctx *)ctx, dst, pattern, n, NULL);
+    /* called by the KV manager on admission, possibly from a thread whose current device is another rank's */
+    dsv4_status st = dsv4_glue_set_device((dsv4_cuda_ctx *)ctx, NULL);
+    return st != DSV4_OK ? st : dsv4_glue_fill32((dsv4_cuda_ctx *)ctx, dst, pattern, n, NULL);
 }
 
 /* ---- weights ------------------------------------------------------------------------------------- */
@@ -210,6 +237,14 @@ static double now_s(void) {
 }
 
 static size_t fp8_scale_bytes(int out, int in) { return (size_t)((out + 127) / 128) * (size_t)((in + 127) / 128); }
+
+/* Rows [r0, r0+n) of an FP8 linear as a view (r0, n multiples of 128: a rank's slice of a column split; the
+ * whole tensor for r0 = 0, n = out). */
+static dsv4_fp8_linear fp8_rows(const dsv4_fp8_linear *l, int r0, int n) {
+    if (!l->w) return *l;
+    int sc_cols = (l->in + 127) / 128;
+    return (dsv4_fp8_linear){l->w + (size_t)r0 * l->in, l->scale + (size_t)(r0 / 128) * sc_cols, n, l->in};
+}
 
 static dlin put_lin(arena *a, const dsv4_fp8_linear *l) {
     dlin d = {0};
@@ -268,8 +303,10 @@ static void put_weights(dsv4_forward_cuda *f, arena *a, uint8_t *tmp, int verbos
     const dsv4_model_weights *w = &f->m->w;
     const int D = c->dim, hc = c->hc_mult, mix = (2 + hc) * hc, V = c->vocab_size, E = c->n_routed_experts;
     const int k = c->n_activated_experts;
-    f->embed = a_put(a, w->embed, 2 * (size_t)V * D);
-    f->head = a_put(a, w->head, 2 * (size_t)V * D);
+    const dsv4_shard *sh = &f->sh;   /* whole model on one GPU: every slice below is the whole tensor */
+    (void)V;
+    f->embed = a_put(a, w->embed + (size_t)sh->v0 * D, 2 * (size_t)sh->nv * D);
+    f->head = a_put(a, w->head + (size_t)sh->v0 * D, 2 * (size_t)sh->nv * D);
     f->norm = a_put(a, w->norm, 2 * (size_t)D);
     f->hc_head = put_hc(a, &w->hc_head, hc, hc * D, 1);
     double t0 = now_s();
@@ -284,26 +321,35 @@ static void put_weights(dsv4_forward_cuda *f, arena *a, uint8_t *tmp, int verbos
         d->hc_ffn = put_hc(a, &lw->hc_ffn, mix, hc * D, 3);
         d->wq_a = put_lin(a, &lw->wq_a);
         d->q_norm = a_put(a, lw->q_norm, 2 * (size_t)c->q_lora_rank);
-        d->wq_b = put_lin(a, &lw->wq_b);
+        const int hd = c->head_dim, dIh = c->index_head_dim, Rl = c->o_lora_rank;
+        const dsv4_fp8_linear wq_b = fp8_rows(&lw->wq_b, sh->h0 * hd, sh->nh * hd);
+        d->wq_b = put_lin(a, &wq_b);
         d->wkv = put_lin(a, &lw->wkv);
         d->kv_norm = a_put(a, lw->kv_norm, 2 * (size_t)c->head_dim);
-        d->wo_b = put_lin(a, &lw->wo_b);
-        d->sink = a_put(a, lw->attn_sink, sizeof(float) * (size_t)c->n_heads);
+        /* Row-parallel wo_b: the rank's input columns, copied at load (model.h wo_b_local) when split. */
+        d->wo_b = put_lin(a, f->m->wo_b_local ? &f->m->wo_b_local[l] : &lw->wo_b);
+        d->sink = a_put(a, lw->attn_sink ? lw->attn_sink + sh->h0 : NULL, sizeof(float) * (size_t)sh->nh);
         d->cmp = put_cmp(a, &lw->compressor, D);
         d->icmp = put_cmp(a, &lw->idx_compressor, D);
-        if (lw->idx_wq_b.w) d->idx_wq_b = put_lin(a, &lw->idx_wq_b);
-        d->idx_wproj = a_put(a, lw->idx_weights_proj, 2 * (size_t)c->index_n_heads * D);
+        if (lw->idx_wq_b.w) {
+            const dsv4_fp8_linear iq = fp8_rows(&lw->idx_wq_b, sh->ih0 * dIh, sh->nih * dIh);
+            d->idx_wq_b = put_lin(a, &iq);
+        }
+        d->idx_wproj = a_put(a, lw->idx_weights_proj ? lw->idx_weights_proj + (size_t)sh->ih0 * D : NULL,
+                             2 * (size_t)sh->nih * D);
         d->gate_w = a_put(a, lw->gate_w, 2 * (size_t)E * D);
         d->gate_bias = a_put(a, lw->gate_bias, sizeof(float) * (size_t)E);
         d->tid2eid = a_put(a, lw->tid2eid, sizeof(int64_t) * (size_t)V * k);
-        d->e1 = put_experts(a, lw->experts_w1, E);
-        d->e2 = put_experts(a, lw->experts_w2, E);
-        d->e3 = put_experts(a, lw->experts_w3, E);
+        d->e1 = put_experts(a, lw->experts_w1 + sh->e0, sh->ne);
+        d->e2 = put_experts(a, lw->experts_w2 + sh->e0, sh->ne);
+        d->e3 = put_experts(a, lw->experts_w3 + sh->e0, sh->ne);
         d->sh1 = put_lin(a, &lw->shared_w1);
         d->sh2 = put_lin(a, &lw->shared_w2);
         d->sh3 = put_lin(a, &lw->shared_w3);
         /* wo_a: FP8 to the scratch, BF16 into the arena (the only dequantized copy, as the CPU model). */
-        const dsv4_fp8_linear *wa = &lw->wo_a;
+        /* The rank's output groups [g0, g0+ng) are rows [g0*R, (g0+ng)*R) (multiples of 128: shard.c). */
+        const dsv4_fp8_linear wa_rows = fp8_rows(&lw->wo_a, sh->g0 * Rl, sh->ng * Rl);
+        const dsv4_fp8_linear *wa = &wa_rows;
         size_t wb = (size_t)wa->out * wa->in;
         d->wo_a = a_take(a, 2 * wb);
         if (d->wo_a && a->st == DSV4_OK) {
@@ -385,14 +431,24 @@ static void take_workspace(dsv4_forward_cuda *f, arena *a) {
     TAKE(a, f->sg, R * I); TAKE(a, f->su, R * I); TAKE(a, f->sy, R * D);
     TAKE(a, f->Xh, S * hc * D); TAKE(a, f->hin, S * D);
     TAKE(a, f->logits, S * V); TAKE(a, f->amax, S);
+    if (f->comm) {   /* only with a communicator: the single-GPU workspace is unchanged */
+        TAKE(a, f->red, R * D);
+        if (f->max_e_csa) TAKE(a, f->sc16, R * (long)f->max_e_csa);
+        TAKE(a, f->lgath, (long)f->sh.world * S * f->sh.nv);
+    }
 }
 
 /* ---- create / destroy ---------------------------------------------------------------------------- */
 
 void dsv4_forward_cuda_destroy(dsv4_forward_cuda *f) {
     if (!f) return;
+    if (f->ctx) (void)dsv4_glue_set_device(f->ctx, NULL);
     if (f->ctx) (void)dsv4_cuda_sync(f->ctx, NULL);
     for (int i = 0; i < f->n_buckets; i++) dsv4_glue_graph_destroy(f->buckets[i].exec);
+    if (f->coll_ev) {
+        for (int i = 0; i < 2 * MAX_COLL_EVENTS; i++) dsv4_cuda_event_destroy(f->coll_ev[i]);
+        free(f->coll_ev);
+    }
     if (f->kv) dsv4_kv_manager_destroy(f->kv);
     if (f->ctx) {
         dsv4_cuda_free(f->ctx, f->wbuf);
@@ -430,6 +486,32 @@ dsv4_status dsv4_forward_cuda_set_hook(dsv4_forward_cuda *f, dsv4_layer_dump_fn 
     return DSV4_OK;
 }
 
+dsv4_status dsv4_forward_cuda_time_collectives(dsv4_forward_cuda *f, int on, dsv4_err *err) {
+    if (on && !f->comm) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "cuda forward: no communicator to time");
+    if (on && !f->coll_ev) {
+        dsv4_status sd = dsv4_glue_set_device(f->ctx, err);   /* events belong to the device current at creation */
+        if (sd != DSV4_OK) return sd;
+        void **ev = calloc(2 * MAX_COLL_EVENTS, sizeof *ev);
+        if (!ev) return dsv4_err_set(err, DSV4_ERR_NOMEM, "cuda forward: out of memory (timing events)");
+        for (int i = 0; i < 2 * MAX_COLL_EVENTS; i++) {
+            dsv4_status st = dsv4_cuda_event_create(&ev[i], err);
+            if (st != DSV4_OK) {
+                for (int j = 0; j < i; j++) dsv4_cuda_event_destroy(ev[j]);
+                free(ev);
+                return st;
+            }
+        }
+        f->coll_ev = ev;
+    }
+    f->time_coll = on != 0;
+    return DSV4_OK;
+}
+
+void dsv4_forward_cuda_collective_time(const dsv4_forward_cuda *f, double *ms, int *n_calls) {
+    if (ms) *ms = f->coll_ms;
+    if (n_calls) *n_calls = f->coll_calls;
+}
+
 void dsv4_forward_cuda_describe(const dsv4_forward_cuda *f, char *buf, size_t n) {
     char dev[256];
     dsv4_cuda_describe(f->ctx, dev, sizeof dev);
@@ -456,10 +538,20 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
     if (st != DSV4_OK) return st;
     if (dsv4_cuda_device_count() <= 0)
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "cuda: no CUDA device visible");
+    dsv4_comm *comm = opt ? opt->comm : NULL;
+    if (m->shard.world > 1 && !comm)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "cuda forward: the model is rank %d of %d but no communicator "
+                            "was given", m->shard.rank, m->shard.world);
+    if (comm && (dsv4_comm_world(comm) != m->shard.world || dsv4_comm_rank(comm) != m->shard.rank))
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "cuda forward: the model is rank %d of %d but the communicator "
+                            "is rank %d of %d", m->shard.rank, m->shard.world, dsv4_comm_rank(comm),
+                            dsv4_comm_world(comm));
     dsv4_forward_cuda *f = calloc(1, sizeof *f);
     if (!f) return dsv4_err_set(err, DSV4_ERR_NOMEM, "cuda forward: out of memory");
     f->m = m;
     f->c = c;
+    f->comm = comm;
+    f->sh = m->shard;
     f->S = opt && opt->max_seqs > 0 ? opt->max_seqs : 8;
     f->msl = opt && opt->max_tokens > 0 ? opt->max_tokens : (long)f->S * 4096;
     f->R = opt && opt->max_rows > 0 ? opt->max_rows : 512;
@@ -621,6 +713,36 @@ static dsv4_status lin8(dsv4_forward_cuda *f, const uint8_t *xq, const uint8_t *
     return dsv4_cuda_linear_fp8(f->ctx, xq, xs, M, l->in, l->w, l->s, l->out, y, err);
 }
 
+/* ---- collectives (tensor parallel): on this forward's stream, so decode graphs capture them ---------- */
+
+static dsv4_status coll_mark(dsv4_forward_cuda *f, int end, dsv4_err *err) {
+    if (!f->time_coll || f->n_coll >= MAX_COLL_EVENTS) return DSV4_OK;
+    T(dsv4_cuda_event_record(f->ctx, f->coll_ev[2 * f->n_coll + end], err));
+    if (end) f->n_coll++;
+    return DSV4_OK;
+}
+
+static dsv4_status allreduce(dsv4_forward_cuda *f, void *buf, size_t n, dsv4_comm_dtype dt, dsv4_err *err) {
+    T(coll_mark(f, 0, err));
+    T(dsv4_comm_allreduce_sum(f->comm, buf, n, dt, f->ctx->stream, err));
+    return coll_mark(f, 1, err);
+}
+
+/* In place: this rank's bytes sit at recv + rank * bytes. */
+static dsv4_status allgather(dsv4_forward_cuda *f, void *recv, size_t bytes, dsv4_err *err) {
+    T(coll_mark(f, 0, err));
+    T(dsv4_comm_allgather(f->comm, (char *)recv + (size_t)f->sh.rank * bytes, recv, bytes, f->ctx->stream, err));
+    return coll_mark(f, 1, err);
+}
+
+/* bf16 [n] partial sums -> FP32 all-reduce -> bf16 (round to nearest even), in place: the official
+ * RowParallelLinear reduction (y.float(), all_reduce, type_as). */
+static dsv4_status allreduce_bf16_via_f32(dsv4_forward_cuda *f, uint16_t *x, long n, dsv4_err *err) {
+    T(dsv4_glue_bf16_to_f32(f->ctx, x, n, f->red, err));
+    T(allreduce(f, f->red, (size_t)n, DSV4_COMM_F32, err));
+    return dsv4_glue_f32_to_bf16(f->ctx, f->red, n, x, err);
+}
+
 /* A compressor of one layer over the step's rows: projections, gather of the windows that complete, pool +
  * norm + RoPE + quant (op library), store into the block arena, tail-state update. */
 static dsv4_status run_compressor(dsv4_forward_cuda *f, const dsv4_glue_step *gs, const dsv4_glue_kv *kv,
@@ -662,8 +784,9 @@ static dsv4_status attention_layer(dsv4_forward_cuda *f, const dsv4_glue_step *g
                                    dsv4_err *err) {
     const dsv4_config *c = f->c;
     const dlayer *d = &f->L[layer];
-    const int rows = gs->rows, H = c->n_heads, hd = c->head_dim, QL = c->q_lora_rank, D = c->dim;
-    const int G = c->o_groups, Rl = c->o_lora_rank, gin = H / G * hd, win = c->window_size;
+    /* H, G, nIh: this rank's heads, groups and index heads (all of them on one GPU); H/G heads per group. */
+    const int rows = gs->rows, H = f->sh.nh, hd = c->head_dim, QL = c->q_lora_rank, D = c->dim;
+    const int G = f->sh.ng, Rl = c->o_lora_rank, gin = H / G * hd, win = c->window_size;
     const dsv4_rope *rope = dsv4_model_rope(f->m, layer);
     const int rd = rope->rope_dim;
     const float eps = (float)c->norm_eps;
@@ -684,12 +807,12 @@ static dsv4_status attention_layer(dsv4_forward_cuda *f, const dsv4_glue_step *g
     T(dsv4_cuda_fake_quant_fp8(f->ctx, fresh, rows, hd, hd - rd, 64, err));
     const int is_csa = d->kind == DSV4_LAYER_CSA;
     if (is_csa) {
-        const int nIh = c->index_n_heads, dIh = c->index_head_dim;
+        const int nIh = f->sh.nih, dIh = c->index_head_dim;
         T(lin8(f, f->aq2, f->as2, rows, &d->idx_wq_b, f->qI, err));
         T(dsv4_cuda_rope(f->ctx, f->qI, rows, nIh * dIh, nIh, dIh, dIh - rd, in->pos, rope, 0, err));
         T(dsv4_cuda_hadamard_fp4(f->ctx, f->qI, rows * nIh, err));
         T(dsv4_cuda_linear_bf16(f->ctx, f->x, rows, D, d->idx_wproj, nIh, f->wI, DSV4_OUT_BF16, err));
-        const float wscale = (float)(1.0 / sqrt((double)dIh) / sqrt((double)nIh));
+        const float wscale = (float)(1.0 / sqrt((double)dIh) / sqrt((double)c->index_n_heads)); /* global count */
         T(dsv4_glue_scale_bf16(f->ctx, f->wI, (long)rows * nIh, wscale, err));
     }
     /* Compressors (indexer first, as the CPU), then the entries each query can see. */
@@ -698,12 +821,21 @@ static dsv4_status attention_layer(dsv4_forward_cuda *f, const dsv4_glue_step *g
     T(dsv4_glue_ring_decode(f->ctx, gs, &kv, f->staging + (size_t)f->staging_ring * hd, err));
     uint16_t *comp = f->staging + (size_t)f->staging_comp * hd;
     if (is_csa) {
-        const int nIh = c->index_n_heads, dIh = c->index_head_dim, topk = c->index_topk;
+        const int nIh = f->sh.nih, dIh = c->index_head_dim, topk = c->index_topk;
         T(dsv4_glue_decode_entries(f->ctx, gs, &kv, 1, d->max_e, f->ikeys, err));
         T(dsv4_glue_csa_meta(f->ctx, gs, d->ratio, d->max_e, f->nkeys, f->kstart, err));
         dsv4_cuda_indexer_params ip = {rows, nIh, dIh, f->qI, f->wI, f->ikeys, f->kstart, f->nkeys, d->max_e,
                                        f->scores, d->max_e};
         T(dsv4_cuda_indexer_scores(f->ctx, &ip, err));
+        if (f->comm) {
+            /* The official model all-reduces the BF16 head sums of every rank before top-k. The scores are
+             * bf16 values (−inf past a row's visible keys), so both conversions are exact on one rank. The
+             * count is the capacity [rows, max_e], fixed for the graph (docs/MULTI_GPU.md: its cost). */
+            const long n = (long)rows * d->max_e;
+            T(dsv4_glue_f32_to_bf16(f->ctx, f->scores, n, f->sc16, err));
+            T(allreduce(f, f->sc16, (size_t)n, DSV4_COMM_BF16, err));
+            T(dsv4_glue_bf16_to_f32(f->ctx, f->sc16, n, f->scores, err));
+        }
         T(dsv4_cuda_topk(f->ctx, f->scores, rows, d->max_e, f->nkeys, 0, topk, f->sel, topk, err));
         T(dsv4_glue_decode_selected(f->ctx, gs, &kv, f->sel, topk, comp, err));
     } else if (d->ratio) {
@@ -739,7 +871,10 @@ static dsv4_status attention_layer(dsv4_forward_cuda *f, const dsv4_glue_step *g
                                 f->ug + (size_t)g * rows * Rl, DSV4_OUT_BF16, err));
     T(dsv4_glue_regroup(f->ctx, f->ug, f->u, rows, G, Rl, 0, err));
     T(dsv4_cuda_act_quant_fp8(f->ctx, f->u, rows, G * Rl, f->aq2, f->as2, err));
-    return lin8(f, f->aq2, f->as2, rows, &d->wo_b, f->a, err);
+    T(lin8(f, f->aq2, f->as2, rows, &d->wo_b, f->a, err));
+    /* Row-parallel wo_b: the BF16 partial of this rank's input columns, summed over ranks in FP32. */
+    if (f->comm) T(allreduce_bf16_via_f32(f, f->a, (long)rows * D, err));
+    return DSV4_OK;
 }
 
 static dsv4_status moe_layer(dsv4_forward_cuda *f, const inputs *in, int rows, int layer, dsv4_err *err) {
@@ -753,13 +888,14 @@ static dsv4_status moe_layer(dsv4_forward_cuda *f, const inputs *in, int rows, i
     T(dsv4_cuda_act_quant_fp8(f->ctx, f->x, rows, D, f->aq1, f->as1, err));
     /* Routed experts over (row, slot) pairs. */
     const int pairs = rows * k;
-    T(dsv4_glue_moe_expert(f->ctx, f->aq1, f->as1, D, k, f->experts, pairs, d->e1.w, d->e1.s, d->e1.w_stride,
+    const int e0 = f->sh.e0, ne = f->sh.ne;   /* this rank's experts (the router is replicated) */
+    T(dsv4_glue_moe_expert(f->ctx, f->aq1, f->as1, D, k, f->experts, e0, ne, pairs, d->e1.w, d->e1.s, d->e1.w_stride,
                            d->e1.s_stride, d->e1.fp4, I, f->eg, err));
-    T(dsv4_glue_moe_expert(f->ctx, f->aq1, f->as1, D, k, f->experts, pairs, d->e3.w, d->e3.s, d->e3.w_stride,
+    T(dsv4_glue_moe_expert(f->ctx, f->aq1, f->as1, D, k, f->experts, e0, ne, pairs, d->e3.w, d->e3.s, d->e3.w_stride,
                            d->e3.s_stride, d->e3.fp4, I, f->eu, err));
     T(dsv4_cuda_swiglu(f->ctx, f->eg, f->eu, I, pairs, I, lim, f->eweights, f->eg, I, err));
     T(dsv4_cuda_act_quant_fp8(f->ctx, f->eg, pairs, I, f->aq2, f->as2, err));
-    T(dsv4_glue_moe_expert(f->ctx, f->aq2, f->as2, I, 1, f->experts, pairs, d->e2.w, d->e2.s, d->e2.w_stride,
+    T(dsv4_glue_moe_expert(f->ctx, f->aq2, f->as2, I, 1, f->experts, e0, ne, pairs, d->e2.w, d->e2.s, d->e2.w_stride,
                            d->e2.s_stride, d->e2.fp4, D, f->ey, err));
     /* Shared expert (FP8, weight 1). */
     T(lin8(f, f->aq1, f->as1, rows, &d->sh1, f->sg, err));
@@ -767,7 +903,12 @@ static dsv4_status moe_layer(dsv4_forward_cuda *f, const inputs *in, int rows, i
     T(dsv4_cuda_swiglu(f->ctx, f->sg, f->su, I, rows, I, lim, NULL, f->sg, I, err));
     T(dsv4_cuda_act_quant_fp8(f->ctx, f->sg, rows, I, f->aq2, f->as2, err));
     T(lin8(f, f->aq2, f->as2, rows, &d->sh2, f->sy, err));
-    return dsv4_glue_moe_combine(f->ctx, f->ey, f->experts, rows, k, D, f->sy, f->a, err);
+    if (!f->comm) return dsv4_glue_moe_combine(f->ctx, f->ey, f->experts, rows, k, D, f->sy, f->a, err);
+    /* Each rank sums its own experts (ascending id) in FP32, the partials are all-reduced in FP32, then the
+     * shared expert is added and the sum rounded to BF16 (MoE.forward of the official model). */
+    T(dsv4_glue_moe_partial(f->ctx, f->ey, f->experts, rows, k, D, e0, ne, f->red, err));
+    T(allreduce(f, f->red, (size_t)rows * D, DSV4_COMM_F32, err));
+    return dsv4_glue_moe_finish(f->ctx, f->red, f->sy, (long)rows * D, f->a, err);
 }
 
 /* The layer hook after layer l (eager passes only): X of the real rows down as FP32, the hook, and back up
@@ -792,7 +933,15 @@ static dsv4_status enqueue_pass(dsv4_forward_cuda *f, int rows, int n_seq, int n
     const float eps = (float)c->norm_eps, hc_eps = (float)c->hc_eps;
     inputs in = inputs_of(f, f->in);
     dsv4_glue_step gs = {in.pos, in.rseq, in.sslot, in.spos0, in.srow0, in.sn, rows, n_seq};
-    T(dsv4_cuda_embed(f->ctx, f->embed, c->vocab_size, D, in.tok, rows, f->x, err));
+    f->n_coll = 0;
+    if (!f->comm) {
+        T(dsv4_cuda_embed(f->ctx, f->embed, c->vocab_size, D, in.tok, rows, f->x, err));
+    } else {
+        /* Vocab-split table: the owner writes the row, the others -0.0; the FP32 all-reduce is the row. */
+        T(dsv4_glue_embed_part(f->ctx, f->embed, f->sh.v0, f->sh.nv, D, in.tok, rows, f->red, err));
+        T(allreduce(f, f->red, (size_t)rows * D, DSV4_COMM_F32, err));
+        T(dsv4_glue_f32_to_bf16(f->ctx, f->red, (long)rows * D, f->x, err));
+    }
     T(dsv4_glue_broadcast_hc(f->ctx, f->x, rows, hc, D, f->X, err));
     for (int l = 0; l < c->n_layers; l++) {
         const dlayer *d = &f->L[l];
@@ -815,7 +964,17 @@ static dsv4_status enqueue_pass(dsv4_forward_cuda *f, int rows, int n_seq, int n
         T(dsv4_glue_gather_rows(f->ctx, f->X, hc * D, in.head, n_out, f->Xh, err));
         T(dsv4_cuda_hc_head(f->ctx, &hh, f->Xh, f->hin, err));
         T(dsv4_cuda_rmsnorm(f->ctx, f->hin, D, f->norm, n_out, D, eps, f->hin, D, err));
-        T(dsv4_cuda_linear_bf16(f->ctx, f->hin, n_out, D, f->head, c->vocab_size, f->logits, DSV4_OUT_F32, err));
+        if (!f->comm) {
+            T(dsv4_cuda_linear_bf16(f->ctx, f->hin, n_out, D, f->head, c->vocab_size, f->logits, DSV4_OUT_F32, err));
+        } else {
+            /* Vocab-split head: this rank's slice into its place of [world][n_out][nv], all-gather, vocab order. */
+            const int nv = f->sh.nv;
+            const size_t part = (size_t)n_out * nv;
+            T(dsv4_cuda_linear_bf16(f->ctx, f->hin, n_out, D, f->head, nv, f->lgath + (size_t)f->sh.rank * part,
+                                    DSV4_OUT_F32, err));
+            T(allgather(f, f->lgath, sizeof(float) * part, err));
+            T(dsv4_glue_vocab_interleave(f->ctx, f->lgath, f->sh.world, n_out, nv, f->logits, err));
+        }
     }
     if (decode_tail) {
         T(dsv4_cuda_argmax(f->ctx, f->logits, n_out, c->vocab_size, c->vocab_size, f->amax, err));
@@ -856,19 +1015,43 @@ static int bucket_of(int n) {
     return b;
 }
 
-/* The graph of decode bucket B (captured on first use: capture enqueues nothing that runs). */
+/* The graph of decode bucket B (captured on first use: capture enqueues nothing that runs). With a
+ * communicator the first use only registers the bucket and gives *exec = NULL — the caller runs that pass
+ * eagerly, so NCCL's lazy connection setup for these message sizes happens outside a capture — and the
+ * second use captures. Every rank sees the same buckets in the same order (replicated steps), so the ranks'
+ * graphs hold the same collectives in the same order. */
 static dsv4_status graph_for(dsv4_forward_cuda *f, int B, void **exec, dsv4_err *err) {
-    for (int i = 0; i < f->n_buckets; i++)
-        if (f->buckets[i].n == B) { *exec = f->buckets[i].exec; return DSV4_OK; }
-    if (f->n_buckets == MAX_BUCKETS) return dsv4_err_set(err, DSV4_ERR_INTERNAL, "cuda: too many graph buckets");
+    *exec = NULL;
+    bucket *b = NULL;
+    for (int i = 0; i < f->n_buckets && !b; i++)
+        if (f->buckets[i].n == B) b = &f->buckets[i];
+    if (b && b->exec) { *exec = b->exec; return DSV4_OK; }
+    if (!b) {
+        if (f->n_buckets == MAX_BUCKETS) return dsv4_err_set(err, DSV4_ERR_INTERNAL, "cuda: too many graph buckets");
+        if (f->comm) { f->buckets[f->n_buckets++] = (bucket){B, NULL}; return DSV4_OK; }
+    }
     T(dsv4_glue_capture_begin(f->ctx, err));
     dsv4_status st = enqueue_pass(f, B, B, B, 1, err);
     void *x = NULL;
     dsv4_status st2 = dsv4_glue_capture_end(f->ctx, st == DSV4_OK, &x, st == DSV4_OK ? err : NULL);
     if (st != DSV4_OK) return st;
     if (st2 != DSV4_OK) return st2;
-    f->buckets[f->n_buckets++] = (bucket){B, x};
+    if (b) b->exec = x;
+    else f->buckets[f->n_buckets++] = (bucket){B, x};
     *exec = x;
+    return DSV4_OK;
+}
+
+/* Adds the device time between the event pairs the last pass recorded (its stream has passed them). */
+static dsv4_status collect_coll_time(dsv4_forward_cuda *f, dsv4_err *err) {
+    if (!f->time_coll) return DSV4_OK;
+    for (int i = 0; i < f->n_coll; i++) {
+        float ms = 0.0f;
+        T(dsv4_cuda_event_elapsed_ms(f->coll_ev[2 * i], f->coll_ev[2 * i + 1], &ms, err));
+        f->coll_ms += ms;
+    }
+    f->coll_calls += f->n_coll;
+    f->n_coll = 0;
     return DSV4_OK;
 }
 
@@ -911,13 +1094,10 @@ static dsv4_status run_pass(dsv4_forward_cuda *f, const piece *pc, int np, dsv4_
         fill_decode_inputs(f, B, slots, pos, tok, np);
         T(upload_inputs(f, err));
         f->hook_rows = np;
-        if (f->use_graphs && !f->hook) {
-            void *exec;
-            T(graph_for(f, B, &exec, err));
-            T(dsv4_glue_graph_launch(f->ctx, exec, err));
-        } else {
-            T(enqueue_pass(f, B, B, B, 1, err));
-        }
+        void *exec = NULL;
+        if (f->use_graphs && !f->hook && !f->time_coll) T(graph_for(f, B, &exec, err));
+        if (exec) T(dsv4_glue_graph_launch(f->ctx, exec, err));
+        else T(enqueue_pass(f, B, B, B, 1, err));
         for (int i = 0; i < np; i++)
             if (pc[i].logits) {
                 T(dsv4_cuda_download(f->ctx, pc[i].logits, f->logits + (size_t)i * V, sizeof(float) * V, err));
@@ -949,6 +1129,7 @@ static dsv4_status run_pass(dsv4_forward_cuda *f, const piece *pc, int np, dsv4_
     }
     /* The pinned inputs are rewritten by the next pass: make sure this one consumed them. */
     if (!downloaded) T(dsv4_cuda_sync(f->ctx, err));
+    T(collect_coll_time(f, err));
     for (int i = 0; i < np; i++) dsv4_kv_access_commit(f->kv, &pc[i].slot, &pc[i].n, 1);
     return DSV4_OK;
 }
@@ -957,6 +1138,9 @@ dsv4_status dsv4_forward_cuda_step(dsv4_forward_cuda *f, const dsv4_seq_step *st
                                    dsv4_err *err) {
     const dsv4_config *c = f->c;
     if (n_steps <= 0) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "forward: empty batch");
+    T(dsv4_glue_set_device(f->ctx, err));   /* a host thread per GPU: make this forward's device current */
+    f->coll_ms = 0.0;
+    f->coll_calls = 0;
     for (int i = 0; i < n_steps; i++) {
         const dsv4_seq_step *s = &steps[i];
         if (s->n_tokens <= 0 || !s->tokens)
@@ -995,7 +1179,13 @@ dsv4_status dsv4_forward_cuda_step(dsv4_forward_cuda *f, const dsv4_seq_step *st
             rows += n;
         }
         if (!np) break;
-        T(run_pass(f, pc, np, err));
+        dsv4_status st = run_pass(f, pc, np, err);
+        if (st != DSV4_OK) {
+            /* Past the replicated checks a failure is this rank's alone: peers may be (or will be) inside
+             * a collective of this pass, so the group is aborted (docs/MULTI_GPU.md). */
+            if (f->comm && f->sh.world > 1) dsv4_comm_abort(f->comm);
+            return st;
+        }
     }
     return DSV4_OK;
 }
@@ -1006,6 +1196,7 @@ dsv4_status dsv4_forward_cuda_decode_greedy(dsv4_forward_cuda *f, const int *slo
     if (n_slots <= 0 || n_slots > f->S || n_steps <= 0 || n_steps > HIST_CAP)
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "decode_greedy: %d sequences (1..%d), %d steps (1..%d)",
                             n_slots, f->S, n_steps, HIST_CAP);
+    T(dsv4_glue_set_device(f->ctx, err));
     for (int i = 0; i < n_slots; i++) {
         if (!dsv4_kv_access_slot_valid(f->kv, slots[i]))
             return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "decode_greedy: slot %d is not open", slots[i]);
@@ -1025,13 +1216,20 @@ dsv4_status dsv4_forward_cuda_decode_greedy(dsv4_forward_cuda *f, const int *slo
     T(dsv4_cuda_memset(f->ctx, f->ctr, 0, sizeof(int32_t), err));
     void *exec = NULL;
     f->hook_rows = n_slots;
-    if (f->use_graphs && !f->hook) T(graph_for(f, B, &exec, err));
+    const int graphs = f->use_graphs && !f->hook && !f->time_coll;
+    if (graphs) T(graph_for(f, B, &exec, err));
     void *ev0 = NULL, *ev1 = NULL;
     T(dsv4_cuda_event_create(&ev0, err));
     dsv4_status st = dsv4_cuda_event_create(&ev1, err);
     if (st == DSV4_OK) st = dsv4_cuda_event_record(f->ctx, ev0, err);
-    for (int k = 0; k < n_steps && st == DSV4_OK; k++)
+    for (int k = 0; k < n_steps && st == DSV4_OK; k++) {
         st = exec ? dsv4_glue_graph_launch(f->ctx, exec, err) : enqueue_pass(f, B, B, B, 1, err);
+        /* With a communicator a bucket's first pass ran eagerly (graph_for); capture it for the rest. The
+         * wait keeps the capture off a stream with work in flight (first use of a bucket only). */
+        if (st == DSV4_OK && graphs && !exec && k + 1 < n_steps && (st = dsv4_cuda_sync(f->ctx, err)) == DSV4_OK)
+            st = graph_for(f, B, &exec, err);
+    }
+    if (st != DSV4_OK && f->comm && f->sh.world > 1) dsv4_comm_abort(f->comm);
     if (st == DSV4_OK) st = dsv4_cuda_event_record(f->ctx, ev1, err);
     int32_t *hist = malloc(sizeof(int32_t) * (size_t)n_steps * B);
     if (!hist && st == DSV4_OK) st = dsv4_err_set(err, DSV4_ERR_NOMEM, "decode_greedy: out of memory");

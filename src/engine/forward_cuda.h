@@ -16,6 +16,7 @@
 
 #include <stdint.h>
 
+#include "dist/comm.h"
 #include "dsv4.h"
 #include "engine/forward.h"
 #include "engine/model.h"
@@ -36,6 +37,16 @@ typedef struct dsv4_forward_cuda_options {
     int verbose;       /* 1: upload progress and rate on stderr */
     int capacity_lists;/* benchmarks only: 1 = attention walks the capacity-sized lists (window + max entries),
                         * the behaviour before the live-length bounds; results are bitwise the same */
+    dsv4_comm *comm;   /* borrowed, optional: this forward is rank comm->rank of a tensor/expert-parallel group
+                        * (docs/MULTI_GPU.md). It computes the slice of the model's shard (m->shard: heads,
+                        * groups, index heads, experts, vocab rows; only those weights are uploaded) and joins
+                        * the ranks where forward_cpu.c does — embedding (FP32 all-reduce), indexer scores
+                        * (BF16 all-reduce), wo_b and routed experts (FP32 all-reduce), head (all-gather) —
+                        * with the collectives enqueued on this forward's stream and captured in its decode
+                        * graphs. Required when m->shard.world > 1; with a one-rank communicator the
+                        * collectives still run (and the results equal comm == NULL bit for bit). NULL: the
+                        * single-GPU path, no collective. Every rank must run the same steps in the same
+                        * order, each on its own host thread (dsv4_forward_cuda_* are per-thread calls). */
 } dsv4_forward_cuda_options;
 
 /* Uploads the model's weights (m must outlive the forward; wo_a is dequantized to BF16 on the device),
@@ -69,6 +80,13 @@ dsv4_status dsv4_forward_cuda_decode_greedy(dsv4_forward_cuda *f, const int *slo
  * even: exact for values the hook took from BF16 data), so the hook may overwrite X (teacher forcing).
  * NULL removes it. Errors: NOMEM (host staging of max_rows rows). */
 dsv4_status dsv4_forward_cuda_set_hook(dsv4_forward_cuda *f, dsv4_layer_dump_fn fn, void *user, dsv4_err *err);
+
+/* Collective timing (tensor parallel only; benches): while on, passes run eagerly and CUDA events are recorded
+ * around every collective; dsv4_forward_cuda_collective_time then gives the total device time between those
+ * event pairs (waiting for peers included) and their number, over the last dsv4_forward_cuda_step.
+ * Errors: INVALID_ARG without a communicator, CUDA (event creation). */
+dsv4_status dsv4_forward_cuda_time_collectives(dsv4_forward_cuda *f, int on, dsv4_err *err);
+void dsv4_forward_cuda_collective_time(const dsv4_forward_cuda *f, double *ms, int *n_calls);
 
 /* Device name and the weight upload (bytes, GB/s) for logs and benches. */
 void dsv4_forward_cuda_describe(const dsv4_forward_cuda *f, char *buf, size_t n);

@@ -119,16 +119,41 @@ dsv4_status dsv4_glue_csa_meta(dsv4_cuda_ctx *ctx, const dsv4_glue_step *st, int
 /* split = 1: dst[g][r][c] = src[r][g·cols + c]; split = 0: the inverse. bf16, G groups. */
 dsv4_status dsv4_glue_regroup(dsv4_cuda_ctx *ctx, const uint16_t *src, uint16_t *dst, int rows, int G, int cols,
                               int split, dsv4_err *err);
-/* Routed expert linear for (row, slot) pairs chosen on the device: y[p] = W_{experts[p]} · x[p / in_div],
+/* Routed expert linear for (row, slot) pairs chosen on the device: y[p] = W_{experts[p]-e0} · x[p / in_div]
+ * for the ne experts [e0, e0+ne) held here (a rank's expert slice; e0 = 0, ne = E on one GPU); pairs whose
+ * expert is elsewhere get y[p] = 0,
  * x act-quantized (xq [*, K] e4m3, xs [*, K/128] e8m0). Weights stacked per expert: w + e·w_stride,
  * s + e·s_stride; fp4: [N, K/2] e2m1 with [N, K/32] e8m0; else FP8 [N, K] with [N/128, K/128]. y [pairs, N]
  * bf16, the block-scaled product of spec §3.6 (FP32 per block, FP32 accumulation). K % 128 == 0. */
 dsv4_status dsv4_glue_moe_expert(dsv4_cuda_ctx *ctx, const uint8_t *xq, const uint8_t *xs, int K, int in_div,
-                                 const int32_t *experts, int n_pairs, const uint8_t *w, const uint8_t *s,
-                                 size_t w_stride, size_t s_stride, int fp4, int N, uint16_t *y, dsv4_err *err);
+                                 const int32_t *experts, int e0, int ne, int n_pairs, const uint8_t *w,
+                                 const uint8_t *s, size_t w_stride, size_t s_stride, int fp4, int N, uint16_t *y,
+                                 dsv4_err *err);
 /* out[r] = bf16(Σ_j ey[r·k + j] (ascending expert id) + sy[r]), FP32 sum, as the CPU. */
 dsv4_status dsv4_glue_moe_combine(dsv4_cuda_ctx *ctx, const uint16_t *ey, const int32_t *experts, int rows, int k,
                                   int D, const uint16_t *sy, uint16_t *out, dsv4_err *err);
+
+/* ---- tensor/expert parallelism (docs/MULTI_GPU.md): the halves around the official collective points ---- */
+/* part[r] = Σ_j ey[r·k + j] (ascending expert id) over the experts in [e0, e0+ne) only, FP32 — the additions of
+ * moe_combine before its shared-expert add; then (after the FP32 all-reduce of part) moe_finish:
+ * out[i] = bf16(part[i] + sy[i]). With e0 = 0, ne = E the pair equals moe_combine bit for bit. */
+dsv4_status dsv4_glue_moe_partial(dsv4_cuda_ctx *ctx, const uint16_t *ey, const int32_t *experts, int rows, int k,
+                                  int D, int e0, int ne, float *part, dsv4_err *err);
+dsv4_status dsv4_glue_moe_finish(dsv4_cuda_ctx *ctx, const float *part, const uint16_t *sy, long n, uint16_t *out,
+                                 dsv4_err *err);
+/* Vocab-split embedding: out[r] = the FP32 row tokens[r] - v0 of table [nv, D] bf16 when this rank owns it,
+ * else -0.0 (the identity of IEEE addition: the all-reduce over ranks reproduces the row bit for bit). */
+dsv4_status dsv4_glue_embed_part(dsv4_cuda_ctx *ctx, const uint16_t *table, int v0, int nv, int D,
+                                 const int32_t *tokens, int rows, float *out, dsv4_err *err);
+/* Element-wise conversions (bf16 -> f32 exact; f32 -> bf16 round to nearest even). */
+dsv4_status dsv4_glue_bf16_to_f32(dsv4_cuda_ctx *ctx, const uint16_t *x, long n, float *y, dsv4_err *err);
+dsv4_status dsv4_glue_f32_to_bf16(dsv4_cuda_ctx *ctx, const float *x, long n, uint16_t *y, dsv4_err *err);
+/* After the head's all-gather: all [world][n][nv] (rank-major slices) -> out [n][world·nv] in vocab order. */
+dsv4_status dsv4_glue_vocab_interleave(dsv4_cuda_ctx *ctx, const float *all, int world, int n, int nv, float *out,
+                                       dsv4_err *err);
+/* Makes ctx's device current on the calling host thread (a thread per GPU; the device is per thread). */
+dsv4_status dsv4_glue_set_device(dsv4_cuda_ctx *ctx, dsv4_err *err);
+
 /* dst[i] = src[idx[i]], rows of `elems` bf16. */
 dsv4_status dsv4_glue_gather_rows(dsv4_cuda_ctx *ctx, const uint16_t *src, int elems, const int32_t *idx, int n,
                                   uint16_t *dst, dsv4_err *err);

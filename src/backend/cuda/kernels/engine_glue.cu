@@ -479,14 +479,18 @@ extern "C" dsv4_status dsv4_glue_regroup(dsv4_cuda_ctx *ctx, const uint16_t *src
 /* One warp per output n of one pair; lane l takes the K blocks l, l+32, ... (32-wide for FP4, 128 for FP8):
  * per block P = Σ q_x·q_w in FP32 (products exact), C += P·s_x·s_w; then a fixed-order warp sum. */
 __global__ void __launch_bounds__(MOE_WARPS * 32) moe_expert_kernel(const uint8_t *xq, const uint8_t *xs, int K,
-                                                                    int in_div, const int32_t *experts,
-                                                                    const uint8_t *w, const uint8_t *s,
+                                                                    int in_div, const int32_t *experts, int e0,
+                                                                    int ne, const uint8_t *w, const uint8_t *s,
                                                                     size_t w_stride, size_t s_stride, int fp4, int N,
                                                                     uint16_t *y) {
     const int p = blockIdx.y, lane = threadIdx.x & 31;
     const int n = blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
     if (n >= N) return;
-    const int e = experts[p], row = p / in_div;
+    const int e = experts[p] - e0, row = p / in_div;
+    if (e < 0 || e >= ne) {              /* another rank's expert: a defined zero, never read by the combine */
+        if (lane == 0) y[(size_t)p * N + n] = 0;
+        return;
+    }
     const uint8_t *x = xq + (size_t)row * K;
     const uint8_t *xsr = xs + (size_t)row * (K / 128);
     float C = 0.0f;
@@ -531,15 +535,15 @@ __global__ void __launch_bounds__(MOE_WARPS * 32) moe_expert_kernel(const uint8_
 }
 
 extern "C" dsv4_status dsv4_glue_moe_expert(dsv4_cuda_ctx *ctx, const uint8_t *xq, const uint8_t *xs, int K, int in_div,
-                                            const int32_t *experts, int n_pairs, const uint8_t *w, const uint8_t *s,
-                                            size_t w_stride, size_t s_stride, int fp4, int N, uint16_t *y,
-                                            dsv4_err *err) {
-    if (K % 128 || N < 1 || in_div < 1) return ops_bad(err, "dsv4_glue_moe_expert", "bad shape");
+                                            const int32_t *experts, int e0, int ne, int n_pairs, const uint8_t *w,
+                                            const uint8_t *s, size_t w_stride, size_t s_stride, int fp4, int N,
+                                            uint16_t *y, dsv4_err *err) {
+    if (K % 128 || N < 1 || in_div < 1 || e0 < 0 || ne < 1) return ops_bad(err, "dsv4_glue_moe_expert", "bad shape");
     if (!n_pairs) return DSV4_OK;
     if (n_pairs > 65535) return ops_bad(err, "dsv4_glue_moe_expert", "too many pairs");
     dim3 grid(nblk(N, MOE_WARPS), (unsigned)n_pairs);
-    moe_expert_kernel<<<grid, MOE_WARPS * 32, 0, CST(ctx)>>>(xq, xs, K, in_div, experts, w, s, w_stride, s_stride, fp4,
-                                                             N, y);
+    moe_expert_kernel<<<grid, MOE_WARPS * 32, 0, CST(ctx)>>>(xq, xs, K, in_div, experts, e0, ne, w, s, w_stride,
+                                                             s_stride, fp4, N, y);
     GLUE_CHECK(err);
     return DSV4_OK;
 }
@@ -568,6 +572,111 @@ extern "C" dsv4_status dsv4_glue_moe_combine(dsv4_cuda_ctx *ctx, const uint16_t 
     if (!rows) return DSV4_OK;
     moe_combine_kernel<<<rows, 256, 0, CST(ctx)>>>(ey, experts, k, D, sy, out);
     GLUE_CHECK(err);
+    return DSV4_OK;
+}
+
+/* The combine split at the official all-reduce point: the FP32 partial of this rank's experts (same order and
+ * additions as moe_combine_kernel, other ranks' experts skipped), then bf16(partial + shared). */
+__global__ void moe_partial_kernel(const uint16_t *ey, const int32_t *experts, int k, int D, int e0, int ne,
+                                   float *part) {
+    const int r = blockIdx.x;
+    int order[16];
+    for (int j = 0; j < k; j++) order[j] = j;
+    const int32_t *ex = experts + (size_t)r * k;
+    for (int a = 1; a < k; a++)
+        for (int b = a; b > 0 && ex[order[b]] < ex[order[b - 1]]; b--) {
+            int t = order[b]; order[b] = order[b - 1]; order[b - 1] = t;
+        }
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < k; j++) {
+            const int e = ex[order[j]] - e0;
+            if (e >= 0 && e < ne) acc = __fadd_rn(acc, bf2f(ey[((size_t)r * k + order[j]) * D + d]));
+        }
+        part[(size_t)r * D + d] = acc;
+    }
+}
+
+extern "C" dsv4_status dsv4_glue_moe_partial(dsv4_cuda_ctx *ctx, const uint16_t *ey, const int32_t *experts, int rows,
+                                             int k, int D, int e0, int ne, float *part, dsv4_err *err) {
+    if (k > 16) return ops_bad(err, "dsv4_glue_moe_partial", "k > 16");
+    if (!rows) return DSV4_OK;
+    moe_partial_kernel<<<rows, 256, 0, CST(ctx)>>>(ey, experts, k, D, e0, ne, part);
+    GLUE_CHECK(err);
+    return DSV4_OK;
+}
+
+__global__ void add_bf16_kernel(const float *part, const uint16_t *sy, long n, uint16_t *out) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        out[i] = f2bf(__fadd_rn(part[i], bf2f(sy[i])));
+}
+
+extern "C" dsv4_status dsv4_glue_moe_finish(dsv4_cuda_ctx *ctx, const float *part, const uint16_t *sy, long n,
+                                            uint16_t *out, dsv4_err *err) {
+    if (n <= 0) return DSV4_OK;
+    add_bf16_kernel<<<nblk(n < (1L << 22) ? n : (1L << 22), 256), 256, 0, CST(ctx)>>>(part, sy, n, out);
+    GLUE_CHECK(err);
+    return DSV4_OK;
+}
+
+__global__ void embed_part_kernel(const uint16_t *table, int v0, int nv, int D, const int32_t *tokens, float *out) {
+    const int r = blockIdx.x, t = tokens[r] - v0;
+    const int own = t >= 0 && t < nv;
+    for (int d = threadIdx.x; d < D; d += blockDim.x)
+        out[(size_t)r * D + d] = own ? bf2f(table[(size_t)t * D + d]) : -0.0f;
+}
+
+extern "C" dsv4_status dsv4_glue_embed_part(dsv4_cuda_ctx *ctx, const uint16_t *table, int v0, int nv, int D,
+                                            const int32_t *tokens, int rows, float *out, dsv4_err *err) {
+    if (!rows) return DSV4_OK;
+    embed_part_kernel<<<rows, 256, 0, CST(ctx)>>>(table, v0, nv, D, tokens, out);
+    GLUE_CHECK(err);
+    return DSV4_OK;
+}
+
+__global__ void bf16_to_f32_kernel(const uint16_t *x, long n, float *y) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        y[i] = bf2f(x[i]);
+}
+
+__global__ void f32_to_bf16_kernel(const float *x, long n, uint16_t *y) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        y[i] = f2bf(x[i]);
+}
+
+extern "C" dsv4_status dsv4_glue_bf16_to_f32(dsv4_cuda_ctx *ctx, const uint16_t *x, long n, float *y, dsv4_err *err) {
+    if (n <= 0) return DSV4_OK;
+    bf16_to_f32_kernel<<<nblk(n < (1L << 22) ? n : (1L << 22), 256), 256, 0, CST(ctx)>>>(x, n, y);
+    GLUE_CHECK(err);
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_glue_f32_to_bf16(dsv4_cuda_ctx *ctx, const float *x, long n, uint16_t *y, dsv4_err *err) {
+    if (n <= 0) return DSV4_OK;
+    f32_to_bf16_kernel<<<nblk(n < (1L << 22) ? n : (1L << 22), 256), 256, 0, CST(ctx)>>>(x, n, y);
+    GLUE_CHECK(err);
+    return DSV4_OK;
+}
+
+__global__ void vocab_interleave_kernel(const float *all, int world, int n, int nv, float *out) {
+    const int i = blockIdx.x;                     /* output row */
+    const long V = (long)world * nv;
+    for (long v = threadIdx.x; v < V; v += blockDim.x) {
+        const int r = (int)(v / nv), j = (int)(v % nv);
+        out[(size_t)i * V + v] = all[((size_t)r * n + i) * nv + j];
+    }
+}
+
+extern "C" dsv4_status dsv4_glue_vocab_interleave(dsv4_cuda_ctx *ctx, const float *all, int world, int n, int nv,
+                                                  float *out, dsv4_err *err) {
+    if (!n) return DSV4_OK;
+    vocab_interleave_kernel<<<n, 256, 0, CST(ctx)>>>(all, world, n, nv, out);
+    GLUE_CHECK(err);
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_glue_set_device(dsv4_cuda_ctx *ctx, dsv4_err *err) {
+    DSV4_CUDA_CHECK(err, cudaSetDevice(ctx->device));
     return DSV4_OK;
 }
 
