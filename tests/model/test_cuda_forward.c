@@ -12,7 +12,10 @@
  *   - decode cost vs capacity: max_seq_len 4096 vs 65536, live-bounded vs capacity-sized lists: bitwise equal
  *     logits and tokens, ms/step printed;
  *   - each outlier position is localised by a teacher-forced per-layer comparison (layer hook: the GPU's
- *     layer L fed the CPU's layer L-1 output), printed.
+ *     layer L fed the CPU's layer L-1 output), printed;
+ *   - tensor-parallel path with a one-rank NCCL communicator (every collective site of the multi-GPU forward
+ *     runs as a real NCCL call, captured in the decode graphs): bitwise equal logits and greedy tokens to the
+ *     single-GPU path, graph and eager; collective timing counts every call (SKIP when libnccl is absent).
  * Without a CUDA build or a device every case prints SKIP and passes (CI has no GPU). */
 #include <math.h>
 #include <stdio.h>
@@ -20,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "dist/comm.h"
 #include "dsv4.h"
 #include "engine/forward_cuda.h"
 #include "engine/kv_access.h"
@@ -105,7 +109,7 @@ typedef struct gpu {
     dsv4_forward_cuda *f;
 } gpu;
 
-static int gpu_open(gpu *g, const char *model, int max_seqs, long max_tokens, int no_graphs) {
+static int gpu_open_comm(gpu *g, const char *model, int max_seqs, long max_tokens, int no_graphs, dsv4_comm *comm) {
     memset(g, 0, sizeof *g);
     dsv4_err err = {{0}};
     if (dsv4_model_load(model, &g->m, &err) != DSV4_OK) {
@@ -116,6 +120,7 @@ static int gpu_open(gpu *g, const char *model, int max_seqs, long max_tokens, in
     o.max_seqs = max_seqs;
     o.max_tokens = max_tokens;
     o.no_graphs = no_graphs;
+    o.comm = comm;
     dsv4_status st = dsv4_forward_cuda_create(g->m, &o, &g->f, &err);
     if (st == DSV4_ERR_UNSUPPORTED) {
         if (!skipped++) printf("SKIP: %s\n", err.msg);
@@ -130,6 +135,10 @@ static int gpu_open(gpu *g, const char *model, int max_seqs, long max_tokens, in
         return 0;
     }
     return 1;
+}
+
+static int gpu_open(gpu *g, const char *model, int max_seqs, long max_tokens, int no_graphs) {
+    return gpu_open_comm(g, model, max_seqs, max_tokens, no_graphs, NULL);
 }
 
 static void gpu_close(gpu *g) {
@@ -557,6 +566,84 @@ static void test_capacity_vs_context(void) {
     }
 }
 
+/* The multi-GPU forward's code path on one GPU: a one-rank NCCL communicator makes every collective site a
+ * real NCCL call (embedding, wo_b and MoE FP32 all-reduces, indexer BF16 all-reduce, head all-gather), inside
+ * the captured decode graphs. A sum over one rank is the buffer itself, so the results must equal the
+ * single-GPU path bit for bit: three sequences (prefill crossing the window / ratio boundaries, then batched
+ * decode in a padded bucket), then 40 device-greedy steps; graph and eager. */
+static void test_nccl_one_rank(void) {
+    enum { NS = 3, ND = 12, NG = 40 };
+    static const int plen[NS] = {5, 129, 260};
+    dsv4_err err = {{0}};
+    dsv4_comm *comm = NULL;
+    int dev0 = 0;
+    if (dsv4_comm_nccl_create(1, &dev0, NULL, &comm, &err) != DSV4_OK) {
+        printf("SKIP: %s\n", err.msg);
+        return;
+    }
+    for (int mi = 0; mi < N_MODELS; mi++) {
+        gpu g0, g1, ge;   /* no communicator; one-rank NCCL with graphs; one-rank NCCL eager */
+        if (!gpu_open(&g0, models[mi], 4, 8192, 0)) break;
+        if (!gpu_open_comm(&g1, models[mi], 4, 8192, 0, comm)) { gpu_close(&g0); break; }
+        if (!gpu_open_comm(&ge, models[mi], 4, 8192, 1, comm)) { gpu_close(&g0); gpu_close(&g1); break; }
+        const dsv4_config *c = g0.m->cfg;
+        const int V = c->vocab_size;
+        gpu *gs[3] = {&g0, &g1, &ge};
+        float *lg[3];
+        int32_t *tok[NS], slots[3][NS], greedy[3][NG * NS];
+        for (int i = 0; i < NS; i++) tok[i] = random_tokens(7000 + 10 * mi + i, plen[i] + ND, V);
+        const size_t per = (size_t)(ND + 1) * NS * V;
+        for (int k = 0; k < 3; k++) {
+            lg[k] = malloc(sizeof(float) * per);
+            dsv4_seq_step st[NS];
+            for (int i = 0; i < NS; i++) {
+                slots[k][i] = gpu_seq(gs[k]);
+                st[i] = (dsv4_seq_step){slots[k][i], tok[i], plen[i], 1};
+            }
+            CHECK(dsv4_forward_cuda_step(gs[k]->f, st, NS, lg[k], &err) == DSV4_OK, "prefill: %s", err.msg);
+            for (int d = 0; d < ND; d++) {
+                for (int i = 0; i < NS; i++) st[i] = (dsv4_seq_step){slots[k][i], tok[i] + plen[i] + d, 1, 1};
+                CHECK(dsv4_forward_cuda_step(gs[k]->f, st, NS, lg[k] + (size_t)(d + 1) * NS * V, &err) == DSV4_OK,
+                      "decode: %s", err.msg);
+            }
+            /* Two sequences: bucket 2 is new here, so with NCCL its first pass runs eagerly and the rest of the
+             * loop replays the graph captured in the middle of it. */
+            int32_t first[NS];
+            for (int i = 0; i < NS; i++) first[i] = tok[i][plen[i] + ND - 1];
+            memset(greedy[k], 0, sizeof greedy[k]);
+            CHECK(dsv4_forward_cuda_decode_greedy(gs[k]->f, slots[k], 2, first, NG, greedy[k], NULL, &err) == DSV4_OK,
+                  "greedy: %s", err.msg);
+        }
+        int eq_graph = !memcmp(lg[0], lg[1], sizeof(float) * per), eq_eager = !memcmp(lg[0], lg[2], sizeof(float) * per);
+        int tg_graph = !memcmp(greedy[0], greedy[1], sizeof greedy[0]), tg_eager = !memcmp(greedy[0], greedy[2], sizeof greedy[0]);
+        /* Collective timing on one more decode step: every site counted. */
+        int n_csa = 0;
+        for (int l = 0; l < c->n_layers; l++) n_csa += dsv4_config_layer_kind(c, l) == DSV4_LAYER_CSA;
+        const int want_calls = 1 + 2 * c->n_layers + n_csa + 1;
+        double ms = -1.0;
+        int calls = -1;
+        CHECK(dsv4_forward_cuda_time_collectives(g1.f, 1, &err) == DSV4_OK, "timing: %s", err.msg);
+        dsv4_seq_step st1 = {slots[1][0], tok[0], 1, 1};
+        CHECK(dsv4_forward_cuda_step(g1.f, &st1, 1, lg[1], &err) == DSV4_OK, "timed step: %s", err.msg);
+        dsv4_forward_cuda_collective_time(g1.f, &ms, &calls);
+        (void)dsv4_forward_cuda_time_collectives(g1.f, 0, NULL);
+        printf("  %s: one-rank NCCL vs no communicator: %d positions, logits %s (graph) / %s (eager); greedy %d steps "
+               "x 2: %s / %s; eager-step collectives: %d calls, %.3f ms\n", models[mi], (ND + 1) * NS,
+               eq_graph ? "bitwise equal" : "DIFFER", eq_eager ? "bitwise equal" : "DIFFER", NG,
+               tg_graph ? "equal" : "DIFFER", tg_eager ? "equal" : "DIFFER", calls, ms);
+        CHECK(eq_graph && eq_eager, "%s: one-rank NCCL logits differ from the single-GPU path", models[mi]);
+        CHECK(tg_graph && tg_eager, "%s: one-rank NCCL greedy tokens differ", models[mi]);
+        CHECK(calls == want_calls && ms >= 0.0, "%s: %d collectives timed (want %d), %.3f ms", models[mi], calls,
+              want_calls, ms);
+        for (int k = 0; k < 3; k++) free(lg[k]);
+        for (int i = 0; i < NS; i++) free(tok[i]);
+        gpu_close(&g0);
+        gpu_close(&g1);
+        gpu_close(&ge);
+    }
+    dsv4_comm_destroy(comm);
+}
+
 int main(void) {
     RUN(test_logits_vs_cpu);
     if (!skipped) {
@@ -565,6 +652,7 @@ int main(void) {
         RUN(test_batch_vs_alone);
         RUN(test_decode_throughput);
         RUN(test_capacity_vs_context);
+        RUN(test_nccl_one_rank);
     }
     return test_finish();
 }
