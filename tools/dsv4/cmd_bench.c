@@ -1,10 +1,572 @@
-/* cmd_bench.c — placeholder for the 'bench' subcommand until its issue lands. */
+/* cmd_bench.c — `dsv4 bench`: prefill tokens/s at several prompt lengths and decode tokens/s at every
+ * batch x context length, each figure with its ratio to a ceiling measured in the same run (engine/bench.h):
+ *
+ *   dsv4 bench (--model DIR | --synthetic PRESET [--layers N] [--experts N] [--keep] [--synth-dir DIR])
+ *              [--backend cuda|cpu] [--prompt-lens 128,1024,4096] [--batches 1,8,32]
+ *              [--contexts 128,4096,32768] [--decode-steps N] [--repeats N] [--warmup N]
+ *              [--max-fill N] [--threads N] [--csv FILE]
+ *
+ * Prefill: one sequence, the whole prompt in one engine step (the step returns after the logits are on the
+ * host, so the host clock around it is the step's time); one warm-up then --repeats timed runs, median.
+ * Ratio: achieved TFLOP/s (bench.h counting) / a cuBLASLt BF16 GEMM of the wo_b shape (cpu: none).
+ * Decode: for each context C one engine whose KV holds one group of sequences per batch size b (b x C <=
+ * --max-fill, else that pair is skipped); every sequence is filled to C tokens by prefill, then the group of
+ * b runs --warmup greedy steps (graph capture) and --repeats calls of --decode-steps steps with
+ * dsv4_engine_decode_greedy (cuda: graph replays on the device, timed with CUDA events; cpu: host clock),
+ * median ms per step. Ratio: (bytes the step must read / time) / device copy bandwidth (read + write).
+ * --synthetic writes a random-weight checkpoint (model/synth.h) into a fresh directory under $TMPDIR (or
+ * /tmp), loads it, and deletes it at the end unless --keep. Exit 0 ok, 1 failure, 2 usage. */
+#include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
+#include "core/status.h"
+#include "dsv4.h"
+#include "engine/bench.h"
+#include "model/config.h"
+#include "model/synth.h"
+
+#define MAX_LIST 16
+#define MAX_ROWS 128
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: dsv4 bench (--model DIR | --synthetic PRESET) [options]\n"
+            "  --model DIR            checkpoint directory\n"
+            "  --synthetic PRESET     write a random-weight checkpoint first: flash-shapes (V4-Flash dims) or tiny\n"
+            "  --layers N             synthetic: main layers                          [flash-shapes: 8]\n"
+            "  --experts N            synthetic: routed experts                       [flash-shapes: 64]\n"
+            "  --seed S               synthetic: RNG seed                             [0]\n"
+            "  --synth-dir DIR        synthetic: write here (default: a new dir under $TMPDIR or /tmp)\n"
+            "  --keep                 synthetic: keep the checkpoint afterwards\n"
+            "  --backend cuda|cpu     [cuda]\n"
+            "  --prompt-lens LIST     prefill prompt lengths                          [128,1024,4096]\n"
+            "  --batches LIST         decode batch sizes                              [1,8,32]\n"
+            "  --contexts LIST        decode context lengths (KV filled by prefill)   [128,4096,32768]\n"
+            "  --decode-steps N       greedy steps per timed call                     [64]\n"
+            "  --repeats N            timed calls (median)                            [3]\n"
+            "  --warmup N             untimed greedy steps first (graph capture)      [8]\n"
+            "  --max-fill N           skip (batch, context) pairs with batch*context > N tokens   [131072]\n"
+            "  --threads N            cpu backend threads (0 = all)                   [0]\n"
+            "  --csv FILE             write every row as CSV\n"
+            "  --no-prefill / --no-decode   skip a phase\n");
+}
+
+static int parse_ll(const char *s, long long lo, long long hi, long long *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 0);
+    if (errno || *end || end == s || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_list(const char *s, long lo, long hi, long *out, int *n) {
+    *n = 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno || end == p || v < lo || v > hi || *n == MAX_LIST) return -1;
+        out[(*n)++] = v;
+        if (*end == ',') end++;
+        else if (*end) return -1;
+        p = end;
+    }
+    return *n > 0 ? 0 : -1;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Deterministic token ids in [1, vocab). */
+static uint64_t rng_state = 0x243F6A8885A308D3ull;
+static int32_t rand_token(int vocab) {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return 1 + (int32_t)((rng_state >> 33) % (uint64_t)(vocab - 1));
+}
+
+typedef struct row {
+    const char *phase;      /* "prefill" or "decode" */
+    int batch;
+    long context;           /* decode: filled length at the start; prefill: the prompt length */
+    long prompt_len;        /* prefill only */
+    double ctx_mean;        /* decode: mean position over the timed steps */
+    double tokens_per_s, ms_per_step, bytes_per_step, gbps, tflops, ratio;
+} row;
+
+typedef struct bench {
+    const char *backend, *model_label;
+    char device[512];
+    int layers, experts, threads;
+    int steps, repeats, warmup;
+    long max_fill;
+    double copy_gbps, gemm_tflops;
+    dsv4_bench_cost cost;
+    row rows[MAX_ROWS];
+    int n_rows;
+    FILE *csv;              /* rows are appended as they are measured (a run cut short keeps what it had) */
+} bench;
+
+static dsv4_status engine_open(const bench *b, const char *dir, int max_seqs, long max_tokens, dsv4_engine **e,
+                               dsv4_err *err) {
+    dsv4_engine_options o;
+    memset(&o, 0, sizeof o);
+    o.model_dir = dir;
+    o.backend = b->backend;
+    o.n_threads = b->threads;
+    o.max_seqs = max_seqs;
+    o.max_tokens = max_tokens;
+    return dsv4_engine_create(&o, e, err);
+}
+
+static void csv_row(const bench *b, const row *r);
+
+static void add_row(bench *b, row r) {
+    if (b->n_rows < MAX_ROWS) b->rows[b->n_rows++] = r;
+    if (b->csv) csv_row(b, &r);
+}
+
+/* ---- prefill -------------------------------------------------------------------------------------- */
+
+static int run_prefill(bench *b, const char *dir, const long *lens, int n_lens) {
+    long maxP = 0;
+    for (int i = 0; i < n_lens; i++) if (lens[i] > maxP) maxP = lens[i];
+    dsv4_err err = {{0}};
+    dsv4_engine *e = NULL;
+    double t0 = now_s();
+    if (engine_open(b, dir, 1, maxP + 256, &e, &err) != DSV4_OK) {
+        fprintf(stderr, "dsv4 bench: %s\n", err.msg);
+        return 1;
+    }
+    fprintf(stderr, "bench: prefill engine ready in %.1f s\n", now_s() - t0);
+    const int V = dsv4_engine_vocab_size(e);
+    int32_t *tok = malloc(sizeof *tok * (size_t)maxP);
+    float *logits = malloc(sizeof *logits * (size_t)V);
+    int rc = 0;
+    if (!tok || !logits) { fprintf(stderr, "dsv4 bench: out of memory\n"); rc = 1; }
+    for (int i = 0; i < n_lens && !rc; i++) {
+        const long P = lens[i];
+        double t[32];
+        for (int r = 0; r <= b->repeats && !rc; r++) {
+            for (long j = 0; j < P; j++) tok[j] = rand_token(V);
+            int seq;
+            if (dsv4_engine_seq_open(e, &seq, &err) != DSV4_OK) { rc = 1; break; }
+            dsv4_batch_item it = {seq, tok, (int)P, 1};
+            double s0 = now_s();
+            dsv4_status st = dsv4_engine_step(e, &it, 1, logits, &err);
+            double dt = now_s() - s0;
+            dsv4_engine_seq_close(e, seq);
+            if (st != DSV4_OK) { rc = 1; break; }
+            if (r > 0) t[r - 1] = dt;   /* run 0 is the warm-up */
+        }
+        if (rc) { fprintf(stderr, "dsv4 bench: prefill %ld: %s\n", P, err.msg); break; }
+        double s = median(t, b->repeats);
+        row w = {"prefill", 1, P, P, 0, 0, 0, 0, 0, 0, 0};
+        w.tokens_per_s = (double)P / s;
+        w.ms_per_step = s * 1e3;
+        w.bytes_per_step = dsv4_bench_prefill_bytes(&b->cost, P);
+        w.gbps = w.bytes_per_step / s / 1e9;
+        w.tflops = dsv4_bench_prefill_flops(&b->cost, P) / s / 1e12;
+        w.ratio = b->gemm_tflops > 0 ? w.tflops / b->gemm_tflops : -1;
+        add_row(b, w);
+        fprintf(stderr, "bench: prefill %6ld tokens: %9.1f tok/s, %8.2f ms, %.2f TFLOP/s\n", P, w.tokens_per_s,
+                w.ms_per_step, w.tflops);
+    }
+    free(tok);
+    free(logits);
+    dsv4_engine_destroy(e);
+    return rc;
+}
+
+/* ---- decode --------------------------------------------------------------------------------------- */
+
+/* Prefills every listed sequence to C tokens, chunk tokens per sequence per step. */
+static dsv4_status fill(dsv4_engine *e, const int *seqs, int n, long C, dsv4_err *err) {
+    const int V = dsv4_engine_vocab_size(e);
+    const long chunk = 1024;
+    int32_t *tok = malloc(sizeof *tok * (size_t)n * (size_t)chunk);
+    dsv4_batch_item *items = malloc(sizeof *items * (size_t)n);
+    float *logits = malloc(sizeof *logits * (size_t)V);
+    dsv4_status st = tok && items && logits ? DSV4_OK : DSV4_ERR_NOMEM;
+    if (st != DSV4_OK) dsv4_err_set(err, st, "bench: out of memory");
+    for (long done = 0; done < C && st == DSV4_OK; done += chunk) {
+        long m = C - done < chunk ? C - done : chunk;
+        for (int i = 0; i < n; i++) {
+            for (long j = 0; j < m; j++) tok[(size_t)i * chunk + j] = rand_token(V);
+            items[i] = (dsv4_batch_item){seqs[i], tok + (size_t)i * chunk, (int)m, 0};
+        }
+        st = dsv4_engine_step(e, items, n, logits, err);
+    }
+    free(tok);
+    free(items);
+    free(logits);
+    return st;
+}
+
+static int run_decode_context(bench *b, const char *dir, long C, const long *batches, int n_b) {
+    int use[MAX_LIST], total = 0;
+    for (int i = 0; i < n_b; i++) {
+        use[i] = (double)batches[i] * (double)C <= (double)b->max_fill;
+        if (use[i]) total += (int)batches[i];
+        else
+            fprintf(stderr, "bench: skipping batch %ld at context %ld (%ld fill tokens > --max-fill %ld)\n",
+                    batches[i], C, batches[i] * C, b->max_fill);
+    }
+    if (!total) return 0;
+    const long extra = b->warmup + (long)b->repeats * b->steps;
+    const long per_seq = C + extra + 256;
+    dsv4_err err = {{0}};
+    dsv4_engine *e = NULL;
+    double t0 = now_s();
+    if (engine_open(b, dir, total, (long)total * per_seq, &e, &err) != DSV4_OK) {
+        fprintf(stderr, "dsv4 bench: %s\n", err.msg);
+        return 1;
+    }
+    double t1 = now_s();
+    int *seqs = malloc(sizeof *seqs * (size_t)total);
+    int32_t *first = malloc(sizeof *first * (size_t)total);
+    int32_t *out = malloc(sizeof *out * (size_t)total * (size_t)(b->steps > b->warmup ? b->steps : b->warmup));
+    int rc = 0, opened = 0;
+    if (!seqs || !first || !out) { fprintf(stderr, "dsv4 bench: out of memory\n"); rc = 1; }
+    for (; opened < total && !rc; opened++)
+        if (dsv4_engine_seq_open(e, &seqs[opened], &err) != DSV4_OK) rc = 1;
+    if (!rc) {
+        if (fill(e, seqs, total, C, &err) != DSV4_OK) rc = 1;
+        else
+            fprintf(stderr, "bench: context %ld: engine %.1f s, filled %d sequences (%ld tokens) in %.1f s\n", C,
+                    t1 - t0, total, (long)total * C, now_s() - t1);
+    }
+    const int V = dsv4_engine_vocab_size(e);
+    int at = 0;
+    for (int i = 0; i < n_b && !rc; i++) {
+        if (!use[i]) continue;
+        const int B = (int)batches[i];
+        const int *grp = seqs + at;
+        at += B;
+        for (int j = 0; j < B; j++) first[j] = rand_token(V);
+        double ms = 0, t[32];
+        if (b->warmup > 0 && dsv4_engine_decode_greedy(e, grp, B, first, b->warmup, out, &ms, &err) != DSV4_OK) {
+            rc = 1;
+            break;
+        }
+        int last = b->warmup;
+        for (int r = 0; r < b->repeats && !rc; r++) {
+            if (last > 0)
+                for (int j = 0; j < B; j++) first[j] = out[(size_t)(last - 1) * B + j];
+            double s0 = now_s();
+            ms = 0;
+            if (dsv4_engine_decode_greedy(e, grp, B, first, b->steps, out, &ms, &err) != DSV4_OK) { rc = 1; break; }
+            double host_ms = (now_s() - s0) * 1e3;
+            last = b->steps;
+            t[r] = (ms > 0 ? ms : host_ms) / b->steps;
+        }
+        if (rc) break;
+        row w = {"decode", B, C, 0, 0, 0, 0, 0, 0, 0, 0};
+        w.ms_per_step = median(t, b->repeats);
+        w.tokens_per_s = B / (w.ms_per_step * 1e-3);
+        w.ctx_mean = (double)C + b->warmup + 0.5 * (double)b->repeats * b->steps;
+        w.bytes_per_step = dsv4_bench_decode_bytes(&b->cost, B, w.ctx_mean);
+        w.gbps = w.bytes_per_step / (w.ms_per_step * 1e-3) / 1e9;
+        w.ratio = b->copy_gbps > 0 ? w.gbps / b->copy_gbps : -1;
+        add_row(b, w);
+        fprintf(stderr, "bench: decode batch %3d context %6ld: %8.3f ms/step, %10.1f tok/s, %.0f GB/s (%.3f)\n", B, C,
+                w.ms_per_step, w.tokens_per_s, w.gbps, w.ratio);
+    }
+    if (rc) fprintf(stderr, "dsv4 bench: decode at context %ld: %s\n", C, err.msg);
+    for (int i = 0; i < opened; i++) dsv4_engine_seq_close(e, seqs[i]);
+    free(seqs);
+    free(first);
+    free(out);
+    dsv4_engine_destroy(e);
+    return rc;
+}
+
+/* ---- output --------------------------------------------------------------------------------------- */
+
+static void print_table(const bench *b) {
+    printf("\ndsv4 bench: %s, backend %s, %s (%d layers, %d experts)\n", b->device, b->backend, b->model_label,
+           b->layers, b->experts);
+    printf("ceilings measured in this run: copy %.0f GB/s (read+write)", b->copy_gbps);
+    if (b->gemm_tflops > 0) printf(", cuBLASLt BF16 GEMM %.0f TFLOP/s", b->gemm_tflops);
+    printf("\n\n");
+    int any = 0;
+    for (int i = 0; i < b->n_rows; i++) {
+        const row *r = &b->rows[i];
+        if (strcmp(r->phase, "prefill")) continue;
+        if (!any++) printf("%-8s %8s %12s %10s %9s %9s\n", "prefill", "tokens", "tokens/s", "ms", "TFLOP/s",
+                           "vs GEMM");
+        printf("%-8s %8ld %12.1f %10.2f %9.3f ", "", r->prompt_len, r->tokens_per_s, r->ms_per_step, r->tflops);
+        if (r->ratio >= 0) printf("%9.3f\n", r->ratio);
+        else printf("%9s\n", "-");
+    }
+    if (any) printf("\n");
+    any = 0;
+    for (int i = 0; i < b->n_rows; i++) {
+        const row *r = &b->rows[i];
+        if (strcmp(r->phase, "decode")) continue;
+        if (!any++)
+            printf("%-8s %6s %8s %10s %12s %10s %9s %9s\n", "decode", "batch", "context", "ms/step", "tokens/s",
+                   "MB/step", "GB/s", "roofline");
+        printf("%-8s %6d %8ld %10.3f %12.1f %10.1f %9.1f %9.3f\n", "", r->batch, r->context, r->ms_per_step,
+               r->tokens_per_s, r->bytes_per_step / 1e6, r->gbps, r->ratio);
+    }
+    if (any)
+        printf("(roofline = (bytes the step must read / time) / copy bandwidth; MB/step at the mean timed context)\n");
+}
+
+static void csv_str(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"') fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+static int csv_open(bench *b, const char *path) {
+    b->csv = fopen(path, "w");
+    if (!b->csv) {
+        fprintf(stderr, "dsv4 bench: cannot write %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    fprintf(b->csv, "backend,device,model,layers,experts,phase,batch,context,prompt_len,tokens_per_s,ms_per_step,"
+                    "bytes_per_step,roofline_ratio,achieved_gbps,copy_gbps,tflops,peer_tflops,decode_steps,repeats,"
+                    "ctx_mean\n");
+    fflush(b->csv);
+    return 0;
+}
+
+static void csv_row(const bench *b, const row *r) {
+    FILE *f = b->csv;
+    fprintf(f, "%s,", b->backend);
+    csv_str(f, b->device);
+    fputc(',', f);
+    csv_str(f, b->model_label);
+    fprintf(f, ",%d,%d,%s,%d,%ld,%ld,%.3f,%.4f,%.0f,", b->layers, b->experts, r->phase, r->batch, r->context,
+            r->prompt_len, r->tokens_per_s, r->ms_per_step, r->bytes_per_step);
+    if (r->ratio >= 0) fprintf(f, "%.4f", r->ratio);
+    fprintf(f, ",%.1f,%.1f,%.3f,", r->gbps, b->copy_gbps, r->tflops);
+    if (b->gemm_tflops > 0) fprintf(f, "%.1f", b->gemm_tflops);
+    fprintf(f, ",%d,%d,%.1f\n", strcmp(r->phase, "decode") ? 0 : b->steps, b->repeats, r->ctx_mean);
+    fflush(f);
+}
+
+static int csv_close(bench *b, const char *path) {
+    if (!b->csv) return 0;
+    int bad = ferror(b->csv);
+    if (fclose(b->csv) || bad) {
+        fprintf(stderr, "dsv4 bench: error writing %s\n", path);
+        return 1;
+    }
+    b->csv = NULL;
+    return 0;
+}
+
+/* Removes what dsv4_synth_write put in dir (config.json, *.safetensors, the index, tokenizer.json), then dir
+ * itself if that leaves it empty. */
+static void remove_synth(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *de;
+    char p[4096];
+    while ((de = readdir(d))) {
+        const char *n = de->d_name;
+        size_t l = strlen(n);
+        int ours = !strcmp(n, "config.json") || !strcmp(n, "model.safetensors.index.json") ||
+                   !strcmp(n, "tokenizer.json") || (l > 12 && !strcmp(n + l - 12, ".safetensors"));
+        if (!ours) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, n);
+        if (unlink(p)) fprintf(stderr, "bench: cannot remove %s: %s\n", p, strerror(errno));
+    }
+    closedir(d);
+    (void)rmdir(dir);
+}
 
 int dsv4_cmd_bench(int argc, char **argv) {
-    (void)argc;
-    fprintf(stderr, "dsv4 %s: not implemented yet\n", argv[0]);
-    return 1;
+    const char *model = NULL, *synthetic = NULL, *synth_dir = NULL, *csv = NULL, *backend = "cuda";
+    const char *s_prompt = "128,1024,4096", *s_batch = "1,8,32", *s_ctx = "128,4096,32768";
+    long long layers = 0, experts = 0, seed = 0, steps = 64, repeats = 3, warmup = 8, max_fill = 131072, threads = 0;
+    int keep = 0, no_prefill = 0, no_decode = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
+        if (!strcmp(a, "--keep")) { keep = 1; continue; }
+        if (!strcmp(a, "--no-prefill")) { no_prefill = 1; continue; }
+        if (!strcmp(a, "--no-decode")) { no_decode = 1; continue; }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "dsv4 bench: %s needs a value (or is unknown)\n", a);
+            usage(stderr);
+            return 2;
+        }
+        const char *v = argv[++i];
+        int bad = 0;
+        if (!strcmp(a, "--model")) model = v;
+        else if (!strcmp(a, "--synthetic")) synthetic = v;
+        else if (!strcmp(a, "--synth-dir")) synth_dir = v;
+        else if (!strcmp(a, "--csv")) csv = v;
+        else if (!strcmp(a, "--backend")) backend = v;
+        else if (!strcmp(a, "--prompt-lens")) s_prompt = v;
+        else if (!strcmp(a, "--batches")) s_batch = v;
+        else if (!strcmp(a, "--contexts")) s_ctx = v;
+        else if (!strcmp(a, "--layers")) bad = parse_ll(v, 0, 128, &layers);
+        else if (!strcmp(a, "--experts")) bad = parse_ll(v, 0, 1024, &experts);
+        else if (!strcmp(a, "--seed")) bad = parse_ll(v, 0, INT64_MAX, &seed);
+        else if (!strcmp(a, "--decode-steps")) bad = parse_ll(v, 1, 4096, &steps);
+        else if (!strcmp(a, "--repeats")) bad = parse_ll(v, 1, 31, &repeats);
+        else if (!strcmp(a, "--warmup")) bad = parse_ll(v, 0, 4096, &warmup);
+        else if (!strcmp(a, "--max-fill")) bad = parse_ll(v, 1, 1LL << 40, &max_fill);
+        else if (!strcmp(a, "--threads")) bad = parse_ll(v, 0, 4096, &threads);
+        else {
+            fprintf(stderr, "dsv4 bench: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "dsv4 bench: bad value '%s' for %s\n", v, a);
+            return 2;
+        }
+    }
+    if (!model == !synthetic) {
+        fprintf(stderr, "dsv4 bench: give exactly one of --model DIR and --synthetic PRESET\n");
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(backend, "cuda") && strcmp(backend, "cpu")) {
+        fprintf(stderr, "dsv4 bench: unknown backend '%s' (cuda, cpu)\n", backend);
+        return 2;
+    }
+    long prompt[MAX_LIST], batch[MAX_LIST], ctx[MAX_LIST];
+    int n_prompt, n_batch, n_ctx;
+    if (parse_list(s_prompt, 1, 1L << 20, prompt, &n_prompt) || parse_list(s_batch, 1, 4096, batch, &n_batch) ||
+        parse_list(s_ctx, 1, 1L << 22, ctx, &n_ctx)) {
+        fprintf(stderr, "dsv4 bench: bad list (comma-separated positive integers, at most %d)\n", MAX_LIST);
+        return 2;
+    }
+
+    static bench b;
+    memset(&b, 0, sizeof b);
+    b.backend = backend;
+    b.threads = (int)threads;
+    b.steps = (int)steps;
+    b.repeats = (int)repeats;
+    b.warmup = (int)warmup;
+    b.max_fill = (long)max_fill;
+    dsv4_err err = {{0}};
+    dsv4_config cfg;
+    char dir_buf[4096], label[4200];
+    const char *dir = model;
+    int made_dir = 0, rc = 0;
+    if (synthetic) {
+        int dl = !strcmp(synthetic, "flash-shapes") ? 8 : 0, de = !strcmp(synthetic, "flash-shapes") ? 64 : 0;
+        if (dsv4_synth_config_preset(synthetic, layers ? (int)layers : dl, experts ? (int)experts : de, &cfg, &err) !=
+            DSV4_OK) {
+            fprintf(stderr, "dsv4 bench: %s\n", err.msg);
+            return 2;
+        }
+        if (synth_dir) {
+            dir = synth_dir;
+        } else {
+            const char *tmp = getenv("TMPDIR");
+            snprintf(dir_buf, sizeof dir_buf, "%s/dsv4_bench_XXXXXX", tmp && *tmp ? tmp : "/tmp");
+            if (!mkdtemp(dir_buf)) {
+                fprintf(stderr, "dsv4 bench: cannot create a directory %s: %s\n", dir_buf, strerror(errno));
+                return 1;
+            }
+            dir = dir_buf;
+            made_dir = 1;
+        }
+        dsv4_synth_options so;
+        dsv4_synth_options_default(&so);
+        so.verbose = 1;
+        double t0 = now_s();
+        if (dsv4_synth_write(&cfg, dir, (uint64_t)seed, &so, &err) != DSV4_OK) {
+            fprintf(stderr, "dsv4 bench: %s\n", err.msg);
+            if (!keep) remove_synth(dir);
+            return 1;
+        }
+        fprintf(stderr, "bench: wrote %s checkpoint (%d layers, %d experts) to %s in %.1f s\n", synthetic,
+                cfg.n_layers, cfg.n_routed_experts, dir, now_s() - t0);
+        snprintf(label, sizeof label, "synthetic:%s", synthetic);
+    } else {
+        snprintf(label, sizeof label, "%s/config.json", model);
+        if (dsv4_config_load(label, &cfg, &err) != DSV4_OK) {
+            fprintf(stderr, "dsv4 bench: %s\n", err.msg);
+            return 1;
+        }
+        snprintf(label, sizeof label, "%s", model);
+    }
+    b.model_label = label;
+    b.layers = cfg.n_layers;
+    b.experts = cfg.n_routed_experts;
+    if (dsv4_bench_cost_init(&cfg, &b.cost, &err) != DSV4_OK) {
+        fprintf(stderr, "dsv4 bench: %s\n", err.msg);
+        rc = 1;
+        goto done;
+    }
+
+    /* Ceilings first, before the engines take the device memory. */
+    if (!strcmp(backend, "cuda")) {
+        char desc[512];
+        long gm = 4096;
+        if (dsv4_bench_cuda_peers(0, &cfg, (int)gm, &b.copy_gbps, &b.gemm_tflops, desc, sizeof desc, &err) != DSV4_OK) {
+            fprintf(stderr, "dsv4 bench: %s\n", err.msg);
+            rc = 1;
+            goto done;
+        }
+        fprintf(stderr, "bench: %s\nbench: device copy %.0f GB/s (read+write), cuBLASLt BF16 GEMM [%ld x %d x %d] "
+                        "%.0f TFLOP/s\n", desc, b.copy_gbps, gm, cfg.dim, cfg.o_groups * cfg.o_lora_rank,
+                b.gemm_tflops);
+        char *comma = strchr(desc, ',');
+        if (comma) *comma = 0;
+        snprintf(b.device, sizeof b.device, "%s", desc);
+    } else {
+        long nc = sysconf(_SC_NPROCESSORS_ONLN);
+        b.copy_gbps = dsv4_bench_host_copy_gbps();
+        snprintf(b.device, sizeof b.device, "cpu (%lld of %ld threads)", threads > 0 ? threads : (long long)nc, nc);
+        fprintf(stderr, "bench: host memcpy %.1f GB/s (read+write, one thread)\n", b.copy_gbps);
+    }
+    fprintf(stderr, "bench: per decode step: dense weights %.1f MB + head %.1f MB + %.2f MB per routed expert per "
+                    "layer; KV %.3f MB per sequence at context 4096\n", b.cost.dense_bytes / 1e6,
+            b.cost.head_bytes / 1e6, b.cost.expert_bytes / 1e6, dsv4_bench_kv_read_bytes(&b.cost, 4096) / 1e6);
+
+    if (csv && csv_open(&b, csv)) {
+        rc = 1;
+        goto done;
+    }
+    if (!no_prefill) rc = run_prefill(&b, dir, prompt, n_prompt);
+    for (int i = 0; i < n_ctx && !rc && !no_decode; i++) rc = run_decode_context(&b, dir, ctx[i], batch, n_batch);
+
+    if (b.n_rows) print_table(&b);
+    if (csv_close(&b, csv)) rc = 1;
+done:
+    if (b.csv) (void)csv_close(&b, csv);
+    if (synthetic && !keep) {
+        remove_synth(dir);
+        if (made_dir) (void)rmdir(dir);
+        fprintf(stderr, "bench: removed the synthetic checkpoint %s\n", dir);
+    } else if (synthetic) {
+        fprintf(stderr, "bench: kept the synthetic checkpoint in %s\n", dir);
+    }
+    return rc;
 }

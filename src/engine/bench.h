@@ -1,0 +1,80 @@
+/* bench.h — the arithmetic and the device peers behind `dsv4 bench` (tools/dsv4/cmd_bench.c):
+ *
+ *   - what a decode step must read from memory (its HBM roofline) and what a prefill must compute, from
+ *     the config alone (the tensor list of dsv4_checkpoint_expected_visit, in the released formats, and
+ *     the KV schema of kv_schema.h);
+ *   - the two ceilings measured on the device in the same run: a large device-to-device copy (bandwidth =
+ *     bytes read + bytes written per second) and a cuBLASLt BF16 GEMM of a Flash-shaped layer (TFLOP/s);
+ *     on the cpu backend a host memcpy (same counting) and no GEMM peer.
+ *
+ * Counting rules (docs/PERF.md "dsv4 bench" repeats them):
+ *   decode bytes per step = every non-routed weight of the main layers (MTP excluded: the decode loop does
+ *     not run it) + the head, final norm and hc_head + B embedding rows + for every layer the distinct
+ *     routed experts the batch selects (expected value E·(1−(1−k/E)^B) for B tokens choosing k of E
+ *     uniformly) + per sequence the KV it must read at its context T: per layer min(T, window) window
+ *     entries, and for a CSA layer every indexer key (T/4 of them) + min(top-k, T/4) selected entries, for
+ *     an HCA layer every one of its T/r entries, plus the compressor tail state once per r tokens.
+ *     Weights count in their released formats (FP8 + scales, FP4 experts + scales, BF16 elsewhere), i.e.
+ *     what must be read, not what a given kernel reads (the CUDA forward keeps wo_a in BF16: 2x its bytes).
+ *   prefill FLOPs of a prompt of P tokens = per token 2·(dense matmul parameters + k experts' parameters)
+ *     + per layer attention 4·H·hd·K_t (QKᵀ and PV over the K_t entries token t sees) + the CSA indexer
+ *     2·heads·dim·(t+1)/4, + the head once (only the last token's logits are computed).
+ * Plain C11. */
+#ifndef DSV4_ENGINE_BENCH_H
+#define DSV4_ENGINE_BENCH_H
+
+#include <stddef.h>
+
+#include "dsv4.h"
+#include "kv/kv_schema.h"
+#include "model/config.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct dsv4_bench_cost {
+    dsv4_config cfg;            /* copy */
+    dsv4_kv_schema kv;          /* derived from cfg */
+    double dense_bytes;         /* non-routed weights + scales of the main layers, read once per step */
+    double head_bytes;          /* head + final norm + hc_head */
+    double embed_row_bytes;     /* one embedding row */
+    double tid2eid_row_bytes;   /* one token's hash-routing row, per hash layer */
+    double expert_bytes;        /* one routed expert (w1, w2, w3 + scales) of one layer */
+    double dense_params;        /* matmul parameters applied to every token (main layers) */
+    double expert_params;       /* one routed expert's parameters */
+    double head_params;         /* head matmul parameters (vocab x dim) */
+    double weight_bytes_total;  /* main layers + embed + head (MTP excluded) */
+} dsv4_bench_cost;
+
+dsv4_status dsv4_bench_cost_init(const dsv4_config *cfg, dsv4_bench_cost *c, dsv4_err *err);
+
+/* Expected distinct experts when B tokens each pick k of E uniformly: E·(1 − (1 − k/E)^B). */
+double dsv4_bench_expected_experts(int E, int k, int B);
+
+/* KV bytes one sequence must read in one decode step at context T (tokens already cached). */
+double dsv4_bench_kv_read_bytes(const dsv4_bench_cost *c, double T);
+
+/* Bytes a decode step of B sequences at context T must read (weights touched + KV). */
+double dsv4_bench_decode_bytes(const dsv4_bench_cost *c, int B, double T);
+
+/* Weight bytes a prefill of P tokens must read at least once (dense + head + distinct experts). */
+double dsv4_bench_prefill_bytes(const dsv4_bench_cost *c, long P);
+
+/* FLOPs of a prefill of P tokens into an empty sequence (see the header comment). */
+double dsv4_bench_prefill_flops(const dsv4_bench_cost *c, long P);
+
+/* Host memcpy bandwidth, (read + write) bytes per second / 1e9, median of 5 copies of 256 MiB. */
+double dsv4_bench_host_copy_gbps(void);
+
+/* CUDA peers on `device`: device-to-device cudaMemcpy bandwidth ((read + write) GB/s, 1 GiB buffers,
+ * median of 7 batches of 4 copies, CUDA events) and a cuBLASLt BF16 GEMM (FP32 accumulate, BF16 out) of the
+ * wo_b shape [N = dim, K = o_groups·o_lora] at M = gemm_m rows with random inputs (TFLOP/s, median of 7
+ * batches of 5). desc gets the device description (dsv4_cuda_describe). UNSUPPORTED without CUDA. */
+dsv4_status dsv4_bench_cuda_peers(int device, const dsv4_config *cfg, int gemm_m, double *copy_gbps,
+                                  double *gemm_tflops, char *desc, size_t desc_n, dsv4_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
