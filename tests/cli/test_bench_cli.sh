@@ -56,7 +56,14 @@ rc=$?
 if [ $rc -eq 0 ] && [ -f "$S/config.json" ] && ls "$S"/*.safetensors >/dev/null 2>&1; then ok "synthetic --keep"
 else bad "synthetic --keep" "rc=$rc $(tail -2 "$TMP/err")"; fi
 
-# 4. usage errors: exit 2 with a "dsv4 bench:" line.
+# 4. --gpus 2 on the cpu backend (ranks on host threads): runs, the CSV says 2 ranks.
+"$DSV4" bench --model tests/data/tiny-flash --backend cpu --gpus 2 --prompt-lens 16 --batches 2 --contexts 16 \
+    --decode-steps 2 --repeats 1 --warmup 0 --csv "$TMP/g.csv" >"$TMP/out" 2>"$TMP/err"
+rc=$?
+if [ $rc -eq 0 ] && [ "$(awk -F, 'NR > 1 { print $NF }' "$TMP/g.csv" | sort -u)" = 2 ] && grep -q "2 ranks" "$TMP/out"
+then ok "--gpus 2 (cpu ranks)"; else bad "--gpus 2" "rc=$rc $(tail -2 "$TMP/err")"; fi
+
+# 5. usage errors: exit 2 with a "dsv4 bench:" line.
 usage_err() {
     local name=$1; shift
     "$DSV4" bench "$@" >"$TMP/out" 2>"$TMP/err"; local rc=$?
@@ -67,8 +74,9 @@ usage_err "model and synthetic" --model tests/data/tiny-flash --synthetic tiny
 usage_err "bad list" --model tests/data/tiny-flash --batches 1,x
 usage_err "bad backend" --model tests/data/tiny-flash --backend tpu
 usage_err "unknown option" --model tests/data/tiny-flash --frobnicate 1
+usage_err "bad gpus" --model tests/data/tiny-flash --gpus 0
 
-# 5. --backend cuda: runs where a GPU is, else one error line and exit 1 (never a crash).
+# 6. --backend cuda: runs where a GPU is, else one error line and exit 1 (never a crash).
 "$DSV4" bench --model tests/data/tiny-flash --backend cuda "${TINY[@]}" >"$TMP/out" 2>"$TMP/err"
 rc=$?
 if [ $rc -eq 0 ]; then

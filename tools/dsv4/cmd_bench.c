@@ -54,6 +54,8 @@ static void usage(FILE *f) {
             "  --warmup N             untimed greedy steps first (graph capture)      [8]\n"
             "  --max-fill N           skip (batch, context) pairs with batch*context > N tokens   [131072]\n"
             "  --threads N            cpu backend threads (0 = all)                   [0]\n"
+            "  --gpus N               tensor/expert-parallel ranks (engine option gpus); the ceilings are\n"
+            "                         measured on one GPU and multiplied by N for the ratios   [1]\n"
             "  --csv FILE             write every row as CSV\n"
             "  --no-prefill / --no-decode   skip a phase\n");
 }
@@ -118,7 +120,7 @@ typedef struct row {
 typedef struct bench {
     const char *backend, *model_label;
     char device[512];
-    int layers, experts, threads;
+    int layers, experts, threads, gpus;
     int steps, repeats, warmup;
     long max_fill;
     double copy_gbps, gemm_tflops;
@@ -135,6 +137,7 @@ static dsv4_status engine_open(const bench *b, const char *dir, int max_seqs, lo
     o.model_dir = dir;
     o.backend = b->backend;
     o.n_threads = b->threads;
+    o.gpus = b->gpus;
     o.max_seqs = max_seqs;
     o.max_tokens = max_tokens;
     return dsv4_engine_create(&o, e, err);
@@ -188,7 +191,7 @@ static int run_prefill(bench *b, const char *dir, const long *lens, int n_lens) 
         w.bytes_per_step = dsv4_bench_prefill_bytes(&b->cost, P);
         w.gbps = w.bytes_per_step / s / 1e9;
         w.tflops = dsv4_bench_prefill_flops(&b->cost, P) / s / 1e12;
-        w.ratio = b->gemm_tflops > 0 ? w.tflops / b->gemm_tflops : -1;
+        w.ratio = b->gemm_tflops > 0 ? w.tflops / (b->gpus * b->gemm_tflops) : -1;
         add_row(b, w);
         fprintf(stderr, "bench: prefill %6ld tokens: %9.1f tok/s, %8.2f ms, %.2f TFLOP/s\n", P, w.tokens_per_s,
                 w.ms_per_step, w.tflops);
@@ -288,7 +291,7 @@ static int run_decode_context(bench *b, const char *dir, long C, const long *bat
         w.ctx_mean = (double)C + b->warmup + 0.5 * (double)b->repeats * b->steps;
         w.bytes_per_step = dsv4_bench_decode_bytes(&b->cost, B, w.ctx_mean);
         w.gbps = w.bytes_per_step / (w.ms_per_step * 1e-3) / 1e9;
-        w.ratio = b->copy_gbps > 0 ? w.gbps / b->copy_gbps : -1;
+        w.ratio = b->copy_gbps > 0 ? w.gbps / (b->gpus * b->copy_gbps) : -1;
         add_row(b, w);
         fprintf(stderr, "bench: decode batch %3d context %6ld: %8.3f ms/step, %10.1f tok/s, %.0f GB/s (%.3f)\n", B, C,
                 w.ms_per_step, w.tokens_per_s, w.gbps, w.ratio);
@@ -305,8 +308,10 @@ static int run_decode_context(bench *b, const char *dir, long C, const long *bat
 /* ---- output --------------------------------------------------------------------------------------- */
 
 static void print_table(const bench *b) {
-    printf("\ndsv4 bench: %s, backend %s, %s (%d layers, %d experts)\n", b->device, b->backend, b->model_label,
+    printf("\ndsv4 bench: %s, backend %s, %s (%d layers, %d experts)", b->device, b->backend, b->model_label,
            b->layers, b->experts);
+    if (b->gpus > 1) printf(", %d ranks (ratios against %d x the one-GPU ceilings)", b->gpus, b->gpus);
+    printf("\n");
     printf("ceilings measured in this run: copy %.0f GB/s (read+write)", b->copy_gbps);
     if (b->gemm_tflops > 0) printf(", cuBLASLt BF16 GEMM %.0f TFLOP/s", b->gemm_tflops);
     printf("\n\n");
@@ -352,7 +357,7 @@ static int csv_open(bench *b, const char *path) {
     }
     fprintf(b->csv, "backend,device,model,layers,experts,phase,batch,context,prompt_len,tokens_per_s,ms_per_step,"
                     "bytes_per_step,roofline_ratio,achieved_gbps,copy_gbps,tflops,peer_tflops,decode_steps,repeats,"
-                    "ctx_mean\n");
+                    "ctx_mean,gpus\n");
     fflush(b->csv);
     return 0;
 }
@@ -368,7 +373,7 @@ static void csv_row(const bench *b, const row *r) {
     if (r->ratio >= 0) fprintf(f, "%.4f", r->ratio);
     fprintf(f, ",%.1f,%.1f,%.3f,", r->gbps, b->copy_gbps, r->tflops);
     if (b->gemm_tflops > 0) fprintf(f, "%.1f", b->gemm_tflops);
-    fprintf(f, ",%d,%d,%.1f\n", strcmp(r->phase, "decode") ? 0 : b->steps, b->repeats, r->ctx_mean);
+    fprintf(f, ",%d,%d,%.1f,%d\n", strcmp(r->phase, "decode") ? 0 : b->steps, b->repeats, r->ctx_mean, b->gpus);
     fflush(f);
 }
 
@@ -406,7 +411,8 @@ static void remove_synth(const char *dir) {
 int dsv4_cmd_bench(int argc, char **argv) {
     const char *model = NULL, *synthetic = NULL, *synth_dir = NULL, *csv = NULL, *backend = "cuda";
     const char *s_prompt = "128,1024,4096", *s_batch = "1,8,32", *s_ctx = "128,4096,32768";
-    long long layers = 0, experts = 0, seed = 0, steps = 64, repeats = 3, warmup = 8, max_fill = 131072, threads = 0;
+    long long layers = 0, experts = 0, seed = 0, steps = 64, repeats = 3, warmup = 8, max_fill = 131072;
+    long long threads = 0, gpus = 1;
     int keep = 0, no_prefill = 0, no_decode = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -437,6 +443,7 @@ int dsv4_cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--warmup")) bad = parse_ll(v, 0, 4096, &warmup);
         else if (!strcmp(a, "--max-fill")) bad = parse_ll(v, 1, 1LL << 40, &max_fill);
         else if (!strcmp(a, "--threads")) bad = parse_ll(v, 0, 4096, &threads);
+        else if (!strcmp(a, "--gpus")) bad = parse_ll(v, 1, 64, &gpus);
         else {
             fprintf(stderr, "dsv4 bench: unknown option '%s'\n", a);
             usage(stderr);
@@ -468,6 +475,7 @@ int dsv4_cmd_bench(int argc, char **argv) {
     memset(&b, 0, sizeof b);
     b.backend = backend;
     b.threads = (int)threads;
+    b.gpus = (int)gpus;
     b.steps = (int)steps;
     b.repeats = (int)repeats;
     b.warmup = (int)warmup;
