@@ -1,13 +1,17 @@
 /* bench_cuda_linear.c — speed of the CUDA linears (src/backend/cuda/cuda_linear.h) with ratios to peers
  * measured in the same run:
- *   decode (M = 1, 8): weight-streaming GB/s (weight + scale bytes / time) and its ratio to the measured
- *     device-to-device cudaMemcpy bandwidth (bytes read + written / time);
+ *   decode (M = 1, 8, 16): weight-streaming GB/s (weight + scale bytes / time) and its ratio to the measured
+ *     device-to-device cudaMemcpy bandwidth (bytes read + written / time), for the 16-row tile decode kernel
+ *     (before) and the GEMV the launchers now pick for M <= 16 (after), in the same run;
+ *   grouped MoE decode: all 6 routed experts' w1+w3 (12 GEMVs) and w2 (6 GEMVs) of a step, as separate
+ *     launches and as one grouped GEMV launch;
  *   prefill (M = 512, 2048): TFLOP/s (2·M·N·K / time) and its ratio to cuBLASLt's BF16 GEMM of the same
  *     shape (FP32 accumulation, BF16 out).
  * Timing: warm-up, then batches of launches that cycle over enough weight copies to exceed 4x the L2 (so
  * every launch streams its weights from HBM), CUDA events around each batch, median of the batches.
  * Inputs are random, never zeros. Output: one CSV line per measurement ("csv,...") and a table.
- * Usage: bench_cuda_linear [--quick]. Without CUDA (or a device) it prints SKIP and exits 0. */
+ * Usage: bench_cuda_linear [--quick]; DSV4_BENCH_DECODE_ONLY=1 stops after the decode sections.
+ * Without CUDA (or a device) it prints SKIP and exits 0. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +25,8 @@ int main(void) {
 }
 #else
 #include "backend/cuda/cuda_linear.h"
+#include "backend/cuda/engine_glue.h" /* graph capture helpers */
+#include "backend/cuda/gemv.h"
 
 static dsv4_cuda_ctx *ctx;
 static uint64_t rs = 0x9E3779B97F4A7C15ull;
@@ -76,6 +82,13 @@ enum op { OP_FP8, OP_FP4, OP_BF16 };
 typedef struct {
     enum op op;
     int M, N, K;
+    int kernel;          /* FP8/FP4: -1 automatic, 0 tile decode kernel, 2 GEMV (dsv4_cuda_linear_q_kernel) */
+    int group;           /* > 0: grouped GEMV of `group` GEMVs (w, ws = [ncopy] device descriptor tables) */
+    int gsep;            /* grouped, "before": `group` separate launches of `kernel` instead of one launch */
+    dsv4_cuda_gemv_desc *hdesc; /* grouped: host copy of the tables [ncopy][group] */
+    int nexp;            /* grouped: distinct experts allocated */
+    void **ew, **ews;    /* grouped: [nexp] expert weights */
+    void **gy;           /* grouped: [group] outputs */
     int ncopy;
     void **w, **ws;      /* [ncopy] weight copies */
     void *xq, *xs, *xb;  /* activation (quantized / bf16) */
@@ -83,15 +96,26 @@ typedef struct {
 } job;
 
 static void job_launch(job *j, int c) {
-    if (j->op == OP_FP8) TRY(dsv4_cuda_linear_fp8(ctx, j->xq, j->xs, j->M, j->K, j->w[c], j->ws[c], j->N, j->y, ERR));
-    else if (j->op == OP_FP4) TRY(dsv4_cuda_linear_fp4(ctx, j->xq, j->xs, j->M, j->K, j->w[c], j->ws[c], j->N, j->y, ERR));
-    else TRY(dsv4_cuda_linear_bf16(ctx, j->xb, j->M, j->K, j->w[c], j->N, j->y, DSV4_OUT_BF16, ERR));
+    if (j->group > 0 && !j->gsep) {
+        TRY(dsv4_cuda_gemv_grouped(ctx, j->op == OP_FP4, j->w[c], j->group, j->M, j->K, j->N, ERR));
+    } else if (j->group > 0) {
+        for (int i = 0; i < j->group; i++) {
+            const dsv4_cuda_gemv_desc *d = &j->hdesc[(size_t)c * j->group + i];
+            TRY(dsv4_cuda_linear_q_kernel(ctx, j->op == OP_FP4, j->kernel, d->xq, d->xs, d->m, j->K, d->w, d->ws, j->N,
+                                          d->y, ERR));
+        }
+    } else if (j->op == OP_FP8 || j->op == OP_FP4) {
+        TRY(dsv4_cuda_linear_q_kernel(ctx, j->op == OP_FP4, j->kernel, j->xq, j->xs, j->M, j->K, j->w[c], j->ws[c], j->N,
+                                      j->y, ERR));
+    } else {
+        TRY(dsv4_cuda_linear_bf16(ctx, j->xb, j->M, j->K, j->w[c], j->N, j->y, DSV4_OUT_BF16, ERR));
+    }
 }
 
 static size_t job_wbytes(const job *j) {
-    size_t n = (size_t)j->N, k = (size_t)j->K;
-    if (j->op == OP_FP8) return n * k + (n / 128) * (k / 128);
-    if (j->op == OP_FP4) return n * k / 2 + n * (k / 32);
+    size_t n = (size_t)j->N, k = (size_t)j->K, g = j->group > 0 ? (size_t)j->group : 1;
+    if (j->op == OP_FP8) return g * (n * k + (n / 128) * (k / 128));
+    if (j->op == OP_FP4) return g * (n * k / 2 + n * (k / 32));
     return n * k * 2;
 }
 
@@ -101,6 +125,7 @@ static void job_init(job *j, enum op op, int M, int N, int K) {
     j->M = M;
     j->N = N;
     j->K = K;
+    j->kernel = -1;
     size_t wb = job_wbytes(j);
     size_t need = 4 * ctx->l2_bytes;
     j->ncopy = (int)((need + wb - 1) / wb);
@@ -126,7 +151,73 @@ static void job_init(job *j, enum op op, int M, int N, int K) {
     TRY(dsv4_cuda_alloc(ctx, (size_t)M * N * 2, &j->y, ERR));
 }
 
+/* Grouped job: `group` GEMVs (M rows each) per launch over distinct experts; `ncopy` descriptor tables pick
+ * different experts so that consecutive launches stream from HBM (the experts rotate beyond 4x L2). */
+static void job_init_grouped(job *j, enum op op, int group, int M, int N, int K) {
+    memset(j, 0, sizeof *j);
+    j->op = op;
+    j->M = M;
+    j->N = N;
+    j->K = K;
+    j->kernel = -1;
+    j->group = group;
+    size_t wb = job_wbytes(j); /* bytes per launch */
+    j->ncopy = (int)((4 * ctx->l2_bytes + wb - 1) / wb) + 1;
+    if (j->ncopy < 4) j->ncopy = 4;
+    j->nexp = j->ncopy * group;
+    j->ew = calloc((size_t)j->nexp, sizeof(void *));
+    j->ews = calloc((size_t)j->nexp, sizeof(void *));
+    for (int e = 0; e < j->nexp; e++) {
+        if (op == OP_FP8) {
+            j->ew[e] = dalloc_rand((size_t)N * K, 1);
+            j->ews[e] = dalloc_rand((size_t)(N / 128) * (K / 128), 3);
+        } else {
+            j->ew[e] = dalloc_rand((size_t)N * K / 2, 0);
+            j->ews[e] = dalloc_rand((size_t)N * (K / 32), 3);
+        }
+    }
+    j->xb = dalloc_rand((size_t)M * K * 2, 2);
+    TRY(dsv4_cuda_alloc(ctx, (size_t)M * K, &j->xq, ERR));
+    TRY(dsv4_cuda_alloc(ctx, (size_t)M * (K / 128), &j->xs, ERR));
+    TRY(dsv4_cuda_act_quant_fp8(ctx, j->xb, M, K, j->xq, j->xs, ERR));
+    j->gy = calloc((size_t)group, sizeof(void *));
+    for (int i = 0; i < group; i++) TRY(dsv4_cuda_alloc(ctx, (size_t)M * N * 2, &j->gy[i], ERR));
+    j->hdesc = calloc((size_t)j->ncopy * group, sizeof *j->hdesc);
+    j->w = calloc((size_t)j->ncopy, sizeof(void *));
+    for (int c = 0; c < j->ncopy; c++) {
+        dsv4_cuda_gemv_desc *d = &j->hdesc[(size_t)c * group];
+        for (int i = 0; i < group; i++) {
+            int e = (c * group + i * 7) % j->nexp; /* scattered expert ids */
+            d[i].w = j->ew[e];
+            d[i].ws = j->ews[e];
+            d[i].xq = j->xq;
+            d[i].xs = j->xs;
+            d[i].y = j->gy[i];
+            d[i].m = M;
+        }
+        TRY(dsv4_cuda_alloc(ctx, (size_t)group * sizeof *d, &j->w[c], ERR));
+        TRY(dsv4_cuda_upload(ctx, j->w[c], d, (size_t)group * sizeof *d, ERR));
+    }
+}
+
 static void job_free(job *j) {
+    if (j->group > 0) {
+        for (int e = 0; e < j->nexp; e++) {
+            dsv4_cuda_free(ctx, j->ew[e]);
+            dsv4_cuda_free(ctx, j->ews[e]);
+        }
+        for (int c = 0; c < j->ncopy; c++) dsv4_cuda_free(ctx, j->w[c]);
+        for (int i = 0; i < j->group; i++) dsv4_cuda_free(ctx, j->gy[i]);
+        free(j->ew);
+        free(j->ews);
+        free(j->w);
+        free(j->gy);
+        free(j->hdesc);
+        dsv4_cuda_free(ctx, j->xb);
+        dsv4_cuda_free(ctx, j->xq);
+        dsv4_cuda_free(ctx, j->xs);
+        return;
+    }
     for (int c = 0; c < j->ncopy; c++) {
         dsv4_cuda_free(ctx, j->w[c]);
         dsv4_cuda_free(ctx, j->ws[c]);
@@ -139,21 +230,33 @@ static void job_free(job *j) {
     dsv4_cuda_free(ctx, j->y);
 }
 
-/* Median time of one launch in microseconds: batches of `per` launches cycling the copies. */
-static double job_time_us(job *j, int batches) {
-    void *e0, *e1;
+/* Median time of one launch in microseconds: batches of `per` launches cycling the copies, enqueued one by
+ * one on the stream (graph = 0) or captured once into a CUDA graph that each batch replays (graph = 1: no
+ * host launch cost, as in the engine's graph-captured decode step). */
+static double job_time_us_g(job *j, int batches, int graph) {
+    void *e0, *e1, *exec = NULL;
     TRY(dsv4_cuda_event_create(&e0, ERR));
     TRY(dsv4_cuda_event_create(&e1, ERR));
     int per = j->ncopy < 8 ? 8 : j->ncopy;
+    if (per < 16 && graph) per = 16;
     for (int i = 0; i < per; i++) job_launch(j, i % j->ncopy); /* warm-up */
+    if (graph) {
+        TRY(dsv4_glue_capture_begin(ctx, ERR));
+        for (int i = 0; i < per; i++) job_launch(j, i % j->ncopy);
+        TRY(dsv4_glue_capture_end(ctx, 1, &exec, ERR));
+        TRY(dsv4_glue_graph_launch(ctx, exec, ERR));
+    }
     float *t = malloc(sizeof(float) * (size_t)batches);
     for (int b = 0; b < batches; b++) {
         TRY(dsv4_cuda_event_record(ctx, e0, ERR));
-        for (int i = 0; i < per; i++) job_launch(j, i % j->ncopy);
+        if (graph) TRY(dsv4_glue_graph_launch(ctx, exec, ERR));
+        else
+            for (int i = 0; i < per; i++) job_launch(j, i % j->ncopy);
         TRY(dsv4_cuda_event_record(ctx, e1, ERR));
         TRY(dsv4_cuda_event_elapsed_ms(e0, e1, &t[b], ERR));
         t[b] = t[b] * 1000.0f / (float)per;
     }
+    dsv4_glue_graph_destroy(exec);
     qsort(t, (size_t)batches, sizeof(float), cmpf);
     double med = t[batches / 2];
     free(t);
@@ -161,6 +264,7 @@ static double job_time_us(job *j, int batches) {
     dsv4_cuda_event_destroy(e1);
     return med;
 }
+static double job_time_us(job *j, int batches) { return job_time_us_g(j, batches, 0); }
 
 static double memcpy_gbs(void) {
     size_t bytes = (size_t)1 << 30;
@@ -210,7 +314,8 @@ int main(int argc, char **argv) {
     printf("csv,memcpy_d2d,GBps,%.1f\n", bw);
     printf("device-to-device cudaMemcpy: %.0f GB/s (read + write)\n\n", bw);
 
-    /* ---- decode: weight streaming ---- */
+    /* ---- decode: weight streaming; "before" = the 16-row tile decode kernel (kernel 0), "after" = what the
+     * launcher picks for M <= 16 (the GEMV, gemv.h), both in this run ---- */
     const shape dec[] = {
         {"wq_a", OP_FP8, 1024, 4096},          {"wq_b", OP_FP8, 32768, 1024},
         {"wkv", OP_FP8, 512, 4096},            {"wo_b", OP_FP8, 4096, 8192},
@@ -218,29 +323,92 @@ int main(int argc, char **argv) {
         {"expert.w1", OP_FP4, 2048, 4096},     {"expert.w2", OP_FP4, 4096, 2048},
         {"gate(bf16)", OP_BF16, 256, 4096},    {"wo_b(bf16 peer)", OP_BF16, 4096, 8192},
     };
-    const int decM[] = {1, 8};
-    printf("DECODE (weight streaming)\n%-16s %-15s %4s %10s %10s %9s %8s  %s\n", "layer", "op", "M", "MB", "us", "GB/s",
-           "/memcpy", "plan");
+    const int decM[] = {1, 8, 16};
+    const int ndecM = quick ? 2 : 3;
+    printf("DECODE (weight streaming; tile = 16-row tile decode kernel, gemv = new default for M <= 16;\n"
+           "        stream = launches enqueued one by one, graph = the same launches replayed from a CUDA graph)\n"
+           "%-16s %-5s %3s %7s | %-21s | %-21s | %-21s | %-21s | %s\n",
+           "layer", "op", "M", "MB", "tile stream us  ratio", "tile graph us   ratio", "gemv stream us  ratio",
+           "gemv graph us   ratio", "gemv plan");
     for (size_t s = 0; s < sizeof dec / sizeof dec[0]; s++)
-        for (int mi = 0; mi < 2; mi++) {
+        for (int mi = 0; mi < ndecM; mi++) {
             job j;
             job_init(&j, dec[s].op, decM[mi], dec[s].N, dec[s].K);
-            double us = job_time_us(&j, batches);
-            double gbs = (double)job_wbytes(&j) / (us * 1e-6) / 1e9;
-            dsv4_cuda_linear_plan pl;
-            dsv4_cuda_linear_plan_get(ctx, j.M, j.K, j.N, j.op == OP_FP4, &pl);
-            char plan[64];
-            if (j.op == OP_BF16) snprintf(plan, sizeof plan, "cublasLt");
-            else snprintf(plan, sizeof plan, "%s %dx%d splits %d ctas %d", pl.kernel ? "prefill" : "decode", pl.bm, pl.bn,
-                          pl.splits, pl.ctas);
-            printf("%-16s %-15s %4d %10.2f %10.2f %9.0f %8.3f  %s\n", dec[s].name, op_name[j.op], j.M,
-                   job_wbytes(&j) / 1e6, us, gbs, gbs / bw, plan);
-            printf("csv,decode,%s,%s,%d,%d,%d,%.3f,%.1f,%.4f\n", dec[s].name, op_name[j.op], j.M, j.N, j.K, us, gbs,
-                   gbs / bw);
+            double mb = job_wbytes(&j) / 1e6;
+            if (j.op == OP_BF16) {
+                double us = job_time_us(&j, batches), gbs = (double)job_wbytes(&j) / (us * 1e-6) / 1e9;
+                double ug = job_time_us_g(&j, batches, 1), ggs = (double)job_wbytes(&j) / (ug * 1e-6) / 1e9;
+                printf("%-16s %-5s %3d %7.2f | %21s | %21s | %8.2f %5.0f %6.3f | %8.2f %5.0f %6.3f | cublasLt\n",
+                       dec[s].name, "bf16", j.M, mb, "", "", us, gbs, gbs / bw, ug, ggs, ggs / bw);
+                printf("csv,decode,%s,%s,%d,%d,%d,%.3f,%.1f,%.4f\n", dec[s].name, op_name[j.op], j.M, j.N, j.K, us, gbs,
+                       gbs / bw);
+            } else {
+                double by = (double)job_wbytes(&j), t[4];
+                for (int v = 0; v < 4; v++) {
+                    j.kernel = v < 2 ? 0 : -1;
+                    t[v] = job_time_us_g(&j, batches, v & 1);
+                }
+#define R_(v) by / (t[v] * 1e-6) / 1e9 / bw
+                dsv4_cuda_gemv_plan gp;
+                dsv4_cuda_gemv_plan_get(ctx, 1, j.M, j.K, j.N, j.op == OP_FP4, &gp);
+                printf("%-16s %-5s %3d %7.2f | %8.2f %5.0f %6.3f | %8.2f %5.0f %6.3f | %8.2f %5.0f %6.3f | %8.2f %5.0f "
+                       "%6.3f | %d rows/CTA, ks %d, splits %d, kpw %d, %d CTAs\n",
+                       dec[s].name, op_name[j.op], j.M, mb, t[0], R_(0) * bw, R_(0), t[1], R_(1) * bw, R_(1), t[2],
+                       R_(2) * bw, R_(2), t[3], R_(3) * bw, R_(3), gp.rows, gp.ks, gp.splits, gp.kpw, gp.ctas);
+                printf("csv,decode,%s,%s,%d,%d,%d,tile_stream,%.3f,%.4f,tile_graph,%.3f,%.4f,gemv_stream,%.3f,%.4f,"
+                       "gemv_graph,%.3f,%.4f\n",
+                       dec[s].name, op_name[j.op], j.M, j.N, j.K, t[0], R_(0), t[1], R_(1), t[2], R_(2), t[3], R_(3));
+#undef R_
+            }
             fflush(stdout);
             job_free(&j);
         }
 
+    /* ---- grouped MoE decode: k = 6 routed experts; w1+w3 = 12 GEMVs [2048,4096], w2 = 6 GEMVs [4096,2048];
+     * before = one launch per GEMV (tile kernel, and GEMV), after = one grouped launch ---- */
+    {
+        const struct { const char *name; int group, N, K; } grp[] = {
+            {"6x(w1,w3) fp4", 12, 2048, 4096}, {"6x w2 fp4", 6, 4096, 2048}};
+        printf("\nGROUPED MoE DECODE (all routed experts of a step; MB = weight + scale bytes per step)\n"
+               "%-15s %3s %7s | %9s %6s | %9s %6s | %9s %6s | %9s %6s | %9s %7s %6s | %s\n",
+               "experts", "m", "MB", "tile x G", "ratio", "gemv x G", "ratio", "(graph)", "ratio", "grouped", "ratio",
+               "(graph)", "GB/s", "ratio", "plan");
+        for (size_t gidx = 0; gidx < 2; gidx++)
+            for (int mi = 0; mi < 2; mi++) {
+                int m = mi ? 8 : 1;
+                job j;
+                job_init_grouped(&j, OP_FP4, grp[gidx].group, m, grp[gidx].N, grp[gidx].K);
+                double by = (double)job_wbytes(&j);
+                j.gsep = 1;
+                j.kernel = 0;
+                double ut = job_time_us(&j, batches);
+                j.kernel = 2;
+                double us2 = job_time_us(&j, batches);
+                double us2g = job_time_us_g(&j, batches, 1);
+                j.gsep = 0;
+                double ug0 = job_time_us(&j, batches);
+                double ug = job_time_us_g(&j, batches, 1);
+                double gt = by / (ut * 1e-6) / 1e9, gs = by / (us2 * 1e-6) / 1e9, gsg = by / (us2g * 1e-6) / 1e9;
+                double gg0 = by / (ug0 * 1e-6) / 1e9, gg = by / (ug * 1e-6) / 1e9;
+                dsv4_cuda_gemv_plan gp;
+                dsv4_cuda_gemv_plan_get(ctx, j.group, m, j.K, j.N, 1, &gp);
+                printf("%-15s %3d %7.2f | %7.2fus %6.3f | %7.2fus %6.3f | %7.2fus %6.3f | %7.2fus %6.3f | %7.2fus %7.0f "
+                       "%6.3f | ks %d, splits %d, kpw %d, %d CTAs\n",
+                       grp[gidx].name, m, by / 1e6, ut, gt / bw, us2, gs / bw, us2g, gsg / bw, ug0, gg0 / bw, ug, gg,
+                       gg / bw, gp.ks, gp.splits, gp.kpw, gp.ctas);
+                printf("csv,grouped,%s,%d,%d,%d,%d,tile_stream,%.3f,%.4f,gemv_sep_stream,%.3f,%.4f,gemv_sep_graph,%.3f,"
+                       "%.4f,grouped_stream,%.3f,%.4f,grouped_graph,%.3f,%.4f\n",
+                       grp[gidx].name, j.group, m, j.N, j.K, ut, gt / bw, us2, gs / bw, us2g, gsg / bw, ug0, gg0 / bw, ug,
+                       gg / bw);
+                fflush(stdout);
+                job_free(&j);
+            }
+    }
+
+    if (getenv("DSV4_BENCH_DECODE_ONLY")) {
+        dsv4_cuda_ctx_destroy(ctx);
+        return 0;
+    }
     /* ---- prefill: tensor-core throughput vs cuBLASLt BF16 ---- */
     const shape pre[] = {
         {"wq_b", OP_FP8, 32768, 1024},      {"wo_b", OP_FP8, 4096, 8192},

@@ -10,7 +10,11 @@
  * output is poisoned with NaN first) and be finite; two runs must agree bitwise (deterministic split-K).
  *
  * Without a CUDA build or without a device it prints "SKIP: no CUDA device" and passes, so CI (no GPU)
- * stays green. Set DSV4_TEST_QUICK=1 to run only M = 1, 8, 128 at the real shapes. */
+ * stays green. Set DSV4_TEST_QUICK=1 to run only M = 1, 8, 128 at the real shapes.
+ *
+ * M <= 16 runs the decode GEMV (gemv.h): every M = 1..16 at odd block counts and tiny layers, M = 12..16 at
+ * the real shapes, and the grouped GEMV (several experts' GEMVs in one launch, each checked against the CPU,
+ * the row after each output checked untouched). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +33,7 @@ int main(void) {
 }
 #else
 #include "backend/cuda/cuda_linear.h"
+#include "backend/cuda/gemv.h"
 
 static dsv4_cuda_ctx *ctx;
 static dsv4_threadpool *pool;
@@ -162,77 +167,15 @@ typedef struct {
 
 static double g_worst_ratio[4], g_worst_rel[4];
 
-/* One case: kind, weight [N, K], M tokens. Returns nothing; records CHECKs. */
-static void linear_case(enum kind kd, const char *label, int N, int K, int M) {
+/* Compares the GPU output yg [M, N] (bf16, or f32 for K_BF16_F32) of x [M, K] · Wᵀ with the CPU reference on
+ * sampled rows (all rows when M <= 6) within the tolerance of docs/NUMERICS.md; records CHECKs. */
+static void compare_rows(enum kind kd, const char *label, int N, int K, int M, const float *x, const uint8_t *w,
+                         const uint8_t *wsc, const void *yg, const char *plan) {
     const int KB = K / 128;
-    size_t nx = (size_t)M * K, ny = (size_t)M * N;
-    size_t wbytes = kd == K_FP8 ? (size_t)N * K : kd == K_FP4 ? (size_t)N * K / 2 : (size_t)N * K * 2;
-    size_t sbytes = kd == K_FP8 ? (size_t)(N / 128) * KB : kd == K_FP4 ? (size_t)N * (K / 32) : 0;
     int out_f32 = kd == K_BF16_F32;
-    float *x = xmalloc(nx * 4);
-    uint16_t *xb = xmalloc(nx * 2);
-    uint8_t *w = xmalloc(wbytes);
-    uint8_t *wsc = xmalloc(sbytes ? sbytes : 1);
-    void *yg = xmalloc(ny * 4), *yg2 = xmalloc(ny * 4);
-    void *dx = NULL, *dq = NULL, *ds = NULL, *dw = NULL, *dws = NULL, *dy = NULL;
     int rows[8], R = 0;
     float *xr = NULL, *yr = NULL;
     double *S = NULL;
-
-    fill_x(x, M, K);
-    for (size_t i = 0; i < nx; i++) xb[i] = dsv4_f32_to_bf16(x[i]);
-    if (kd == K_FP8) {
-        for (size_t i = 0; i < wbytes; i++) w[i] = rand_e4m3();
-        for (size_t i = 0; i < sbytes; i++) wsc[i] = (uint8_t)(117 + test_rng_u64(&rng) % 8);
-    } else if (kd == K_FP4) {
-        for (size_t i = 0; i < wbytes; i++) w[i] = (uint8_t)test_rng_u64(&rng);
-        for (size_t i = 0; i < sbytes; i++) wsc[i] = (uint8_t)(118 + test_rng_u64(&rng) % 9);
-    } else {
-        uint16_t *wb = (uint16_t *)w;
-        for (size_t i = 0; i < (size_t)N * K; i++) {
-            float v;
-            do v = dsv4_bf16_round((float)(0.02 * test_rng_normal(&rng)));
-            while (v == 0.0f);
-            wb[i] = dsv4_f32_to_bf16(v);
-        }
-    }
-
-    /* GPU: act_quant + linear (or the BF16 linear), twice, into a NaN-poisoned output */
-    {
-        size_t ybytes = ny * (out_f32 ? 4 : 2);
-        CU(dsv4_cuda_alloc(ctx, nx * 2, &dx, ERR));
-        CU(dsv4_cuda_alloc(ctx, nx, &dq, ERR));
-        CU(dsv4_cuda_alloc(ctx, (size_t)M * KB + 16, &ds, ERR));
-        CU(dsv4_cuda_alloc(ctx, wbytes, &dw, ERR));
-        if (sbytes) CU(dsv4_cuda_alloc(ctx, sbytes, &dws, ERR));
-        CU(dsv4_cuda_alloc(ctx, ybytes, &dy, ERR));
-        CU(dsv4_cuda_upload(ctx, dx, xb, nx * 2, ERR));
-        CU(dsv4_cuda_upload(ctx, dw, w, wbytes, ERR));
-        if (sbytes) CU(dsv4_cuda_upload(ctx, dws, wsc, sbytes, ERR));
-        for (int rep = 0; rep < 2; rep++) {
-            CU(dsv4_cuda_memset(ctx, dy, 0xff, ybytes, ERR)); /* NaN in bf16 and f32 */
-            if (kd == K_FP8 || kd == K_FP4) {
-                CU(dsv4_cuda_act_quant_fp8(ctx, dx, M, K, dq, ds, ERR));
-                if (kd == K_FP8) CU(dsv4_cuda_linear_fp8(ctx, dq, ds, M, K, dw, dws, N, dy, ERR));
-                else CU(dsv4_cuda_linear_fp4(ctx, dq, ds, M, K, dw, dws, N, dy, ERR));
-            } else {
-                CU(dsv4_cuda_linear_bf16(ctx, dx, M, K, dw, N, dy, out_f32 ? DSV4_OUT_F32 : DSV4_OUT_BF16, ERR));
-            }
-            CU(dsv4_cuda_download(ctx, rep ? yg2 : yg, dy, ybytes, ERR));
-        }
-        CHECK(memcmp(yg, yg2, ybytes) == 0, "%s %s M=%d: two runs differ", kind_name[kd], label, M);
-    }
-
-    /* every element written and finite */
-    {
-        size_t nonfinite = 0;
-        for (size_t i = 0; i < ny; i++) {
-            float v = out_f32 ? ((float *)yg)[i] : dsv4_bf16_to_f32(((uint16_t *)yg)[i]);
-            nonfinite += !isfinite(v);
-        }
-        CHECK(nonfinite == 0, "%s %s M=%d: %zu of %zu outputs not written or not finite", kind_name[kd], label, M,
-              nonfinite, ny);
-    }
 
     /* CPU reference on sampled rows */
     if (M <= 6) {
@@ -318,13 +261,94 @@ static void linear_case(enum kind kd, const char *label, int N, int K, int M) {
               K, M, st.max_ratio, st.max_abs, st.rel_l2, rel_bound);
         if (st.max_ratio > g_worst_ratio[kd]) g_worst_ratio[kd] = st.max_ratio;
         if (st.rel_l2 > g_worst_rel[kd]) g_worst_rel[kd] = st.rel_l2;
+        printf("  %-9s %-14s N=%5d K=%4d M=%3d  rows %d: %6zu/%-7zu differ, max|d| %.3g, max|d|/tol %.3f, relL2 %.2e"
+               "  [%s]\n",
+               kind_name[kd], label, N, K, M, R, st.n_diff, st.n_cmp, st.max_abs, st.max_ratio, st.rel_l2, plan);
+        fflush(stdout);
+    }
+
+    free(xr);
+    free(yr);
+    free(S);
+}
+
+/* One case: kind, weight [N, K], M tokens. Returns nothing; records CHECKs. */
+static void linear_case(enum kind kd, const char *label, int N, int K, int M) {
+    const int KB = K / 128;
+    size_t nx = (size_t)M * K, ny = (size_t)M * N;
+    size_t wbytes = kd == K_FP8 ? (size_t)N * K : kd == K_FP4 ? (size_t)N * K / 2 : (size_t)N * K * 2;
+    size_t sbytes = kd == K_FP8 ? (size_t)(N / 128) * KB : kd == K_FP4 ? (size_t)N * (K / 32) : 0;
+    int out_f32 = kd == K_BF16_F32;
+    float *x = xmalloc(nx * 4);
+    uint16_t *xb = xmalloc(nx * 2);
+    uint8_t *w = xmalloc(wbytes);
+    uint8_t *wsc = xmalloc(sbytes ? sbytes : 1);
+    void *yg = xmalloc(ny * 4), *yg2 = xmalloc(ny * 4);
+    void *dx = NULL, *dq = NULL, *ds = NULL, *dw = NULL, *dws = NULL, *dy = NULL;
+
+    fill_x(x, M, K);
+    for (size_t i = 0; i < nx; i++) xb[i] = dsv4_f32_to_bf16(x[i]);
+    if (kd == K_FP8) {
+        for (size_t i = 0; i < wbytes; i++) w[i] = rand_e4m3();
+        for (size_t i = 0; i < sbytes; i++) wsc[i] = (uint8_t)(117 + test_rng_u64(&rng) % 8);
+    } else if (kd == K_FP4) {
+        for (size_t i = 0; i < wbytes; i++) w[i] = (uint8_t)test_rng_u64(&rng);
+        for (size_t i = 0; i < sbytes; i++) wsc[i] = (uint8_t)(118 + test_rng_u64(&rng) % 9);
+    } else {
+        uint16_t *wb = (uint16_t *)w;
+        for (size_t i = 0; i < (size_t)N * K; i++) {
+            float v;
+            do v = dsv4_bf16_round((float)(0.02 * test_rng_normal(&rng)));
+            while (v == 0.0f);
+            wb[i] = dsv4_f32_to_bf16(v);
+        }
+    }
+
+    /* GPU: act_quant + linear (or the BF16 linear), twice, into a NaN-poisoned output */
+    {
+        size_t ybytes = ny * (out_f32 ? 4 : 2);
+        CU(dsv4_cuda_alloc(ctx, nx * 2, &dx, ERR));
+        CU(dsv4_cuda_alloc(ctx, nx, &dq, ERR));
+        CU(dsv4_cuda_alloc(ctx, (size_t)M * KB + 16, &ds, ERR));
+        CU(dsv4_cuda_alloc(ctx, wbytes, &dw, ERR));
+        if (sbytes) CU(dsv4_cuda_alloc(ctx, sbytes, &dws, ERR));
+        CU(dsv4_cuda_alloc(ctx, ybytes, &dy, ERR));
+        CU(dsv4_cuda_upload(ctx, dx, xb, nx * 2, ERR));
+        CU(dsv4_cuda_upload(ctx, dw, w, wbytes, ERR));
+        if (sbytes) CU(dsv4_cuda_upload(ctx, dws, wsc, sbytes, ERR));
+        for (int rep = 0; rep < 2; rep++) {
+            CU(dsv4_cuda_memset(ctx, dy, 0xff, ybytes, ERR)); /* NaN in bf16 and f32 */
+            if (kd == K_FP8 || kd == K_FP4) {
+                CU(dsv4_cuda_act_quant_fp8(ctx, dx, M, K, dq, ds, ERR));
+                if (kd == K_FP8) CU(dsv4_cuda_linear_fp8(ctx, dq, ds, M, K, dw, dws, N, dy, ERR));
+                else CU(dsv4_cuda_linear_fp4(ctx, dq, ds, M, K, dw, dws, N, dy, ERR));
+            } else {
+                CU(dsv4_cuda_linear_bf16(ctx, dx, M, K, dw, N, dy, out_f32 ? DSV4_OUT_F32 : DSV4_OUT_BF16, ERR));
+            }
+            CU(dsv4_cuda_download(ctx, rep ? yg2 : yg, dy, ybytes, ERR));
+        }
+        CHECK(memcmp(yg, yg2, ybytes) == 0, "%s %s M=%d: two runs differ", kind_name[kd], label, M);
+    }
+
+    /* every element written and finite */
+    {
+        size_t nonfinite = 0;
+        for (size_t i = 0; i < ny; i++) {
+            float v = out_f32 ? ((float *)yg)[i] : dsv4_bf16_to_f32(((uint16_t *)yg)[i]);
+            nonfinite += !isfinite(v);
+        }
+        CHECK(nonfinite == 0, "%s %s M=%d: %zu of %zu outputs not written or not finite", kind_name[kd], label, M,
+              nonfinite, ny);
+    }
+
+    {
+        char plan[64];
         dsv4_cuda_linear_plan pl = {0};
         if (kd == K_FP8 || kd == K_FP4) dsv4_cuda_linear_plan_get(ctx, M, K, N, kd == K_FP4, &pl);
-        printf("  %-9s %-14s N=%5d K=%4d M=%3d  rows %d: %6zu/%-7zu differ, max|d| %.3g, max|d|/tol %.3f, relL2 %.2e"
-               "  [kernel %s, splits %d]\n",
-               kind_name[kd], label, N, K, M, R, st.n_diff, st.n_cmp, st.max_abs, st.max_ratio, st.rel_l2,
-               kd >= K_BF16 ? "cublasLt" : pl.kernel ? "prefill" : "decode", kd >= K_BF16 ? 1 : pl.splits);
-        fflush(stdout);
+        snprintf(plan, sizeof plan, "kernel %s, splits %d",
+                 kd >= K_BF16 ? "cublasLt" : pl.kernel == 2 ? "gemv" : pl.kernel ? "prefill" : "decode",
+                 kd >= K_BF16 ? 1 : pl.splits);
+        compare_rows(kd, label, N, K, M, x, w, wsc, yg, plan);
     }
 
 done:
@@ -340,9 +364,6 @@ done:
     free(wsc);
     free(yg);
     free(yg2);
-    free(xr);
-    free(yr);
-    free(S);
 }
 
 static const int Ms_all[] = {1, 2, 8, 32, 128, 512};
@@ -392,6 +413,162 @@ static void test_bf16_flash_gate(void) {
     }
 }
 
+
+/* ---- decode GEMV (M <= 16, gemv.h) ---------------------------------------------------------------------- */
+
+/* every M = 1..16 (one and two 8-token MMA tiles, partial tiles) at odd block counts: N = 3·128, K = 11·128
+ * (an odd number of 128-blocks per warp range), and the smallest layer N = K = 128 */
+static void test_gemv_all_m(void) {
+    for (int M = 1; M <= 16; M++) {
+        linear_case(K_FP8, "gemv odd", 384, 1408, M);
+        linear_case(K_FP4, "gemv odd", 384, 1408, M);
+    }
+    int Ms[] = {1, 7, 9, 16};
+    for (int i = 0; i < 4; i++) {
+        linear_case(K_FP8, "gemv tiny", 128, 128, Ms[i]);
+        linear_case(K_FP4, "gemv tiny", 128, 128, Ms[i]);
+        linear_case(K_FP8, "gemv 1x40", 128, 5120, Ms[i]); /* one row group, deep split-K */
+        linear_case(K_FP4, "gemv 1x40", 128, 5120, Ms[i]);
+    }
+}
+
+/* M = 16 and 12 at the real shapes (two token tiles) */
+static void test_gemv_flash_m16(void) {
+    linear_case(K_FP8, "wq_b", 32768, 1024, 16);
+    linear_case(K_FP8, "wo_b", 4096, 8192, 12);
+    linear_case(K_FP8, "wkv", 512, 4096, 16);
+    linear_case(K_FP8, "wq_a", 1024, 4096, 13);
+    linear_case(K_FP4, "expert.w1/w3", 2048, 4096, 16);
+    linear_case(K_FP4, "expert.w2", 4096, 2048, 11);
+}
+
+/* Grouped GEMV: `count` independent GEMVs (own weights, activations, outputs, m rows each) in one launch,
+ * each checked against the CPU; the row after each output (m+1-th) must stay untouched; two runs bitwise. */
+static void grouped_case(enum kind kd, const char *label, int N, int K, int count, const int *ms) {
+    const int KB = K / 128, fp4 = kd == K_FP4;
+    size_t wbytes = fp4 ? (size_t)N * K / 2 : (size_t)N * K;
+    size_t sbytes = fp4 ? (size_t)N * (K / 32) : (size_t)(N / 128) * KB;
+    int max_m = 0;
+    for (int i = 0; i < count; i++) max_m = ms[i] > max_m ? ms[i] : max_m;
+    float **x = calloc((size_t)count, sizeof *x);
+    uint8_t **w = calloc((size_t)count, sizeof *w), **wsc = calloc((size_t)count, sizeof *wsc);
+    void **dx = calloc((size_t)count, sizeof *dx), **dq = calloc((size_t)count, sizeof *dq);
+    void **ds = calloc((size_t)count, sizeof *ds), **dw = calloc((size_t)count, sizeof *dw);
+    void **dws = calloc((size_t)count, sizeof *dws), **dy = calloc((size_t)count, sizeof *dy);
+    dsv4_cuda_gemv_desc *hd = calloc((size_t)count, sizeof *hd);
+    uint16_t *yg = xmalloc((size_t)(max_m + 1) * N * 2), *yg2 = xmalloc((size_t)(max_m + 1) * N * 2);
+    uint16_t **yall = calloc((size_t)count, sizeof *yall);
+    void *dd = NULL;
+    for (int i = 0; i < count; i++) {
+        int m = ms[i];
+        size_t nx = (size_t)m * K;
+        x[i] = xmalloc(nx * 4);
+        uint16_t *xb = xmalloc(nx * 2);
+        fill_x(x[i], m, K);
+        for (size_t j = 0; j < nx; j++) xb[j] = dsv4_f32_to_bf16(x[i][j]);
+        w[i] = xmalloc(wbytes);
+        wsc[i] = xmalloc(sbytes);
+        if (!fp4) {
+            for (size_t j = 0; j < wbytes; j++) w[i][j] = rand_e4m3();
+            for (size_t j = 0; j < sbytes; j++) wsc[i][j] = (uint8_t)(117 + test_rng_u64(&rng) % 8);
+        } else {
+            for (size_t j = 0; j < wbytes; j++) w[i][j] = (uint8_t)test_rng_u64(&rng);
+            for (size_t j = 0; j < sbytes; j++) wsc[i][j] = (uint8_t)(118 + test_rng_u64(&rng) % 9);
+        }
+        CU(dsv4_cuda_alloc(ctx, nx * 2, &dx[i], ERR));
+        CU(dsv4_cuda_alloc(ctx, nx, &dq[i], ERR));
+        CU(dsv4_cuda_alloc(ctx, (size_t)m * KB + 16, &ds[i], ERR));
+        CU(dsv4_cuda_alloc(ctx, wbytes, &dw[i], ERR));
+        CU(dsv4_cuda_alloc(ctx, sbytes, &dws[i], ERR));
+        CU(dsv4_cuda_alloc(ctx, (size_t)(m + 1) * N * 2, &dy[i], ERR));
+        CU(dsv4_cuda_upload(ctx, dx[i], xb, nx * 2, ERR));
+        CU(dsv4_cuda_upload(ctx, dw[i], w[i], wbytes, ERR));
+        CU(dsv4_cuda_upload(ctx, dws[i], wsc[i], sbytes, ERR));
+        CU(dsv4_cuda_act_quant_fp8(ctx, dx[i], m, K, dq[i], ds[i], ERR));
+        free(xb);
+        hd[i].w = dw[i];
+        hd[i].ws = dws[i];
+        hd[i].xq = dq[i];
+        hd[i].xs = ds[i];
+        hd[i].y = dy[i];
+        hd[i].m = m;
+        yall[i] = xmalloc((size_t)(m + 1) * N * 2);
+    }
+    CU(dsv4_cuda_alloc(ctx, (size_t)count * sizeof *hd, &dd, ERR));
+    CU(dsv4_cuda_upload(ctx, dd, hd, (size_t)count * sizeof *hd, ERR));
+    for (int rep = 0; rep < 2; rep++) {
+        for (int i = 0; i < count; i++) CU(dsv4_cuda_memset(ctx, dy[i], 0xff, (size_t)(ms[i] + 1) * N * 2, ERR));
+        CU(dsv4_cuda_gemv_grouped(ctx, fp4, dd, count, max_m, K, N, ERR));
+        for (int i = 0; i < count; i++) {
+            size_t yb = (size_t)(ms[i] + 1) * N * 2;
+            if (rep == 0) CU(dsv4_cuda_download(ctx, yall[i], dy[i], yb, ERR));
+            else {
+                CU(dsv4_cuda_download(ctx, yg2, dy[i], yb, ERR));
+                CHECK(memcmp(yall[i], yg2, yb) == 0, "%s %s[%d]: two runs differ", kind_name[kd], label, i);
+            }
+        }
+    }
+    {
+        dsv4_cuda_gemv_plan gp;
+        dsv4_cuda_gemv_plan_get(ctx, count, max_m, K, N, fp4, &gp);
+        for (int i = 0; i < count; i++) {
+            int m = ms[i];
+            size_t untouched = 0, nonfinite = 0;
+            for (int n = 0; n < N; n++) untouched += yall[i][(size_t)m * N + n] == 0xffff;
+            for (size_t j = 0; j < (size_t)m * N; j++) nonfinite += !isfinite(dsv4_bf16_to_f32(yall[i][j]));
+            CHECK(untouched == (size_t)N && nonfinite == 0,
+                  "%s %s[%d] m=%d: %zu outputs not written/finite, %zu of %d cells past the last row overwritten",
+                  kind_name[kd], label, i, m, nonfinite, (size_t)N - untouched, N);
+            char lab[64], plan[96];
+            snprintf(lab, sizeof lab, "%s[%d/%d]", label, i, count);
+            snprintf(plan, sizeof plan, "grouped gemv x%d, ks %d, splits %d, ctas %d", count, gp.ks, gp.splits, gp.ctas);
+            compare_rows(kd, lab, N, K, m, x[i], w[i], wsc[i], yall[i], plan);
+        }
+    }
+done:
+    for (int i = 0; i < count; i++) {
+        dsv4_cuda_free(ctx, dx[i]);
+        dsv4_cuda_free(ctx, dq[i]);
+        dsv4_cuda_free(ctx, ds[i]);
+        dsv4_cuda_free(ctx, dw[i]);
+        dsv4_cuda_free(ctx, dws[i]);
+        dsv4_cuda_free(ctx, dy[i]);
+        free(x[i]);
+        free(w[i]);
+        free(wsc[i]);
+        free(yall[i]);
+    }
+    dsv4_cuda_free(ctx, dd);
+    free(x);
+    free(w);
+    free(wsc);
+    free(dx);
+    free(dq);
+    free(ds);
+    free(dw);
+    free(dws);
+    free(dy);
+    free(hd);
+    free(yg);
+    free(yg2);
+    free(yall);
+}
+
+static void test_gemv_grouped(void) {
+    /* a decode step's routed experts: 6 experts x (w1, w3), one token each; then w2 */
+    int ones[12] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    grouped_case(K_FP4, "grp w1/w3", 2048, 4096, 12, ones);
+    grouped_case(K_FP4, "grp w2", 4096, 2048, 6, ones);
+    /* batched decode: experts with different token counts (one and two token tiles) */
+    int mixed[6] = {1, 3, 8, 16, 2, 9};
+    grouped_case(K_FP4, "grp mixed", 2048, 4096, 6, mixed);
+    /* FP8, small layers (deep split-K with per-descriptor tickets), odd shapes */
+    int m5[5] = {1, 4, 9, 16, 2};
+    grouped_case(K_FP8, "grp fp8", 512, 4096, 3, m5 + 1);
+    grouped_case(K_FP8, "grp fp8 odd", 384, 1408, 3, m5);
+    grouped_case(K_FP4, "grp fp4 odd", 384, 1408, 3, m5 + 2);
+}
+
 static void test_cuda_linear_skipped(void) { printf("SKIP: no CUDA device\n"); }
 
 int main(void) {
@@ -424,6 +601,9 @@ int main(void) {
     RUN(test_fp4_flash_expert_w13);
     RUN(test_fp4_flash_expert_w2);
     RUN(test_bf16_flash_gate);
+    RUN(test_gemv_all_m);
+    RUN(test_gemv_flash_m16);
+    RUN(test_gemv_grouped);
     for (int k = 0; k < 4; k++)
         printf("worst %-9s max|d|/tol %.3f  rel L2 %.2e\n", kind_name[k], g_worst_ratio[k], g_worst_rel[k]);
     dsv4_threadpool_destroy(pool);

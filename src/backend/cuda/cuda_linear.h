@@ -30,7 +30,7 @@ dsv4_status dsv4_cuda_act_quant_fp8(dsv4_cuda_ctx *ctx, const uint16_t *x, int M
 /* FP8 block-scaled linear (spec §3.6 fp8_gemm) on an already quantized activation:
  * xq [M, K] e4m3, xs [M, K/128] e8m0, w [N, K] e4m3, ws [N/128, K/128] e8m0 -> y [M, N] bf16.
  * Per 128-K block: P = Σ q_x·q_w in FP32 (tensor cores), C += P · s_x · s_w in FP32; y = bf16(C).
- * M <= 64 uses the weight-streaming decode kernel, larger M the prefill tile kernel. */
+ * M <= 16 uses the decode GEMV (gemv.h), M <= 64 the 16-row tile decode kernel, larger M the prefill kernel. */
 dsv4_status dsv4_cuda_linear_fp8(dsv4_cuda_ctx *ctx, const uint8_t *xq, const uint8_t *xs, int M, int K,
                                  const uint8_t *w, const uint8_t *ws, int N, uint16_t *y, dsv4_err *err);
 
@@ -47,12 +47,20 @@ dsv4_status dsv4_cuda_linear_bf16(dsv4_cuda_ctx *ctx, const uint16_t *x, int M, 
 
 /* Which kernel and split a linear of this shape uses (for logs and benches). */
 typedef struct dsv4_cuda_linear_plan {
-    int kernel;     /* 0 = decode (16-row token tiles, weight streaming), 1 = prefill (128x128 tiles) */
-    int bm, bn;     /* CTA tile: tokens x weight rows */
+    int kernel;     /* 0 = decode tiles (16-row token tiles, weight streaming), 1 = prefill (128x128 tiles),
+                       2 = GEMV (M <= 16, gemv.h) */
+    int bm, bn;     /* CTA tile: tokens x weight rows (GEMV: 8 or 16 token slots x weight rows per CTA) */
     int splits;     /* split-K pieces (1 = none) */
     int ctas;       /* total CTAs launched */
 } dsv4_cuda_linear_plan;
 void dsv4_cuda_linear_plan_get(const dsv4_cuda_ctx *ctx, int M, int K, int N, int fp4, dsv4_cuda_linear_plan *plan);
+
+/* The FP8 (fp4 = 0) / FP4 linear with the kernel forced (for tests and benches comparing kernels):
+ * kernel -1 = automatic (what dsv4_cuda_linear_fp8/_fp4 do), 0 = decode tiles (any M), 1 = prefill tiles,
+ * 2 = GEMV (M <= 16). */
+dsv4_status dsv4_cuda_linear_q_kernel(dsv4_cuda_ctx *ctx, int fp4, int kernel, const uint8_t *xq, const uint8_t *xs,
+                                      int M, int K, const uint8_t *w, const uint8_t *ws, int N, uint16_t *y,
+                                      dsv4_err *err);
 
 #ifdef __cplusplus
 }

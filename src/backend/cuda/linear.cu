@@ -34,6 +34,7 @@
 #include <cuda_fp8.h>
 
 #include "backend/cuda/cuda_linear.h"
+#include "backend/cuda/gemv.h"
 
 /* ==== small device helpers =============================================================================== */
 
@@ -369,10 +370,25 @@ __global__ void __launch_bounds__(WM *WN * 32) linear_mma_kernel(const LinParams
 #define PRE_ST 3
 #define DECODE_MAX_M 64
 
+static void plan_tiles(const dsv4_cuda_ctx *ctx, int M, int K, int N, int kernel, dsv4_cuda_linear_plan *pl);
+
 extern "C" void dsv4_cuda_linear_plan_get(const dsv4_cuda_ctx *ctx, int M, int K, int N, int fp4,
                                           dsv4_cuda_linear_plan *pl) {
-    (void)fp4;
-    pl->kernel = M <= DECODE_MAX_M ? 0 : 1;
+    if (M <= DSV4_CUDA_GEMV_MAX_M) {
+        dsv4_cuda_gemv_plan g;
+        dsv4_cuda_gemv_plan_get(ctx, 1, M, K, N, fp4, &g);
+        pl->kernel = 2;
+        pl->bm = g.nt * 8;
+        pl->bn = g.rows;
+        pl->splits = g.splits;
+        pl->ctas = g.ctas;
+        return;
+    }
+    plan_tiles(ctx, M, K, N, M <= DECODE_MAX_M ? 0 : 1, pl);
+}
+
+static void plan_tiles(const dsv4_cuda_ctx *ctx, int M, int K, int N, int kernel, dsv4_cuda_linear_plan *pl) {
+    pl->kernel = kernel;
     pl->bm = pl->kernel == 0 ? DEC_BM : PRE_BM;
     pl->bn = pl->kernel == 0 ? DEC_BN : PRE_BN;
     long tiles = (long)(N / pl->bn) * ((M + pl->bm - 1) / pl->bm);
@@ -407,16 +423,25 @@ static dsv4_status launch_lin(dsv4_cuda_ctx *ctx, const LinParams &p, int splits
     return DSV4_OK;
 }
 
-static dsv4_status linear_q(dsv4_cuda_ctx *ctx, bool fp4, const uint8_t *xq, const uint8_t *xs, int M, int K,
-                            const uint8_t *w, const uint8_t *ws, int N, uint16_t *y, dsv4_err *err) {
+static dsv4_status linear_q(dsv4_cuda_ctx *ctx, bool fp4, int kernel, const uint8_t *xq, const uint8_t *xs, int M,
+                            int K, const uint8_t *w, const uint8_t *ws, int N, uint16_t *y, dsv4_err *err) {
     const char *name = fp4 ? "dsv4_cuda_linear_fp4" : "dsv4_cuda_linear_fp8";
     if (M < 1 || K < 128 || K % 128 || N < 128 || N % 128)
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "%s: M=%d K=%d N=%d (need M>=1, K%%128==0, N%%128==0)", name, M,
                             K, N);
     if (((uintptr_t)xq | (uintptr_t)w | (uintptr_t)y) & 15)
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "%s: xq, w and y must be 16-byte aligned", name);
+    if (kernel < 0) kernel = M <= DSV4_CUDA_GEMV_MAX_M ? 2 : M <= DECODE_MAX_M ? 0 : 1;
+    if (kernel == 2) {
+        if (M > DSV4_CUDA_GEMV_MAX_M)
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "%s: the GEMV kernel takes M <= %d, got %d", name,
+                                DSV4_CUDA_GEMV_MAX_M, M);
+        return dsv4_cuda_gemv(ctx, fp4, xq, xs, M, K, w, ws, N, y, err);
+    }
+    if (kernel != 0 && kernel != 1)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "%s: unknown kernel %d", name, kernel);
     dsv4_cuda_linear_plan pl;
-    dsv4_cuda_linear_plan_get(ctx, M, K, N, fp4, &pl);
+    plan_tiles(ctx, M, K, N, kernel, &pl);
     LinParams p;
     p.xq = xq;
     p.xs = xs;
@@ -443,12 +468,18 @@ static dsv4_status linear_q(dsv4_cuda_ctx *ctx, bool fp4, const uint8_t *xq, con
 
 extern "C" dsv4_status dsv4_cuda_linear_fp8(dsv4_cuda_ctx *ctx, const uint8_t *xq, const uint8_t *xs, int M, int K,
                                             const uint8_t *w, const uint8_t *ws, int N, uint16_t *y, dsv4_err *err) {
-    return linear_q(ctx, false, xq, xs, M, K, w, ws, N, y, err);
+    return linear_q(ctx, false, -1, xq, xs, M, K, w, ws, N, y, err);
 }
 
 extern "C" dsv4_status dsv4_cuda_linear_fp4(dsv4_cuda_ctx *ctx, const uint8_t *xq, const uint8_t *xs, int M, int K,
                                             const uint8_t *w, const uint8_t *ws, int N, uint16_t *y, dsv4_err *err) {
-    return linear_q(ctx, true, xq, xs, M, K, w, ws, N, y, err);
+    return linear_q(ctx, true, -1, xq, xs, M, K, w, ws, N, y, err);
+}
+
+extern "C" dsv4_status dsv4_cuda_linear_q_kernel(dsv4_cuda_ctx *ctx, int fp4, int kernel, const uint8_t *xq,
+                                                 const uint8_t *xs, int M, int K, const uint8_t *w, const uint8_t *ws,
+                                                 int N, uint16_t *y, dsv4_err *err) {
+    return linear_q(ctx, fp4 != 0, kernel, xq, xs, M, K, w, ws, N, y, err);
 }
 
 /* ==== BF16 linear through cuBLASLt ==========================================================================
