@@ -5,7 +5,8 @@
 #     prefill / decode / mixed) within the manifest's tolerances (a few times the oracle's own noise floor);
 #  2. per layer with teacher forcing: each layer fed the oracle's input reproduces the oracle's output
 #     (max row rel-L2 <= 1e-2 and >= 80% of positions bitwise equal; measured: 87-100% bitwise);
-#  3. the comparisons discriminate: every deliberately broken variant (dsv4 logits --fault) fails check 2.
+#  3. the comparisons discriminate: every deliberately broken variant (dsv4 logits --fault) fails check 2;
+#  4. a checkpoint with experts re-encoded to FP8 (official conversion) gives the same logits.
 # Needs python3 + numpy. Prints "N passed, N failed".
 set -u
 cd "$(dirname "$0")/../.."
@@ -40,5 +41,18 @@ for m in tiny-flash tiny-pro; do
         fi
     done
 done
+# 4. The official FP4->FP8 expert re-encoding (--expert-dtype fp8, spec §2.2) is lossless, so a checkpoint
+#    with FP8 experts must give the same logits (only the FP32 grouping of the expert GEMM differs: per-32
+#    promotion for FP4, per-128 for FP8; measured bitwise equal on tiny-flash).
+if python3 tools/oracle/convert_experts_fp8.py tests/data/tiny-flash "$tmp/fp8x" >"$tmp/fp8x.log" 2>&1; then
+    ids=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['tokens'])))" tests/data/golden/tiny-flash/len40_hc.tokens.json)
+    "$DSV4" logits --model tests/data/tiny-flash --tokens "$ids" --prefill 17 --out "$tmp/fp4x.npy" >>"$tmp/fp8x.log" 2>&1
+    "$DSV4" logits --model "$tmp/fp8x" --tokens "$ids" --prefill 17 --out "$tmp/fp8x.npy" >>"$tmp/fp8x.log" 2>&1
+    if python3 tools/oracle/compare.py --ref "$tmp/fp4x.npy" --logits "$tmp/fp8x.npy" --tol 1e-3 --mean-tol 1e-4 >>"$tmp/fp8x.log" 2>&1; then
+        ok "tiny-flash with FP8-re-encoded experts gives the FP4 checkpoint's logits"
+    else bad "FP8-expert checkpoint differs from FP4"; cat "$tmp/fp8x.log"; fi
+else
+    bad "convert_experts_fp8.py failed"; cat "$tmp/fp8x.log"
+fi
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
