@@ -14,8 +14,8 @@
 # NCCL on each rank's step stream, captured in the decode graphs) and judges it by the rule of
 # docs/NUMERICS.md "Tensor parallel" (per-row logits rel-L2 mean <= 1.5e-2, max <= 0.15; argmax equal wherever
 # the 1-GPU top-2 margin exceeds 0.05 rms). Step 4 writes a V4-Flash-shaped synthetic checkpoint to local
-# disk (as many experts as the disk and N GPUs allow) and runs `dsv4 bench --gpus N` on it when the bench
-# has that flag (tools/dsv4/cmd_bench.c: it only has to pass --gpus to dsv4_engine_options.gpus).
+# disk (as many experts as the disk and N GPUs allow) and runs `dsv4 bench --gpus 1` and `--gpus N` on it
+# (decode batch 1/8/32/128 at context 1024, prefill 4096; ratios to N x the one-GPU ceilings).
 # Logs go to $OUT; a summary is printed last.
 #   usage: bash tools/device/run_multi_gpu.sh [N]      (N: GPUs to use, default all visible)
 set -u
@@ -127,9 +127,9 @@ if $B/dsv4 bench --help 2>&1 | grep -q -- "--gpus"; then
         echo "bench --gpus $g rc=$?"; grep -E "tok/s|roofline" "$OUT/bench_gpus$g.log" | head -12
         note "bench --gpus $g: $(grep -E 'tok/s' "$OUT/bench_gpus$g.log" | head -4 | tr '\n' ' ')"
     done
-    # The HBM roofline of N GPUs: every rank reads the replicated weights and 1/N of the split ones per step
-    # (dsv4 inspect --gpus prints the per-GPU bytes), i.e. per-GPU bytes / per-GPU bandwidth; the bench's
-    # single-GPU roofline ratio times (1-GPU bytes / per-GPU bytes) is the N-GPU one.
+    # dsv4 bench --gpus N gives each rate's ratio to N x the one-GPU ceilings (the HBM roofline of N GPUs
+    # for the bytes a decode step must read); replicated weights are read by every rank, so the per-GPU bytes
+    # of dsv4 inspect --gpus (above) say how far below 1 that ratio must stay.
 else
     echo "not available: dsv4 bench has no --gpus flag yet (tools/dsv4/cmd_bench.c must pass it to"
     echo "dsv4_engine_options.gpus; the engine runs the multi-GPU CUDA forward for any caller that sets it)"
