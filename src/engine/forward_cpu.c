@@ -59,13 +59,14 @@ typedef struct workspace {
     int *eslot;             /* [rows] which of the row's k slots */
     float *sy;              /* [rows, D] shared expert output */
     float *head_in;         /* [rows, D] */
-    /* per-query scratch */
+    /* per-query scratch, sized by the number of compressed entries a query can see (entry_scratch) */
     const float **rows;     /* [window + max entries] attention row pointers */
-    float *dec;             /* [window + max entries, hd] decoded cache rows */
+    float *dec;             /* [window + max entries, hd] decoded window rows and selected CSA entries */
     float *scores;          /* [max entries] indexer scores */
     uint16_t *scores16;     /* [max entries] the same as bf16 bits, for the all-reduce (world > 1) */
-    int32_t *topk;          /* [index_topk] */
-    float *keys;            /* [max entries, dIh] decoded indexer keys */
+    int32_t *topk;          /* [max(index_topk, max entries)] */
+    float *keys;            /* [max entries, dIh] decoded indexer keys of the running sequence and layer */
+    float *cdec;            /* [max entries, hd] decoded compressed entries (HCA: all visible ones) */
     int cap_entries;
 } workspace;
 
@@ -79,13 +80,34 @@ struct dsv4_forward {
     workspace ws;
 };
 
-static void ws_free(workspace *w) {
+/* Row-sized buffers (grown by ws_reserve_rows). */
+static void ws_free_rows(workspace *w) {
     void *ptrs[] = {w->X, w->X2, w->x, w->post, w->comb, w->qa, w->qr, w->q, w->kv, w->o, w->og, w->u, w->ug,
                     w->a, w->cmp, w->qI, w->wI, w->logits_e, w->experts, w->eweights, w->ey, w->ex, w->eg,
-                    w->eu, w->eh, w->eo, w->erow, w->eslot, w->sy, w->head_in, (void *)w->rows, w->dec,
-                    w->scores, w->topk, w->keys, w->scores16};
+                    w->eu, w->eh, w->eo, w->erow, w->eslot, w->sy, w->head_in};
     for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
-    memset(w, 0, sizeof *w);
+    w->X = w->X2 = w->x = w->post = w->comb = w->qa = w->qr = w->q = w->kv = w->o = w->og = w->u = w->ug = NULL;
+    w->a = w->cmp = w->qI = w->wI = w->logits_e = w->eweights = w->ey = w->ex = w->eg = w->eu = w->eh = NULL;
+    w->eo = w->sy = w->head_in = NULL;
+    w->experts = NULL;
+    w->erow = w->eslot = NULL;
+    w->cap_rows = 0;
+}
+
+/* Entry-sized buffers (grown by ws_reserve_entries). */
+static void ws_free_entries(workspace *w) {
+    void *ptrs[] = {(void *)w->rows, w->dec, w->scores, w->scores16, w->topk, w->keys, w->cdec};
+    for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++) free(ptrs[i]);
+    w->rows = NULL;
+    w->dec = w->scores = w->keys = w->cdec = NULL;
+    w->scores16 = NULL;
+    w->topk = NULL;
+    w->cap_entries = 0;
+}
+
+static void ws_free(workspace *w) {
+    ws_free_rows(w);
+    ws_free_entries(w);
 }
 
 static size_t at_least_1(long n) { return n > 0 ? (size_t)n : 1; }
@@ -93,15 +115,7 @@ static size_t at_least_1(long n) { return n > 0 ? (size_t)n : 1; }
 
 static dsv4_status ws_reserve_rows(workspace *w, const dsv4_config *c, int rows, dsv4_err *err) {
     if (rows <= w->cap_rows) return DSV4_OK;
-    int cap_entries = w->cap_entries;
-    const float **keep_rows = w->rows; float *keep_dec = w->dec, *keep_scores = w->scores, *keep_keys = w->keys;
-    int32_t *keep_topk = w->topk;
-    uint16_t *keep_scores16 = w->scores16;
-    w->rows = NULL; w->dec = NULL; w->scores = NULL; w->keys = NULL; w->topk = NULL; w->scores16 = NULL;
-    ws_free(w);
-    w->rows = keep_rows; w->dec = keep_dec; w->scores = keep_scores; w->keys = keep_keys; w->topk = keep_topk;
-    w->scores16 = keep_scores16;
-    w->cap_entries = cap_entries;
+    ws_free_rows(w);
     long D = c->dim, hc = c->hc_mult, H = c->n_heads, hd = c->head_dim, QL = c->q_lora_rank;
     long G = c->o_groups, R = c->o_lora_rank, E = c->n_routed_experts, k = c->n_activated_experts;
     long I = c->moe_inter_dim, nI = (long)c->index_n_heads * c->index_head_dim;
@@ -116,7 +130,7 @@ static dsv4_status ws_reserve_rows(workspace *w, const dsv4_config *c, int rows,
               ALLOC(w->ex, r * D) | ALLOC(w->eg, r * I) | ALLOC(w->eu, r * I) | ALLOC(w->eh, r * I) |
               ALLOC(w->eo, r * D) | ALLOC(w->erow, r) | ALLOC(w->eslot, r) | ALLOC(w->sy, r * D) |
               ALLOC(w->head_in, r * D);
-    if (bad) { ws_free(w); return dsv4_err_set(err, DSV4_ERR_NOMEM, "forward: workspace for %d rows", rows); }
+    if (bad) { ws_free_rows(w); return dsv4_err_set(err, DSV4_ERR_NOMEM, "forward: workspace for %d rows", rows); }
     w->cap_rows = rows;
     return DSV4_OK;
 }
@@ -125,10 +139,11 @@ static dsv4_status ws_reserve_entries(workspace *w, const dsv4_config *c, int en
     if (entries <= w->cap_entries) return DSV4_OK;
     int n = entries + 1024;
     long hd = c->head_dim, win = c->window_size;
-    free((void *)w->rows); free(w->dec); free(w->scores); free(w->topk); free(w->keys); free(w->scores16);
+    ws_free_entries(w);
     int bad = ALLOC(w->rows, win + n) | ALLOC(w->dec, (win + n) * hd) | ALLOC(w->scores, n) | ALLOC(w->scores16, n) |
-              ALLOC(w->topk, (c->index_topk > n ? c->index_topk : n)) | ALLOC(w->keys, (long)n * c->index_head_dim);
-    if (bad) { w->cap_entries = 0; return dsv4_err_set(err, DSV4_ERR_NOMEM, "forward: scratch for %d entries", n); }
+              ALLOC(w->topk, (c->index_topk > n ? c->index_topk : n)) | ALLOC(w->keys, (long)n * c->index_head_dim) |
+              ALLOC(w->cdec, (long)n * hd);
+    if (bad) { ws_free_entries(w); return dsv4_err_set(err, DSV4_ERR_NOMEM, "forward: scratch for %d entries", n); }
     w->cap_entries = n;
     return DSV4_OK;
 }
@@ -261,6 +276,16 @@ static dsv4_status attend_sequence(dsv4_forward *f, dsv4_kv_manager *kv, const s
     const float scale = 1.0f / sqrtf((float)hd);
     const dsv4_rope *rope = dsv4_model_rope(f->m, layer);
     workspace *ws = &f->ws;
+    const int is_csa = ratio && dsv4_config_layer_kind(c, layer) == DSV4_LAYER_CSA;
+    /* Entries do not change during attention (the compressors ran first), so the rows every query reads
+     * are decoded once per sequence: CSA indexer keys, HCA compressed entries. */
+    if (ratio && f->fault != DSV4_FAULT_NO_COMPRESSED) {
+        long n_last = (s->pos0 + s->n) / ratio; /* entries visible to the chunk's last query */
+        for (long w = 0; w < n_last; w++) {
+            if (is_csa) dsv4_kv_access_idx_read(kv, s->slot, layer, w, ws->keys + (size_t)w * c->index_head_dim);
+            else dsv4_kv_access_comp_read(kv, s->slot, layer, w, ws->cdec + (size_t)w * hd);
+        }
+    }
     for (int i = 0; i < s->n; i++) {
         long t = s->pos0 + i;
         int K = 0;
@@ -277,9 +302,8 @@ static dsv4_status attend_sequence(dsv4_forward *f, dsv4_kv_manager *kv, const s
         }
         if (ratio && f->fault != DSV4_FAULT_NO_COMPRESSED) {
             long n_vis = (t + 1) / ratio;
-            if (dsv4_config_layer_kind(c, layer) == DSV4_LAYER_CSA) {
+            if (is_csa) {
                 const int nIh = sh->nih, dIh = c->index_head_dim; /* local index heads */
-                for (long w = 0; w < n_vis; w++) dsv4_kv_access_idx_read(kv, s->slot, layer, w, ws->keys + (size_t)w * dIh);
                 int kcur = (int)(n_vis < c->index_topk ? n_vis : c->index_topk);
                 if (kcur > 0) {
                     dsv4_cpu_indexer_scores(qI + (size_t)i * nIh * dIh, wI + (size_t)i * nIh, nIh, dIh, ws->keys,
@@ -298,11 +322,7 @@ static dsv4_status attend_sequence(dsv4_forward *f, dsv4_kv_manager *kv, const s
                     ws->rows[K++] = dst;
                 }
             } else {
-                for (long w = 0; w < n_vis; w++) {
-                    float *dst = ws->dec + (size_t)K * hd;
-                    dsv4_kv_access_comp_read(kv, s->slot, layer, w, dst);
-                    ws->rows[K++] = dst;
-                }
+                for (long w = 0; w < n_vis; w++) ws->rows[K++] = ws->cdec + (size_t)w * hd;
             }
         }
         float *oi = o + (size_t)i * H * hd;
