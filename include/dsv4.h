@@ -50,7 +50,8 @@ typedef struct dsv4_engine_options {
     int fault;               /* tests only: a dsv4_fault, a deliberately broken variant (0 = none) */
     int gpus;                /* tensor/expert-parallel ranks (docs/MULTI_GPU.md); <= 1: one. cpu backend: ranks
                                 are host threads sharing the machine (n_threads split between them); cuda:
-                                one GPU per rank (not implemented yet: DSV4_ERR_UNSUPPORTED) */
+                                one GPU per rank over NCCL (written, not yet run on a multi-GPU
+                                machine: docs/MULTI_GPU.md) */
     dsv4_progress_fn progress; /* optional; when set, create also reads every page of the mapped weight
                                   files once (64 MiB per call), so loading time shows in the bar rather
                                   than in the first step */

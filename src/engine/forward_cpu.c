@@ -199,12 +199,6 @@ static void expert_linear(dsv4_forward *f, const float *x, int M, const dsv4_exp
     else dsv4_cpu_linear_fp8(f->pool, x, M, l->in, l->w, l->scale, l->out, y);
 }
 
-/* Rows [r0, r0+n) of an FP8 linear as a view (r0, n multiples of 128: the rank's slice of a column split). */
-static dsv4_fp8_linear fp8_rows(const dsv4_fp8_linear *l, int r0, int n) {
-    int sc_cols = (l->in + 127) / 128;
-    return (dsv4_fp8_linear){l->w + (size_t)r0 * l->in, l->scale + (size_t)(r0 / 128) * sc_cols, n, l->in};
-}
-
 /* In-place FP32 all-reduce of buf[n] over the ranks (no-op on one rank). */
 static dsv4_status allreduce_f32(dsv4_forward *f, float *buf, size_t n, dsv4_err *err) {
     if (f->m->shard.world == 1) return DSV4_OK;
@@ -353,7 +347,7 @@ static dsv4_status attention_layer(dsv4_forward *f, dsv4_kv_manager *kv, const s
     /* Query: wq_a -> q_norm -> wq_b -> per-head RMS (BF16 arithmetic) -> RoPE. */
     fp8_linear(f, x, rows, &lw->wq_a, ws->qa);
     for (int i = 0; i < rows; i++) dsv4_cpu_rmsnorm(ws->qa + (size_t)i * QL, lw->q_norm, QL, eps, ws->qr + (size_t)i * QL);
-    const dsv4_fp8_linear wq_b = fp8_rows(&lw->wq_b, sh->h0 * hd, H * hd);
+    const dsv4_fp8_linear wq_b = dsv4_shard_fp8_rows(&lw->wq_b, sh->h0 * hd, H * hd);
     fp8_linear(f, ws->qr, rows, &wq_b, ws->q);
     /* KV: wkv -> kv_norm -> RoPE -> FP8 fake-quant of the nope dims (block 64). */
     fp8_linear(f, x, rows, &lw->wkv, ws->kv);
@@ -375,7 +369,7 @@ static dsv4_status attention_layer(dsv4_forward *f, dsv4_kv_manager *kv, const s
     int is_csa = dsv4_config_layer_kind(c, layer) == DSV4_LAYER_CSA;
     if (is_csa) {
         const int nIh = sh->nih, dIh = c->index_head_dim; /* local index heads; the scale uses the global count */
-        const dsv4_fp8_linear idx_wq_b = fp8_rows(&lw->idx_wq_b, sh->ih0 * dIh, nIh * dIh);
+        const dsv4_fp8_linear idx_wq_b = dsv4_shard_fp8_rows(&lw->idx_wq_b, sh->ih0 * dIh, nIh * dIh);
         fp8_linear(f, ws->qr, rows, &idx_wq_b, ws->qI);
         dsv4_cpu_linear_bf16(f->pool, x, rows, c->dim, lw->idx_weights_proj + (size_t)sh->ih0 * c->dim, nIh, ws->wI,
                              DSV4_OUT_BF16);

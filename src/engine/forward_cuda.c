@@ -238,14 +238,6 @@ static double now_s(void) {
 
 static size_t fp8_scale_bytes(int out, int in) { return (size_t)((out + 127) / 128) * (size_t)((in + 127) / 128); }
 
-/* Rows [r0, r0+n) of an FP8 linear as a view (r0, n multiples of 128: a rank's slice of a column split; the
- * whole tensor for r0 = 0, n = out). */
-static dsv4_fp8_linear fp8_rows(const dsv4_fp8_linear *l, int r0, int n) {
-    if (!l->w) return *l;
-    int sc_cols = (l->in + 127) / 128;
-    return (dsv4_fp8_linear){l->w + (size_t)r0 * l->in, l->scale + (size_t)(r0 / 128) * sc_cols, n, l->in};
-}
-
 static dlin put_lin(arena *a, const dsv4_fp8_linear *l) {
     dlin d = {0};
     d.out = l->out;
@@ -322,7 +314,7 @@ static void put_weights(dsv4_forward_cuda *f, arena *a, uint8_t *tmp, int verbos
         d->wq_a = put_lin(a, &lw->wq_a);
         d->q_norm = a_put(a, lw->q_norm, 2 * (size_t)c->q_lora_rank);
         const int hd = c->head_dim, dIh = c->index_head_dim, Rl = c->o_lora_rank;
-        const dsv4_fp8_linear wq_b = fp8_rows(&lw->wq_b, sh->h0 * hd, sh->nh * hd);
+        const dsv4_fp8_linear wq_b = dsv4_shard_fp8_rows(&lw->wq_b, sh->h0 * hd, sh->nh * hd);
         d->wq_b = put_lin(a, &wq_b);
         d->wkv = put_lin(a, &lw->wkv);
         d->kv_norm = a_put(a, lw->kv_norm, 2 * (size_t)c->head_dim);
@@ -332,7 +324,7 @@ static void put_weights(dsv4_forward_cuda *f, arena *a, uint8_t *tmp, int verbos
         d->cmp = put_cmp(a, &lw->compressor, D);
         d->icmp = put_cmp(a, &lw->idx_compressor, D);
         if (lw->idx_wq_b.w) {
-            const dsv4_fp8_linear iq = fp8_rows(&lw->idx_wq_b, sh->ih0 * dIh, sh->nih * dIh);
+            const dsv4_fp8_linear iq = dsv4_shard_fp8_rows(&lw->idx_wq_b, sh->ih0 * dIh, sh->nih * dIh);
             d->idx_wq_b = put_lin(a, &iq);
         }
         d->idx_wproj = a_put(a, lw->idx_weights_proj ? lw->idx_weights_proj + (size_t)sh->ih0 * D : NULL,
@@ -348,7 +340,7 @@ static void put_weights(dsv4_forward_cuda *f, arena *a, uint8_t *tmp, int verbos
         d->sh3 = put_lin(a, &lw->shared_w3);
         /* wo_a: FP8 to the scratch, BF16 into the arena (the only dequantized copy, as the CPU model). */
         /* The rank's output groups [g0, g0+ng) are rows [g0*R, (g0+ng)*R) (multiples of 128: shard.c). */
-        const dsv4_fp8_linear wa_rows = fp8_rows(&lw->wo_a, sh->g0 * Rl, sh->ng * Rl);
+        const dsv4_fp8_linear wa_rows = dsv4_shard_fp8_rows(&lw->wo_a, sh->g0 * Rl, sh->ng * Rl);
         const dsv4_fp8_linear *wa = &wa_rows;
         size_t wb = (size_t)wa->out * wa->in;
         d->wo_a = a_take(a, 2 * wb);

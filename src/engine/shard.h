@@ -19,6 +19,7 @@
 
 #include "dsv4.h"
 #include "model/config.h"
+#include "model/weights.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -46,6 +47,14 @@ void dsv4_shard_whole(const dsv4_config *cfg, dsv4_shard *s);
  * count half a byte per parameter; scales included; the MTP block is included, partitioned like a main
  * layer). Computed from the config alone, for `dsv4 inspect --gpus`. */
 uint64_t dsv4_shard_weight_bytes(const dsv4_config *cfg, int world);
+
+/* Rows [r0, r0+n) of an FP8 linear as a view: a rank's slice of a column split (r0, n multiples of 128);
+ * the whole tensor for r0 = 0, n = out. An absent linear (w NULL) is returned as is. */
+static inline dsv4_fp8_linear dsv4_shard_fp8_rows(const dsv4_fp8_linear *l, int r0, int n) {
+    if (!l->w) return *l;
+    int sc_cols = (l->in + 127) / 128;
+    return (dsv4_fp8_linear){l->w + (size_t)r0 * l->in, l->scale + (size_t)(r0 / 128) * sc_cols, n, l->in};
+}
 
 #ifdef __cplusplus
 }
