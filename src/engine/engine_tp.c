@@ -129,8 +129,8 @@ static void *peer_main(void *arg) {
     return NULL;
 }
 
-dsv4_status dsv4_tp_group_step(dsv4_tp_group *g, dsv4_forward *f0, dsv4_kv_manager *kv0, const dsv4_seq_step *steps,
-                               int n_steps, float *logits, dsv4_err *err) {
+/* Hands a step to ranks 1..N-1: each gets the step list and a logits buffer large enough for it. */
+static dsv4_status peers_prepare_step(dsv4_tp_group *g, const dsv4_seq_step *steps, int n_steps, dsv4_err *err) {
     int n_want = 0;
     for (int i = 0; i < n_steps; i++) n_want += steps[i].want_logits != 0;
     size_t need = (size_t)n_want * (size_t)g->peers[1].model->cfg->vocab_size;
@@ -145,6 +145,12 @@ dsv4_status dsv4_tp_group_step(dsv4_tp_group *g, dsv4_forward *f0, dsv4_kv_manag
         p->steps = steps;
         p->n_steps = n_steps;
     }
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_tp_group_step(dsv4_tp_group *g, dsv4_forward *f0, dsv4_kv_manager *kv0, const dsv4_seq_step *steps,
+                               int n_steps, float *logits, dsv4_err *err) {
+    DSV4_TRY(peers_prepare_step(g, steps, n_steps, err));
     pthread_t th[g->world];
     int started = 1;
     dsv4_status st = DSV4_OK;
@@ -321,20 +327,7 @@ static dsv4_status rank0_cuda_step(void *arg) {
 
 dsv4_status dsv4_tp_cuda_step(dsv4_tp_group *g, dsv4_forward_cuda *f0, const dsv4_seq_step *steps, int n_steps,
                               float *logits, dsv4_err *err) {
-    int n_want = 0;
-    for (int i = 0; i < n_steps; i++) n_want += steps[i].want_logits != 0;
-    size_t need = (size_t)n_want * (size_t)g->peers[1].model->cfg->vocab_size;
-    for (int r = 1; r < g->world; r++) {
-        peer *p = &g->peers[r];
-        if (need > p->cap_logits) {
-            float *l = realloc(p->logits, sizeof(float) * need);
-            if (!l) return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory (rank %d logits)", r);
-            p->logits = l;
-            p->cap_logits = need;
-        }
-        p->steps = steps;
-        p->n_steps = n_steps;
-    }
+    DSV4_TRY(peers_prepare_step(g, steps, n_steps, err));
     rank0_step a = {g, f0, steps, n_steps, logits, NULL, 0, NULL, NULL, NULL, err};
     return run_ranks(g, peer_cuda_step_main, rank0_cuda_step, &a, err);
 }
