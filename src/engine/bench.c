@@ -135,7 +135,7 @@ double dsv4_bench_prefill_flops(const dsv4_bench_cost *c, long P) {
 
 /* ---- host copy ----------------------------------------------------------------------------------- */
 
-static double now_s(void) {
+double dsv4_bench_now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -146,7 +146,7 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static double median(double *v, int n) {
+double dsv4_bench_median(double *v, int n) {
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
@@ -163,12 +163,12 @@ double dsv4_bench_host_copy_gbps(void) {
     memcpy(dst, src, n);
     double t[5];
     for (int r = 0; r < 5; r++) {
-        double t0 = now_s();
+        double t0 = dsv4_bench_now_s();
         memcpy(dst, src, n);
-        t[r] = now_s() - t0;
+        t[r] = dsv4_bench_now_s() - t0;
         src[r] ^= dst[n - 1 - r];   /* keep the copies observable */
     }
-    double m = median(t, 5);
+    double m = dsv4_bench_median(t, 5);
     free(src);
     free(dst);
     return m > 0 ? 2.0 * (double)n / m / 1e9 : 0.0;
@@ -228,7 +228,7 @@ static dsv4_status time_op(dsv4_cuda_ctx *ctx, op_fn op, void *u, int reps, int 
     }
     dsv4_cuda_event_destroy(e0);
     dsv4_cuda_event_destroy(e1);
-    if (st == DSV4_OK) *ms = median(t, reps);
+    if (st == DSV4_OK) *ms = dsv4_bench_median(t, reps);
     return st;
 }
 

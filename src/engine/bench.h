@@ -67,6 +67,10 @@ double dsv4_bench_prefill_flops(const dsv4_bench_cost *c, long P);
 /* Host memcpy bandwidth, (read + write) bytes per second / 1e9, median of 5 copies of 256 MiB. */
 double dsv4_bench_host_copy_gbps(void);
 
+/* Monotonic wall clock in seconds, and the median of v[n] (sorts v in place). */
+double dsv4_bench_now_s(void);
+double dsv4_bench_median(double *v, int n);
+
 /* CUDA peers on `device`: device-to-device cudaMemcpy bandwidth ((read + write) GB/s, 1 GiB buffers,
  * median of 7 batches of 4 copies, CUDA events) and a cuBLASLt BF16 GEMM (FP32 accumulate, BF16 out) of the
  * wo_b shape [N = dim, K = o_groups·o_lora] at M = gemm_m rows with random inputs (TFLOP/s, median of 7

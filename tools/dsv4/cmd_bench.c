@@ -85,22 +85,6 @@ static int parse_list(const char *s, long lo, long hi, long *out, int *n) {
     return *n > 0 ? 0 : -1;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* Deterministic token ids in [1, vocab). */
 static uint64_t rng_state = 0x243F6A8885A308D3ull;
 static int32_t rand_token(int vocab) {
@@ -157,12 +141,12 @@ static int run_prefill(bench *b, const char *dir, const long *lens, int n_lens) 
     for (int i = 0; i < n_lens; i++) if (lens[i] > maxP) maxP = lens[i];
     dsv4_err err = {{0}};
     dsv4_engine *e = NULL;
-    double t0 = now_s();
+    double t0 = dsv4_bench_now_s();
     if (engine_open(b, dir, 1, maxP + 256, &e, &err) != DSV4_OK) {
         fprintf(stderr, "dsv4 bench: %s\n", err.msg);
         return 1;
     }
-    fprintf(stderr, "bench: prefill engine ready in %.1f s\n", now_s() - t0);
+    fprintf(stderr, "bench: prefill engine ready in %.1f s\n", dsv4_bench_now_s() - t0);
     const int V = dsv4_engine_vocab_size(e);
     int32_t *tok = malloc(sizeof *tok * (size_t)maxP);
     float *logits = malloc(sizeof *logits * (size_t)V);
@@ -176,15 +160,15 @@ static int run_prefill(bench *b, const char *dir, const long *lens, int n_lens) 
             int seq;
             if (dsv4_engine_seq_open(e, &seq, &err) != DSV4_OK) { rc = 1; break; }
             dsv4_batch_item it = {seq, tok, (int)P, 1};
-            double s0 = now_s();
+            double s0 = dsv4_bench_now_s();
             dsv4_status st = dsv4_engine_step(e, &it, 1, logits, &err);
-            double dt = now_s() - s0;
+            double dt = dsv4_bench_now_s() - s0;
             dsv4_engine_seq_close(e, seq);
             if (st != DSV4_OK) { rc = 1; break; }
             if (r > 0) t[r - 1] = dt;   /* run 0 is the warm-up */
         }
         if (rc) { fprintf(stderr, "dsv4 bench: prefill %ld: %s\n", P, err.msg); break; }
-        double s = median(t, b->repeats);
+        double s = dsv4_bench_median(t, b->repeats);
         row w = {"prefill", 1, P, P, 0, 0, 0, 0, 0, 0, 0};
         w.tokens_per_s = (double)P / s;
         w.ms_per_step = s * 1e3;
@@ -241,12 +225,12 @@ static int run_decode_context(bench *b, const char *dir, long C, const long *bat
     const long per_seq = C + extra + 256;
     dsv4_err err = {{0}};
     dsv4_engine *e = NULL;
-    double t0 = now_s();
+    double t0 = dsv4_bench_now_s();
     if (engine_open(b, dir, total, (long)total * per_seq, &e, &err) != DSV4_OK) {
         fprintf(stderr, "dsv4 bench: %s\n", err.msg);
         return 1;
     }
-    double t1 = now_s();
+    double t1 = dsv4_bench_now_s();
     int *seqs = malloc(sizeof *seqs * (size_t)total);
     int32_t *first = malloc(sizeof *first * (size_t)total);
     int32_t *out = malloc(sizeof *out * (size_t)total * (size_t)(b->steps > b->warmup ? b->steps : b->warmup));
@@ -258,7 +242,7 @@ static int run_decode_context(bench *b, const char *dir, long C, const long *bat
         if (fill(e, seqs, total, C, &err) != DSV4_OK) rc = 1;
         else
             fprintf(stderr, "bench: context %ld: engine %.1f s, filled %d sequences (%ld tokens) in %.1f s\n", C,
-                    t1 - t0, total, (long)total * C, now_s() - t1);
+                    t1 - t0, total, (long)total * C, dsv4_bench_now_s() - t1);
     }
     const int V = dsv4_engine_vocab_size(e);
     int at = 0;
@@ -277,16 +261,16 @@ static int run_decode_context(bench *b, const char *dir, long C, const long *bat
         for (int r = 0; r < b->repeats && !rc; r++) {
             if (last > 0)
                 for (int j = 0; j < B; j++) first[j] = out[(size_t)(last - 1) * B + j];
-            double s0 = now_s();
+            double s0 = dsv4_bench_now_s();
             ms = 0;
             if (dsv4_engine_decode_greedy(e, grp, B, first, b->steps, out, &ms, &err) != DSV4_OK) { rc = 1; break; }
-            double host_ms = (now_s() - s0) * 1e3;
+            double host_ms = (dsv4_bench_now_s() - s0) * 1e3;
             last = b->steps;
             t[r] = (ms > 0 ? ms : host_ms) / b->steps;
         }
         if (rc) break;
         row w = {"decode", B, C, 0, 0, 0, 0, 0, 0, 0, 0};
-        w.ms_per_step = median(t, b->repeats);
+        w.ms_per_step = dsv4_bench_median(t, b->repeats);
         w.tokens_per_s = B / (w.ms_per_step * 1e-3);
         w.ctx_mean = (double)C + b->warmup + 0.5 * (double)b->repeats * b->steps;
         w.bytes_per_step = dsv4_bench_decode_bytes(&b->cost, B, w.ctx_mean);
@@ -507,14 +491,14 @@ int dsv4_cmd_bench(int argc, char **argv) {
         dsv4_synth_options so;
         dsv4_synth_options_default(&so);
         so.verbose = 1;
-        double t0 = now_s();
+        double t0 = dsv4_bench_now_s();
         if (dsv4_synth_write(&cfg, dir, (uint64_t)seed, &so, &err) != DSV4_OK) {
             fprintf(stderr, "dsv4 bench: %s\n", err.msg);
             if (!keep) remove_synth(dir);
             return 1;
         }
         fprintf(stderr, "bench: wrote %s checkpoint (%d layers, %d experts) to %s in %.1f s\n", synthetic,
-                cfg.n_layers, cfg.n_routed_experts, dir, now_s() - t0);
+                cfg.n_layers, cfg.n_routed_experts, dir, dsv4_bench_now_s() - t0);
         snprintf(label, sizeof label, "synthetic:%s", synthetic);
     } else {
         snprintf(label, sizeof label, "%s/config.json", model);
