@@ -3,7 +3,7 @@
 #
 #   make            release build: build/release/dsv4 (and lib, tests)
 #   make test       ASan+UBSan build of everything, then runs tests/run_tests.sh (closing line: N passed, N failed)
-#   make fuzz       libFuzzer target for the safetensors header parser (clang)
+#   make fuzz       libFuzzer targets for the parsers of untrusted input (clang; tests/fuzz/README.md)
 #   make cuda=0     skip the CUDA backend even if nvcc is present
 
 CC      ?= cc
@@ -89,11 +89,21 @@ test:
 test-release: all
 	DSV4_BUILD=build/release tests/run_tests.sh
 
-FUZZ_SRC := tests/fuzz/fuzz_safetensors.c
+FUZZ_CC  := clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+            $(WARN) -Iinclude -Isrc
+FUZZ_TOK := src/tokenizer/tokenizer.c src/tokenizer/pretok.c src/tokenizer/unicode_classes.c src/tokenizer/utf8.c
 fuzz:
 	@mkdir -p build/fuzz
-	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Iinclude -Isrc \
-	  $(FUZZ_SRC) src/model/safetensors.c src/core/status.c -o build/fuzz/fuzz_safetensors -ljansson -lm
+	$(FUZZ_CC) tests/fuzz/fuzz_safetensors.c src/model/safetensors.c src/core/status.c \
+	  -o build/fuzz/fuzz_safetensors -ljansson -lm
+	$(FUZZ_CC) tests/fuzz/fuzz_tokenizer.c $(FUZZ_TOK) tools/dsv4/cli_util.c src/core/status.c \
+	  -o build/fuzz/fuzz_tokenizer -ljansson -lpcre2-8 -lm
+	$(FUZZ_CC) tests/fuzz/fuzz_chat.c src/tokenizer/chat.c src/tokenizer/pyjson.c $(FUZZ_TOK) src/core/status.c \
+	  -o build/fuzz/fuzz_chat -ljansson -lpcre2-8 -lm
+	$(FUZZ_CC) tests/fuzz/fuzz_dsml.c src/tokenizer/dsml.c src/tokenizer/pyjson.c $(FUZZ_TOK) src/core/status.c \
+	  -o build/fuzz/fuzz_dsml -ljansson -lpcre2-8 -lm
+	$(FUZZ_CC) tests/fuzz/fuzz_config.c src/model/config.c src/core/npy.c src/core/status.c \
+	  -o build/fuzz/fuzz_config -ljansson -lm
 
 clean:
 	rm -rf build

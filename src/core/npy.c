@@ -1,6 +1,7 @@
 /* npy.c — .npy float32 writer and reader (see npy.h). */
 #include "core/npy.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,9 +63,23 @@ dsv4_status dsv4_npy_read_f32(const char *path, float **data, long *shape, int m
         long v = strtol(p, &end, 10);
         if (end == p) { p++; continue; }
         if (*ndim >= max_dims || v < 0) { st = dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: bad shape", path); goto out; }
+        if (v && count > SIZE_MAX / sizeof(float) / (size_t)v) {
+            st = dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: shape is too large (element count overflows)", path);
+            goto out;
+        }
         shape[(*ndim)++] = v;
         count *= (size_t)v;
         p = end;
+    }
+    /* The data must be in the file: check before allocating what a forged shape asks for. */
+    long here = ftell(f);
+    if (here < 0 || fseek(f, 0, SEEK_END) != 0) { st = dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot seek", path); goto out; }
+    long end_off = ftell(f);
+    if (end_off < here || fseek(f, here, SEEK_SET) != 0) { st = dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot seek", path); goto out; }
+    if ((size_t)(end_off - here) / sizeof(float) < count) {
+        st = dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: truncated data (shape needs %zu floats, file holds %ld bytes of data)",
+                          path, count, end_off - here);
+        goto out;
     }
     *data = malloc(count ? count * sizeof(float) : 1);
     if (!*data) { st = dsv4_err_set(err, DSV4_ERR_NOMEM, "%s: out of memory", path); goto out; }

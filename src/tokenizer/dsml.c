@@ -158,9 +158,14 @@ static dsv4_status parse_invoke_name(dsv4_chat_parser *p, const char *s, size_t 
     while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) i++;
     if (n - i < 9 || memcmp(s + i, "name=\"", 6) || memcmp(s + n - 3, "\">\n", 3))
         return fail(p, err, "malformed tool call: expected ' name=\"...\">\\n' after <｜DSML｜invoke%s", "");
+    const char *nm = s + i + 6;
+    size_t nl = n - 3 - (i + 6);
+    /* The name is handed on as a C string and put into JSON: it must be UTF-8 without NUL bytes. */
+    if (dsv4_utf8_valid_prefix(nm, nl) != nl || memchr(nm, 0, nl))
+        return fail(p, err, "malformed tool call: the tool name is not UTF-8 text%s", "");
     p->name.len = p->args.len = 0;
     json_object_clear(p->seen);
-    if (dsv4_tok_buf_append(&p->name, s + i + 6, n - 3 - (i + 6)) || dsv4_tok_buf_append(&p->args, "{", 1))
+    if (dsv4_tok_buf_append(&p->name, nm, nl) || dsv4_tok_buf_append(&p->args, "{", 1))
         return DSV4_ERR_NOMEM;
     return DSV4_OK;
 }
@@ -177,6 +182,8 @@ static dsv4_status parse_param(dsv4_chat_parser *p, const char *s, size_t n, dsv
     size_t klen = (size_t)(at - (s + 7));
     const char *val = at + (is_str ? sizeof T - 1 : sizeof F - 1);
     size_t vlen = (size_t)(s + n - 1 - val);
+    /* strndup stops at a NUL, and key[0..klen) is read below: a NUL in the name would read past the copy. */
+    if (memchr(s + 7, 0, klen)) return fail(p, err, "malformed tool parameter: the name contains a NUL byte%s", "");
     char *key = strndup(s + 7, klen);
     if (!key) return DSV4_ERR_NOMEM;
     if (json_object_get(p->seen, key)) {

@@ -171,6 +171,21 @@ static void test_errors(void) {
     check_error("\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\n<｜DSML｜parameter name=\"a\" string=\"false\">{oops"
                 "</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>", false, "not JSON");
     check_error("\n\n<｜DSML｜tool_calls>\n</｜DSML｜tool_calls> trailing", false, "after the tool call block");
+    /* fuzz_dsml finding: a tool name that is not UTF-8 failed the whole parse with an empty message */
+    check_error("\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\xff\">\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>", false,
+                "tool name is not UTF-8");
+}
+
+/* fuzz_dsml finding: a NUL byte in a parameter name made the parser read past its copy of the name (ASan
+ * heap-buffer-overflow); it is now a FORMAT error. Whole text with an explicit length (strlen would stop). */
+static void test_nul_in_param_name(void) {
+    static const char t[] = "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\n<｜DSML｜parameter name=\"a\0b\" "
+                            "string=\"true\">1</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>";
+    json_t *m = NULL;
+    dsv4_err e = {{0}};
+    dsv4_status st = dsv4_chat_parse_completion(t, sizeof t - 1, false, &m, &e);
+    CHECK(st == DSV4_ERR_FORMAT && strstr(e.msg, "NUL"), "want a FORMAT error naming the NUL byte, got %d '%s'", st, e.msg);
+    json_decref(m);
 }
 
 int main(void) {
@@ -178,5 +193,6 @@ int main(void) {
     RUN(test_tool_calls);
     RUN(test_round_trip_with_renderer);
     RUN(test_errors);
+    RUN(test_nul_in_param_name);
     return test_finish();
 }

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/npy.h"
 #include "core/numfmt.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
@@ -650,6 +651,50 @@ static void test_st_parse_buffer(void) {
     expect_parse_fails("{\"a\":3}", 0, "not an object");
 }
 
+/* fuzz_config findings: a .npy header whose shape promised more floats than the file holds made the reader
+ * allocate that much (up to a failed or huge malloc), and a shape whose product overflows size_t read back as
+ * "ok" with nothing behind it. Both must be FORMAT errors. */
+static void write_npy_header(const char *path, const char *shape, size_t data_bytes) {
+    char hdr[128];
+    int n = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': %s, }", shape);
+    while ((10 + n + 1) % 64) hdr[n++] = ' ';
+    hdr[n++] = '\n';
+    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)n, 0};
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL, "cannot write %s", path);
+    if (!f) return;
+    fwrite(pre, 1, sizeof pre, f);
+    fwrite(hdr, 1, (size_t)n, f);
+    for (size_t i = 0; i < data_bytes; i++) fputc(0, f);
+    fclose(f);
+}
+
+static void expect_npy(const char *path, const char *shape, size_t data_bytes, const char *want) {
+    write_npy_header(path, shape, data_bytes);
+    float *v = NULL;
+    long dims[4];
+    int nd = 0;
+    dsv4_err e = {{0}};
+    dsv4_status st = dsv4_npy_read_f32(path, &v, dims, 4, &nd, &e);
+    if (!want) {
+        CHECK(st == DSV4_OK, "npy %s: %s", shape, e.msg);
+    } else {
+        CHECK(st == DSV4_ERR_FORMAT && strstr(e.msg, want), "npy %s: want FORMAT '%s', got %d '%s'", shape, want, st,
+              e.msg);
+    }
+    free(v);
+}
+
+static void test_npy_forged_shape(void) {
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/dsv4_test_npy_%d.npy", (int)getpid());
+    expect_npy(path, "(2, 3)", 24, NULL);
+    expect_npy(path, "(2, 3)", 20, "truncated");
+    expect_npy(path, "(2, 1000000000000000)", 8, "truncated");
+    expect_npy(path, "(4611686018427387904, 4)", 0, "too large");
+    unlink(path);
+}
+
 int main(void) {
     RUN(test_config_tiny_flash);
     RUN(test_config_real);
@@ -680,6 +725,7 @@ int main(void) {
     RUN(test_extra_tensor);
     RUN(test_extra_tensor_not_in_index);
     RUN(test_missing_dir);
+    RUN(test_npy_forged_shape);
     if (tmp_root[0]) rm_tree(tmp_root);
     return test_finish();
 }
