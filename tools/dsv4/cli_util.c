@@ -19,6 +19,15 @@ int cli_flag(int argc, char **argv, const char *name) {
     return 0;
 }
 
+int cli_parse_ll(const char *s, long long lo, long long hi, long long *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 0);
+    if (errno || *end || end == s || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
 int cli_check_options(const char *cmd, int argc, char **argv, const char *const *known, const char *const *flags) {
     for (int i = 1; i < argc; i++) {
         if (strncmp(argv[i], "-", 1) != 0) {

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_util.h"
 #include "core/status.h"
 #include "dsv4.h"
 #include "engine/bench.h"
@@ -58,15 +59,6 @@ static void usage(FILE *f) {
             "                         measured on one GPU and multiplied by N for the ratios   [1]\n"
             "  --csv FILE             write every row as CSV\n"
             "  --no-prefill / --no-decode   skip a phase\n");
-}
-
-static int parse_ll(const char *s, long long lo, long long hi, long long *out) {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 0);
-    if (errno || *end || end == s || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
 }
 
 static int parse_list(const char *s, long lo, long hi, long *out, int *n) {
@@ -419,15 +411,15 @@ int dsv4_cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "--prompt-lens")) s_prompt = v;
         else if (!strcmp(a, "--batches")) s_batch = v;
         else if (!strcmp(a, "--contexts")) s_ctx = v;
-        else if (!strcmp(a, "--layers")) bad = parse_ll(v, 0, 128, &layers);
-        else if (!strcmp(a, "--experts")) bad = parse_ll(v, 0, 1024, &experts);
-        else if (!strcmp(a, "--seed")) bad = parse_ll(v, 0, INT64_MAX, &seed);
-        else if (!strcmp(a, "--decode-steps")) bad = parse_ll(v, 1, 4096, &steps);
-        else if (!strcmp(a, "--repeats")) bad = parse_ll(v, 1, 31, &repeats);
-        else if (!strcmp(a, "--warmup")) bad = parse_ll(v, 0, 4096, &warmup);
-        else if (!strcmp(a, "--max-fill")) bad = parse_ll(v, 1, 1LL << 40, &max_fill);
-        else if (!strcmp(a, "--threads")) bad = parse_ll(v, 0, 4096, &threads);
-        else if (!strcmp(a, "--gpus")) bad = parse_ll(v, 1, 64, &gpus);
+        else if (!strcmp(a, "--layers")) bad = cli_parse_ll(v, 0, 128, &layers);
+        else if (!strcmp(a, "--experts")) bad = cli_parse_ll(v, 0, 1024, &experts);
+        else if (!strcmp(a, "--seed")) bad = cli_parse_ll(v, 0, INT64_MAX, &seed);
+        else if (!strcmp(a, "--decode-steps")) bad = cli_parse_ll(v, 1, 4096, &steps);
+        else if (!strcmp(a, "--repeats")) bad = cli_parse_ll(v, 1, 31, &repeats);
+        else if (!strcmp(a, "--warmup")) bad = cli_parse_ll(v, 0, 4096, &warmup);
+        else if (!strcmp(a, "--max-fill")) bad = cli_parse_ll(v, 1, 1LL << 40, &max_fill);
+        else if (!strcmp(a, "--threads")) bad = cli_parse_ll(v, 0, 4096, &threads);
+        else if (!strcmp(a, "--gpus")) bad = cli_parse_ll(v, 1, 64, &gpus);
         else {
             fprintf(stderr, "dsv4 bench: unknown option '%s'\n", a);
             usage(stderr);

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "cli_util.h"
 #include "core/status.h"
 #include "model/synth.h"
 
@@ -24,15 +25,6 @@ static void usage(FILE *f) {
             "  --seed S           RNG seed (same seed, same bytes)                  [0]\n"
             "  --tokenizer FILE   copy this tokenizer.json into DIR\n"
             "  --shard-mb N       largest shard in MB before starting a new one     [4096]\n");
-}
-
-static int parse_ll(const char *s, long long lo, long long hi, long long *out) {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 0);
-    if (errno || *end || end == s || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
 }
 
 int dsv4_cmd_synth(int argc, char **argv) {
@@ -52,11 +44,11 @@ int dsv4_cmd_synth(int argc, char **argv) {
         int bad = 0;
         if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--preset")) preset = v;
-        else if (!strcmp(a, "--layers")) bad = parse_ll(v, 0, 128, &layers);
-        else if (!strcmp(a, "--experts")) bad = parse_ll(v, 0, 1024, &experts);
-        else if (!strcmp(a, "--seed")) bad = parse_ll(v, 0, INT64_MAX, &seed);
+        else if (!strcmp(a, "--layers")) bad = cli_parse_ll(v, 0, 128, &layers);
+        else if (!strcmp(a, "--experts")) bad = cli_parse_ll(v, 0, 1024, &experts);
+        else if (!strcmp(a, "--seed")) bad = cli_parse_ll(v, 0, INT64_MAX, &seed);
         else if (!strcmp(a, "--tokenizer")) opt.tokenizer_json = v;
-        else if (!strcmp(a, "--shard-mb")) bad = parse_ll(v, 1, 1 << 24, &shard_mb);
+        else if (!strcmp(a, "--shard-mb")) bad = cli_parse_ll(v, 1, 1 << 24, &shard_mb);
         else {
             fprintf(stderr, "dsv4 synth: unknown option '%s'\n", a);
             usage(stderr);
