@@ -54,13 +54,16 @@ int cli_check_options(const char *cmd, int argc, char **argv, const char *const 
     return 1;
 }
 
+/* Separators between ids: whitespace, commas, and the brackets of a JSON list ("[1, 2, 3]"). */
+static int is_sep(char c) { return isspace((unsigned char)c) || c == ',' || c == '[' || c == ']'; }
+
 static int parse_list(const char *cmd, const char *s, int32_t **ids, int *n) {
     size_t cap = 64, cnt = 0;
     int32_t *out = malloc(cap * sizeof *out);
     if (!out) return -1;
     const char *p = s;
     while (*p) {
-        while (*p && (isspace((unsigned char)*p) || *p == ',')) p++;
+        while (*p && is_sep(*p)) p++;
         if (!*p) break;
         char *end;
         errno = 0;
@@ -77,7 +80,7 @@ static int parse_list(const char *cmd, const char *s, int32_t **ids, int *n) {
         }
         out[cnt++] = (int32_t)v;
         p = end;
-        if (*p && !isspace((unsigned char)*p) && *p != ',') {
+        if (*p && !is_sep(*p)) {
             fprintf(stderr, "dsv4 %s: bad token id near '%.16s'\n", cmd, p);
             free(out);
             return -1;
@@ -97,7 +100,7 @@ int cli_parse_ids(const char *cmd, const char *spec, int32_t **ids, int *n) {
     FILE *f = NULL;
     int looks_like_list = 1;
     for (const char *p = spec; *p; p++)
-        if (!isdigit((unsigned char)*p) && *p != ',' && !isspace((unsigned char)*p)) looks_like_list = 0;
+        if (!isdigit((unsigned char)*p) && !is_sep(*p)) looks_like_list = 0;
     if (!looks_like_list) f = fopen(spec, "rb");
     if (!f) {
         if (!looks_like_list) {

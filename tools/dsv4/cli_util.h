@@ -15,7 +15,8 @@ int cli_check_options(const char *cmd, int argc, char **argv, const char *const 
  * otherwise (nothing written). */
 int cli_parse_ll(const char *s, long long lo, long long hi, long long *out);
 
-/* Parses "1,2,3" or, if spec names a readable file, the comma/space/newline-separated ids in it.
+/* Parses "1,2,3" (or "[1, 2, 3]") or, if spec names a readable file, the ids in it separated by commas,
+ * whitespace or JSON list brackets.
  * *ids malloc'ed. Returns 0 on success, prints an error and returns -1 otherwise. */
 int cli_parse_ids(const char *cmd, const char *spec, int32_t **ids, int *n);
 
