@@ -200,6 +200,7 @@ extern "C" dsv4_status dsv4_cuda_moe_sort(dsv4_cuda_ctx *ctx, const int32_t *exp
     if (!lay || lay->ne < 1 || lay->ne > DSV4_CUDA_MOE_MAX_EXPERTS || lay->pairs < 0 || e0 < 0 ||
         (lay->bt != 8 && lay->bt != 16 && lay->bt != 32) || (y_zero && D < 1))
         return ops_bad(err, "dsv4_cuda_moe_sort", "bad layout (1 <= ne <= 512, bt 8/16/32) or D");
+    if ((uintptr_t)lay->tiles & 15) return ops_bad(err, "dsv4_cuda_moe_sort", "layout workspace not 16-byte aligned");
     if (lay->pairs == 0) return DSV4_OK;
     SortParams p;
     p.experts = experts;
@@ -510,6 +511,7 @@ extern "C" dsv4_status dsv4_cuda_moe_experts(dsv4_cuda_ctx *ctx, const dsv4_cuda
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "%s: D=%d I=%d k=%d (D, I multiples of 128, k >= 1)", fn, p->D,
                             p->I, p->k);
     if (lay->bt != 8 && lay->bt != 16 && lay->bt != 32) return ops_bad(err, fn, "layout bt must be 8, 16 or 32");
+    if ((uintptr_t)lay->tiles & 15) return ops_bad(err, fn, "layout workspace not 16-byte aligned");
     if (lay->max_tiles > 65535) return ops_bad(err, fn, "too many pairs for one launch (max_tiles > 65535)");
     if (!weights_ok(p->w1) || !weights_ok(p->w3) || !weights_ok(p->w2))
         return ops_bad(err, fn, "expert weights: w and w_stride must be 16-byte aligned, FP4 s and s_stride 4-byte");
