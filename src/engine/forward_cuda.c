@@ -426,7 +426,9 @@ static void take_workspace(dsv4_forward_cuda *f, arena *a) {
         TAKE(a, f->nkeys, R); TAKE(a, f->kstart, R);
     }
     TAKE(a, f->logits_e, R * E); TAKE(a, f->experts, R * k); TAKE(a, f->eweights, R * k);
-    TAKE(a, f->eg, R * k * I); TAKE(a, f->eu, R * k * I); TAKE(a, f->ey, R * k * D);
+    TAKE(a, f->eg, R * k * I);
+    if (!f->moe_grouped) TAKE(a, f->eu, R * k * I); /* scalar path's up projection (grouped: in registers) */
+    TAKE(a, f->ey, R * k * D);
     if (f->moe_grouped) TAKE(a, f->moe_ws, dsv4_cuda_moe_layout_bytes((int)(R * k), f->sh.ne));
     TAKE(a, f->sg, R * I); TAKE(a, f->su, R * I); TAKE(a, f->sy, R * D);
     TAKE(a, f->Xh, S * hc * D); TAKE(a, f->hin, S * D);
