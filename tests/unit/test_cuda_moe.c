@@ -13,7 +13,9 @@
  *  - every held pair's row written and finite (outputs NaN-poisoned first), foreign pairs' rows untouched;
  *  - two runs bitwise equal; the first and last rows run alone give bitwise the rows of the batch.
  *
- * Without a CUDA build or without a device it prints "SKIP: no CUDA device" and passes. */
+ * The layout helpers (workspace size, alignment, tile-size and K-split rules) are checked on the host first,
+ * device or not. Without a CUDA build, or past that without a device, it prints "SKIP: no CUDA device" and
+ * passes. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -577,9 +579,44 @@ static void test_flash_shapes(void) {
         if (!quick || i == 1 || i == 3) moe_case(&s[i]);
 }
 
+/* Host-side shape helpers (no device needed): the layout fits its workspace and is aligned for every pair
+ * count, expert count and tile size; the tile size and the K split follow the documented rules. */
+static void test_layout_host(void) {
+    static const int bts[4] = {0, 8, 16, 32};
+    long bad = 0;
+    for (int pairs = 1; pairs <= 5000; pairs += pairs < 100 ? 1 : 97)
+        for (int ne = 1; ne <= DSV4_CUDA_MOE_MAX_EXPERTS; ne = ne < 16 ? ne + 1 : ne * 2)
+            for (int b = 0; b < 4; b++) {
+                dsv4_cuda_moe_layout lay;
+                uint8_t *base = (uint8_t *)(uintptr_t)4096; /* only the offsets matter */
+                dsv4_cuda_moe_layout_init(base, pairs, ne, bts[b], &lay);
+                size_t need = (size_t)((uint8_t *)(lay.sorted + pairs) - base);
+                long nz = ne < pairs ? ne : pairs;
+                bad += need > dsv4_cuda_moe_layout_bytes(pairs, ne) || ((uintptr_t)lay.tiles & 15) ||
+                       (uint8_t *)lay.sorted < (uint8_t *)(lay.tiles + 4 * (size_t)lay.max_tiles) ||
+                       lay.max_tiles != pairs / lay.bt + nz || (bts[b] && lay.bt != bts[b]) ||
+                       (!bts[b] && lay.bt != dsv4_cuda_moe_tile_rows(pairs, ne));
+            }
+    CHECK(bad == 0, "%ld layouts out of their workspace, misaligned or with a wrong bound", bad);
+    CHECK(dsv4_cuda_moe_tile_rows(6, 256) == 8 && dsv4_cuda_moe_tile_rows(192, 64) == 8 &&
+              dsv4_cuda_moe_tile_rows(3072, 256) == 8 && dsv4_cuda_moe_tile_rows(3072, 64) == 32 &&
+              dsv4_cuda_moe_tile_rows(1536, 64) == 16 && dsv4_cuda_moe_tile_rows(24576, 256) == 32,
+          "tile rows rule");
+    dsv4_cuda_moe_layout lay;
+    dsv4_cuda_moe_plan pl;
+    dsv4_cuda_moe_layout_init((void *)(uintptr_t)4096, 6, 256, 0, &lay);
+    dsv4_cuda_moe_plan_get(&lay, 4096, 2048, &pl);
+    CHECK(pl.ks13 == 4 && pl.cols13 == 32 && pl.ks2 == 2 && pl.cols2 == 64 && pl.bt == 8 && pl.max_tiles == 6,
+          "Flash plan: ks %d/%d cols %d/%d bt %d max tiles %d", pl.ks13, pl.ks2, pl.cols13, pl.cols2, pl.bt,
+          pl.max_tiles);
+    dsv4_cuda_moe_plan_get(&lay, 256, 128, &pl);
+    CHECK(pl.ks13 == 1 && pl.ks2 == 1 && pl.cols13 == 128, "tiny plan: ks %d/%d", pl.ks13, pl.ks2);
+}
+
 static void test_cuda_moe_skipped(void) { printf("SKIP: no CUDA device\n"); }
 
 int main(void) {
+    RUN(test_layout_host);
     if (dsv4_cuda_device_count() == 0) {
         RUN(test_cuda_moe_skipped);
         return test_finish();
