@@ -21,8 +21,12 @@
  *
  * Layer hook (forward_cuda_set_hook): eager passes, X down to the host and back after every layer.
  *
- * Routed experts are chosen on the device, so the expert GEMMs run per (row, expert slot) pair with the
- * weights picked on the device (engine_glue moe_expert) rather than the CPU's per-expert row gathering. */
+ * Routed experts are chosen on the device. Two paths, picked once at creation by the environment variable
+ * DSV4_CUDA_MOE: `scalar` (the default, the path verified on the GPU: one GEMV per (row, expert slot) pair
+ * with the weights picked on the device, engine_glue moe_expert) and `grouped` (cuda_moe.h: the pairs sorted
+ * by expert on the device, each selected expert read once per tile of its rows, w1+w3 with SwiGLU fused;
+ * written without a GPU, op-tested by tests/unit/test_cuda_moe.c — it becomes the default once a GPU run has
+ * verified it end to end, docs/PERF.md). Both keep the decode step capturable: shapes only on the host. */
 #include "engine/forward_cuda.h"
 
 #include <stdio.h>
@@ -82,6 +86,7 @@ void dsv4_forward_cuda_collective_time(const dsv4_forward_cuda *f, double *ms, i
 
 #include "backend/cuda/cuda_ctx.h"
 #include "backend/cuda/cuda_linear.h"
+#include "backend/cuda/cuda_moe.h"
 #include "backend/cuda/engine_glue.h"
 #include "backend/cuda/ops_cuda.h"
 #include "engine/kv_access.h"
@@ -169,6 +174,7 @@ struct dsv4_forward_cuda {
     long msl;                         /* longest sequence */
     int use_graphs;
     int capacity_lists;               /* options.capacity_lists */
+    int moe_grouped;                  /* DSV4_CUDA_MOE=grouped: routed experts through cuda_moe.h */
     double upload_gb, upload_gbps;
     /* weights */
     void *wbuf;                       /* owned device buffer with every weight */
@@ -190,6 +196,7 @@ struct dsv4_forward_cuda {
     uint16_t *X, *X2, *x, *a, *qa, *qr, *q, *o, *og, *ug, *u, *staging, *qI, *wI, *ent;
     uint16_t *eg, *eu, *ey, *sg, *su, *sy, *Xh, *hin, *ikeys;
     uint8_t *aq1, *as1, *aq2, *as2;
+    uint8_t *moe_ws;                  /* [dsv4_cuda_moe_layout_bytes(R·k, ne)] sorted pairs (grouped MoE only) */
     float *post, *comb, *cproj, *gproj, *gv, *gs, *attn_ws, *logits_e, *eweights, *scores, *logits;
     int32_t *idx, *nlive, *e_slot, *e_w, *e_pos, *experts, *sel, *nkeys, *kstart, *amax;
     int staging_ring, staging_comp;   /* row offsets inside staging */
@@ -419,7 +426,10 @@ static void take_workspace(dsv4_forward_cuda *f, arena *a) {
         TAKE(a, f->nkeys, R); TAKE(a, f->kstart, R);
     }
     TAKE(a, f->logits_e, R * E); TAKE(a, f->experts, R * k); TAKE(a, f->eweights, R * k);
-    TAKE(a, f->eg, R * k * I); TAKE(a, f->eu, R * k * I); TAKE(a, f->ey, R * k * D);
+    TAKE(a, f->eg, R * k * I);
+    if (!f->moe_grouped) TAKE(a, f->eu, R * k * I); /* scalar path's up projection (grouped: in registers) */
+    TAKE(a, f->ey, R * k * D);
+    if (f->moe_grouped) TAKE(a, f->moe_ws, dsv4_cuda_moe_layout_bytes((int)(R * k), f->sh.ne));
     TAKE(a, f->sg, R * I); TAKE(a, f->su, R * I); TAKE(a, f->sy, R * D);
     TAKE(a, f->Xh, S * hc * D); TAKE(a, f->hin, S * D);
     TAKE(a, f->logits, S * V); TAKE(a, f->amax, S);
@@ -538,6 +548,15 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "cuda forward: the model is rank %d of %d but the communicator "
                             "is rank %d of %d", m->shard.rank, m->shard.world, dsv4_comm_rank(comm),
                             dsv4_comm_world(comm));
+    /* DSV4_CUDA_MOE: grouped | scalar (default scalar until a GPU run verifies grouped; docs/PERF.md) */
+    const char *moe_env = getenv("DSV4_CUDA_MOE");
+    if (moe_env && *moe_env && strcmp(moe_env, "scalar") != 0 && strcmp(moe_env, "grouped") != 0)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "DSV4_CUDA_MOE=%s: expected grouped or scalar", moe_env);
+    const int moe_grouped = moe_env && strcmp(moe_env, "grouped") == 0;
+    if (moe_grouped && (c->dim % 128 || c->moe_inter_dim % 128 || m->shard.ne > DSV4_CUDA_MOE_MAX_EXPERTS))
+        return dsv4_err_set(err, DSV4_ERR_CONFIG, "DSV4_CUDA_MOE=grouped: needs dim and moe_inter_dim multiples of 128 "
+                            "and at most %d experts per device (dim %d, inter %d, experts %d)",
+                            DSV4_CUDA_MOE_MAX_EXPERTS, c->dim, c->moe_inter_dim, m->shard.ne);
     dsv4_forward_cuda *f = calloc(1, sizeof *f);
     if (!f) return dsv4_err_set(err, DSV4_ERR_NOMEM, "cuda forward: out of memory");
     f->m = m;
@@ -550,6 +569,7 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
     if (f->R < f->S) f->R = f->S;
     f->use_graphs = !(opt && opt->no_graphs);
     f->capacity_lists = opt && opt->capacity_lists;
+    f->moe_grouped = moe_grouped;
     int verbose = opt && opt->verbose;
     f->L = calloc((size_t)c->n_layers, sizeof *f->L);
     if (!f->L) { free(f); return dsv4_err_set(err, DSV4_ERR_NOMEM, "cuda forward: out of memory"); }
@@ -878,17 +898,43 @@ static dsv4_status moe_layer(dsv4_forward_cuda *f, const inputs *in, int rows, i
     T(dsv4_cuda_route(f->ctx, f->logits_e, rows, E, d->gate_bias, d->tid2eid, d->tid2eid ? in->tok : NULL, k,
                       (float)c->route_scale, f->experts, f->eweights, err));
     T(dsv4_cuda_act_quant_fp8(f->ctx, f->x, rows, D, f->aq1, f->as1, err));
-    /* Routed experts over (row, slot) pairs. */
     const int pairs = rows * k;
     const int e0 = f->sh.e0, ne = f->sh.ne;   /* this rank's experts (the router is replicated) */
-    T(dsv4_glue_moe_expert(f->ctx, f->aq1, f->as1, D, k, f->experts, e0, ne, pairs, d->e1.w, d->e1.s, d->e1.w_stride,
-                           d->e1.s_stride, d->e1.fp4, I, f->eg, err));
-    T(dsv4_glue_moe_expert(f->ctx, f->aq1, f->as1, D, k, f->experts, e0, ne, pairs, d->e3.w, d->e3.s, d->e3.w_stride,
-                           d->e3.s_stride, d->e3.fp4, I, f->eu, err));
-    T(dsv4_cuda_swiglu(f->ctx, f->eg, f->eu, I, pairs, I, lim, f->eweights, f->eg, I, err));
-    T(dsv4_cuda_act_quant_fp8(f->ctx, f->eg, pairs, I, f->aq2, f->as2, err));
-    T(dsv4_glue_moe_expert(f->ctx, f->aq2, f->as2, I, 1, f->experts, e0, ne, pairs, d->e2.w, d->e2.s, d->e2.w_stride,
-                           d->e2.s_stride, d->e2.fp4, D, f->ey, err));
+    if (f->moe_grouped) {
+        /* Pairs sorted by expert on the device, each expert read once per tile of its rows (cuda_moe.h): h in
+         * eg (sorted order), act_quant(h) in aq2/as2, y[pair] in ey. Without a communicator the combine reads
+         * every slot, so the rows of pairs with an invalid expert id are zeroed as the scalar path does. */
+        dsv4_cuda_moe_layout lay;
+        dsv4_cuda_moe_layout_init(f->moe_ws, pairs, ne, 0, &lay);
+        T(dsv4_cuda_moe_sort(f->ctx, f->experts, e0, &lay, f->comm ? NULL : f->ey, D, err));
+        dsv4_cuda_moe_params mp;
+        memset(&mp, 0, sizeof mp);
+        mp.k = k;
+        mp.D = D;
+        mp.I = I;
+        mp.swiglu_limit = lim;
+        mp.xq = f->aq1;
+        mp.xs = f->as1;
+        mp.route_w = f->eweights;
+        mp.w1 = (dsv4_cuda_moe_weights){d->e1.w, d->e1.s, d->e1.w_stride, d->e1.s_stride, d->e1.fp4};
+        mp.w3 = (dsv4_cuda_moe_weights){d->e3.w, d->e3.s, d->e3.w_stride, d->e3.s_stride, d->e3.fp4};
+        mp.w2 = (dsv4_cuda_moe_weights){d->e2.w, d->e2.s, d->e2.w_stride, d->e2.s_stride, d->e2.fp4};
+        mp.h = f->eg;
+        mp.hq = f->aq2;
+        mp.hs = f->as2;
+        mp.y = f->ey;
+        T(dsv4_cuda_moe_experts(f->ctx, &lay, &mp, err));
+    } else {
+        /* Routed experts over (row, slot) pairs: the scalar path. */
+        T(dsv4_glue_moe_expert(f->ctx, f->aq1, f->as1, D, k, f->experts, e0, ne, pairs, d->e1.w, d->e1.s,
+                               d->e1.w_stride, d->e1.s_stride, d->e1.fp4, I, f->eg, err));
+        T(dsv4_glue_moe_expert(f->ctx, f->aq1, f->as1, D, k, f->experts, e0, ne, pairs, d->e3.w, d->e3.s,
+                               d->e3.w_stride, d->e3.s_stride, d->e3.fp4, I, f->eu, err));
+        T(dsv4_cuda_swiglu(f->ctx, f->eg, f->eu, I, pairs, I, lim, f->eweights, f->eg, I, err));
+        T(dsv4_cuda_act_quant_fp8(f->ctx, f->eg, pairs, I, f->aq2, f->as2, err));
+        T(dsv4_glue_moe_expert(f->ctx, f->aq2, f->as2, I, 1, f->experts, e0, ne, pairs, d->e2.w, d->e2.s,
+                               d->e2.w_stride, d->e2.s_stride, d->e2.fp4, D, f->ey, err));
+    }
     /* Shared expert (FP8, weight 1). */
     T(lin8(f, f->aq1, f->as1, rows, &d->sh1, f->sg, err));
     T(lin8(f, f->aq1, f->as1, rows, &d->sh3, f->su, err));

@@ -36,65 +36,14 @@
 #include <string.h>
 
 #include "backend/cuda/gemv.h"
+#include "backend/cuda/kernels/blockscaled.cuh"
 
 #define GEMV_WARPS 8
 #define GEMV_THREADS (GEMV_WARPS * 32)
 #define FULL 0xffffffffu
 
-/* ---- device helpers ------------------------------------------------------------------------------------ */
-
-__device__ __forceinline__ float g_e8m0(uint32_t c) {
-    float v = __int_as_float((int)(c << 23));
-    v = c == 0 ? 0x1p-127f : v;
-    return c == 255 ? __int_as_float(0x7fc00000) : v;
-}
-
-/* streaming 16-byte weight load: read-only path, not kept in L1, 256-byte L2 fetch granule */
-__device__ __forceinline__ uint4 ld_stream16(const uint8_t *p) {
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-__device__ __forceinline__ uint32_t ld_stream4(const uint8_t *p) {
-    uint32_t v;
-    asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];\n" : "=r"(v) : "l"(p));
-    return v;
-}
-
-__device__ __forceinline__ void mma16832(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-    asm(
-        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-/* 8 e2m1 codes (nibbles, low first) -> 8 e4m3 bytes (lo: codes 0-3, hi: codes 4-7), exactly.
- * Magnitudes 0,.5,1,1.5,2,3,4,6 from a byte table by prmt; the sign (nibble bit 3) from a {0x00,0x80} table. */
-__device__ __forceinline__ void fp4x8_to_e4m3(uint32_t w, uint32_t &lo, uint32_t &hi) {
-    uint32_t m = w & 0x77777777u;
-    uint32_t s = (w >> 3) & 0x11111111u;
-    lo = __byte_perm(0x3C383000u, 0x4C484440u, m) | __byte_perm(0x00008000u, 0u, s);
-    hi = __byte_perm(0x3C383000u, 0x4C484440u, m >> 16) | __byte_perm(0x00008000u, 0u, s >> 16);
-}
-
-/* 4x4 transpose of 32-bit words across the lanes of a quad: lane t holds row t (r0..r3) on entry and
- * column t on exit (r_i = entry value of lane i's r_t). */
-__device__ __forceinline__ void quad_transpose(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, int t) {
-    const bool odd = t & 1, hi = t & 2;
-    uint32_t s0 = odd ? r0 : r1, s1 = odd ? r2 : r3;
-    s0 = __shfl_xor_sync(FULL, s0, 1);
-    s1 = __shfl_xor_sync(FULL, s1, 1);
-    if (odd) { r0 = s0; r2 = s1; } else { r1 = s0; r3 = s1; }
-    s0 = hi ? r0 : r2;
-    s1 = hi ? r1 : r3;
-    s0 = __shfl_xor_sync(FULL, s0, 2);
-    s1 = __shfl_xor_sync(FULL, s1, 2);
-    if (hi) { r0 = s0; r1 = s1; } else { r2 = s0; r3 = s1; }
-}
+/* ---- device helpers: kernels/blockscaled.cuh (g_e8m0, ld_stream16/4, mma16832, fp4x8_to_e4m3,
+ * quad_transpose), shared with the grouped MoE kernels ------------------------------------------------- */
 
 struct GemvParams {
     const dsv4_cuda_gemv_desc *descs; /* device array (grouped) or NULL: use `one` */

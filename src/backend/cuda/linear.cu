@@ -35,6 +35,7 @@
 
 #include "backend/cuda/cuda_linear.h"
 #include "backend/cuda/gemv.h"
+#include "backend/cuda/kernels/blockscaled.cuh"
 
 /* ==== small device helpers =============================================================================== */
 
@@ -80,30 +81,17 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 }
 
 /* ==== act_quant ============================================================================================
- * One warp per 128-element block: each lane loads 4 BF16 values (8 bytes), the warp reduces |x| with max
- * (NaN-ignoring, like the CPU's `a > m` loop), the scale exponent is computed on the FP32 bit pattern exactly
- * as dsv4_pow2_scale_exp does, and x·2^-e (exact: ldexpf) is converted with the hardware's RNE satfinite
- * e4m3 conversion, which equals dsv4_f32_to_e4m3 (saturate to ±448, RNE, subnormals with step 2^-9). */
+ * One warp per 128-element block (blockscaled.cuh act_quant_warp128, shared with the grouped MoE): each lane
+ * loads 4 BF16 values (8 bytes), the warp reduces |x| with max (NaN-ignoring, like the CPU's `a > m` loop),
+ * the scale exponent is computed on the FP32 bit pattern exactly as dsv4_pow2_scale_exp does, and x·2^-e
+ * (exact: ldexpf) is converted with the hardware's RNE satfinite e4m3 conversion, which equals
+ * dsv4_f32_to_e4m3 (saturate to ±448, RNE, subnormals with step 2^-9). */
 __global__ void act_quant_fp8_kernel(const uint16_t *__restrict__ x, uint8_t *__restrict__ q,
                                      uint8_t *__restrict__ s, long nblocks) {
     long blk = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x & 31;
     if (blk >= nblocks) return;
-    uint2 v = *reinterpret_cast<const uint2 *>(x + blk * 128 + lane * 4);
-    float f0 = bf16_bits_to_f32(v.x & 0xffffu), f1 = bf16_bits_to_f32(v.x >> 16);
-    float f2 = bf16_bits_to_f32(v.y & 0xffffu), f3 = bf16_bits_to_f32(v.y >> 16);
-    float a = fmaxf(fmaxf(fabsf(f0), fabsf(f1)), fmaxf(fabsf(f2), fabsf(f3)));
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
-    if (!(a >= 1e-4f)) a = 1e-4f;
-    uint32_t u = __float_as_uint(__fmul_rn(a, 1.0f / 448.0f));
-    int e = (int)((u >> 23) & 0xffu) - 127 + ((u & 0x7fffffu) != 0);
-    __nv_fp8x2_storage_t lo = __nv_cvt_float2_to_fp8x2(make_float2(ldexpf(f0, -e), ldexpf(f1, -e)), __NV_SATFINITE,
-                                                       __NV_E4M3);
-    __nv_fp8x2_storage_t hi = __nv_cvt_float2_to_fp8x2(make_float2(ldexpf(f2, -e), ldexpf(f3, -e)), __NV_SATFINITE,
-                                                       __NV_E4M3);
-    *reinterpret_cast<uint32_t *>(q + blk * 128 + lane * 4) = (uint32_t)lo | ((uint32_t)hi << 16);
-    if (lane == 0) s[blk] = (uint8_t)(e + 127);
+    act_quant_warp128(x + blk * 128, q + blk * 128, s + blk, lane);
 }
 
 extern "C" dsv4_status dsv4_cuda_act_quant_fp8(dsv4_cuda_ctx *ctx, const uint16_t *x, int M, int K, uint8_t *q,

@@ -95,13 +95,7 @@ __global__ void swiglu_kernel(const uint16_t *gate, const uint16_t *up, int ld_i
     if (i >= (long)n_rows * n) return;
     int r = (int)(i / n), c = (int)(i % n);
     float g = bf2f(gate[(size_t)r * ld_in + c]), u = bf2f(up[(size_t)r * ld_in + c]);
-    if (limit > 0.0f) {
-        u = u < -limit ? -limit : (u > limit ? limit : u);
-        g = g > limit ? limit : g;
-    }
-    float v = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, exp_f(-g))), u);
-    float wt = weight ? weight[r] : 1.0f;
-    h[(size_t)r * ld_out + c] = f2bf(__fmul_rn(wt, v));
+    h[(size_t)r * ld_out + c] = swiglu_one(g, u, limit, weight ? weight[r] : 1.0f);
 }
 
 extern "C" dsv4_status dsv4_cuda_swiglu(dsv4_cuda_ctx *ctx, const uint16_t *gate, const uint16_t *up, int ld_in,

@@ -29,6 +29,18 @@ __device__ __forceinline__ float exp_f(float x) { return (float)exp((double)x); 
 __device__ __forceinline__ float log1p_f(float x) { return (float)log1p((double)x); }
 __device__ __forceinline__ float sigmoid_f(float z) { return __fdiv_rn(1.0f, __fadd_rn(1.0f, exp_f(-z))); }
 
+/* The clamped SwiGLU of one element with the routing weight (dsv4_cpu_swiglu): g, u already BF16 values;
+ * up = clamp(u, ±lim), gate = min(g, lim) when lim > 0; h = bf16(wt · (gate / (1 + exp(−gate)) · up)).
+ * Shared by the SwiGLU op (moe.cu) and the grouped MoE epilogue (moe_grouped.cu). */
+__device__ __forceinline__ uint16_t swiglu_one(float g, float u, float limit, float wt) {
+    if (limit > 0.0f) {
+        u = u < -limit ? -limit : (u > limit ? limit : u);
+        g = g > limit ? limit : g;
+    }
+    float v = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, exp_f(-g))), u);
+    return f2bf(__fmul_rn(wt, v));
+}
+
 /* ceil(log2(max(amax, floor) · inv_max)) on the FP32 bit pattern (numfmt.h dsv4_pow2_scale_exp). */
 __device__ __forceinline__ int pow2_scale_exp(float amax, float floor_amax, float inv_max) {
     if (!(amax >= floor_amax)) amax = floor_amax;
