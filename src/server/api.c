@@ -22,6 +22,11 @@ int dsv4_api_fail(dsv4_api_error *e, int status, const char *param, const char *
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof e->message, fmt, ap);
     va_end(ap);
+    /* messages quote the request (jansson's error text, names): keep them valid UTF-8 for the JSON body */
+    for (char *m = e->message, *p = e->param; m; m = p, p = NULL) {
+        size_t n = strlen(m), i = 0;
+        while ((i += dsv4_utf8_valid_prefix(m + i, n - i)) < n) m[i++] = '?';
+    }
     return status;
 }
 
@@ -234,12 +239,9 @@ int dsv4_api_answer_add(const dsv4_api_request *r, const dsv4_api_ctx *c, dsv4_a
     if (ev->reasoning_len && !ev->content_len && !ev->n_tool_calls) a->reasoning_tokens += ev->n_tokens;
     for (int i = 0; i < ev->n_tool_calls; i++) {
         if (!r->parallel_tool_calls && json_array_size(a->tool_calls) >= 1) break;
-        char id[96];
-        snprintf(id, sizeof id, "%s_%zu", r->kind == DSV4_API_MESSAGES ? "toolu" : "call",
+        char full[192]; /* unique across requests: the request id carries a counter */
+        snprintf(full, sizeof full, "%s_%s_%zu", r->kind == DSV4_API_MESSAGES ? "toolu" : "call", c->id ? c->id : "0",
                  json_array_size(a->tool_calls));
-        /* ids unique per request and across requests: the request id carries a counter */
-        char full[192];
-        snprintf(full, sizeof full, "%s_%s", id, c->id ? c->id : "0");
         json_array_append_new(a->tool_calls, json_pack("{s:s,s:s,s:s}", "id", full, "name", ev->tool_calls[i].name,
                                                        "arguments", ev->tool_calls[i].arguments));
     }

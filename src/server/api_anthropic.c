@@ -71,8 +71,8 @@ static int convert_user(json_t *content, const char *p, json_t *msgs, dsv4_api_e
             if (!json_is_string(id)) FAIL(400, p, "'%s.content[%zu].tool_use_id' must be a string", p, k);
             if (c && !json_is_null(c) && !json_is_string(c) && !json_is_array(c))
                 FAIL(400, p, "'%s.content[%zu].content' must be a string or an array of blocks", p, k);
-            json_array_append_new(msgs, json_pack("{s:s,s:O,s:O}", "role", "tool", "tool_call_id", id, "content",
-                                                  c && !json_is_null(c) ? c : json_string("")));
+            json_array_append_new(msgs, json_pack("{s:s,s:O,s:o}", "role", "tool", "tool_call_id", id, "content",
+                                                  c && !json_is_null(c) ? json_incref(c) : json_string("")));
         } else {
             FAIL(400, p, "'%s.content[%zu]' has type '%.64s'; supported: text, tool_result (user), text, thinking, "
                          "tool_use (assistant)", p, k, type);
