@@ -44,6 +44,8 @@ struct dsv4_http {
 typedef struct conn_state {
     dsv4_tok_buf body;              /* owned: the request body */
     int too_big;                    /* the body passed max_body: dropped, answered with 413 */
+    size_t dropped;                 /* bytes of an undeclared oversize body read and thrown away */
+    int answered;                   /* a response was queued (an early 413) */
 } conn_state;
 
 /* One streamed answer: the content reader's state. */
@@ -400,14 +402,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *con_cls = cs;
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > s->o.max_body) cs->too_big = 1;
-        return MHD_YES;
-    }
-    if (*upload_size) { /* body data */
+        if (!cs->too_big) return MHD_YES;
+        /* a declared oversize body is refused before it is read (no "100 Continue" is sent for it) */
+    } else if (*upload_size) { /* body data */
         if (!cs->too_big && cs->body.len + *upload_size > s->o.max_body) cs->too_big = 1;
         if (!cs->too_big && dsv4_tok_buf_append(&cs->body, upload_data, *upload_size)) return MHD_NO;
+        if (cs->too_big) cs->dropped += *upload_size;
         *upload_size = 0;
-        return MHD_YES;
+        /* an undeclared (chunked) oversize body is read and dropped (MHD cannot answer in the middle of an
+           upload), up to a bound beyond which the connection is closed */
+        return cs->dropped > 4 * s->o.max_body + (64u << 20) ? MHD_NO : MHD_YES;
     }
+    if (cs->answered) return MHD_YES;
+    cs->answered = 1;
 
     if (!strcmp(method, "GET")) return serve_get(s, c, url);
     dsv4_api_kind kind = DSV4_API_CHAT;
