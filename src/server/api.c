@@ -78,7 +78,7 @@ int dsv4_api_parse(dsv4_api_kind kind, const char *body, size_t len, dsv4_api_re
     r->parallel_tool_calls = 1;
     dsv4_sampling_params_default(&r->sp);
     json_error_t je;
-    json_t *root = json_loadb(body ? body : "", len, JSON_REJECT_DUPLICATES, &je);
+    json_t *root = json_loadb(body ? body : "", len, 0, &je); /* duplicate keys: the last wins, as in Python */
     if (!root) {
         if (json_error_code(&je) == json_error_invalid_utf8)
             return dsv4_api_fail(e, 400, NULL, "the request body is not valid UTF-8 (byte %d)", je.position);

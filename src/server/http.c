@@ -13,6 +13,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -452,6 +453,18 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
  * Life cycle
  * ================================================================================================ */
 
+/* libmicrohttpd's own messages (a client that left mid-answer, a refused connection): one prefixed line
+ * each, only when requests are logged. */
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    dsv4_http *s = cls;
+    if (!s->o.log_requests) return;
+    char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == ' ')) line[--n] = 0;
+    fprintf(stderr, "dsv4 serve: http: %s\n", line);
+}
+
 dsv4_status dsv4_http_start(const dsv4_http_options *o, dsv4_http **out, dsv4_err *err) {
     if (!o->sched || !o->tok || !o->model_name || o->ctx <= 0 || o->port < 0 || o->port > 65535)
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "http: scheduler, tokenizer, model name, ctx > 0 and a port in "
@@ -479,7 +492,8 @@ dsv4_status dsv4_http_start(const dsv4_http_options *o, dsv4_http **out, dsv4_er
     s->d = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->o.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
                             (unsigned)s->o.timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                            MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_END);
+                            MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
+                            MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!s->d) {
         dsv4_err_set(err, DSV4_ERR_IO, "cannot listen on %s:%d (address in use, or not an address of this machine)",
