@@ -133,14 +133,14 @@ def test_basics():
 
 def test_chat():
     msgs = [{"role": "user", "content": "Say something."}]
-    r = oa.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, **GREEDY)
+    r = oa.chat.completions.create(model=MODEL, messages=msgs, max_tokens=4, **GREEDY)
     c = r.choices[0]
     check("chat: an answer", isinstance(c.message.content, str) and r.usage.completion_tokens > 0,
           f"{c.message} {r.usage}")
     check("chat: prompt_tokens == chat-template token count", r.usage.prompt_tokens == template_tokens(msgs),
           f"{r.usage.prompt_tokens} vs {template_tokens(msgs)}")
     check("chat: thinking off by default (no reasoning)", not getattr(c.message, "reasoning_content", None))
-    content, reasoning, finish, usage, _ = chat_stream(oa, messages=msgs, max_tokens=8,
+    content, reasoning, finish, usage, _ = chat_stream(oa, messages=msgs, max_tokens=4,
                                                        stream_options={"include_usage": True}, **GREEDY)
     check("chat: greedy streamed == non-streamed", content == c.message.content and finish == c.finish_reason,
           f"{content!r} vs {c.message.content!r}, {finish} vs {c.finish_reason}")
@@ -148,10 +148,10 @@ def test_chat():
     check("chat: no DSML in content", "DSML" not in c.message.content)
     # role developer and unknown fields
     r2 = oa.chat.completions.create(model=MODEL, messages=[{"role": "developer", "content": "Be brief."}] + msgs,
-                                    max_tokens=2, extra_body={"some_unknown_field": {"x": 1}}, **GREEDY)
+                                    max_tokens=1, extra_body={"some_unknown_field": {"x": 1}}, **GREEDY)
     check("chat: role developer, unknown fields ignored", r2.choices[0].finish_reason in ("stop", "length"))
     # sampling with a seed is reproducible
-    kw = dict(model=MODEL, messages=msgs, max_tokens=6, temperature=0.9, top_p=0.95, seed=11,
+    kw = dict(model=MODEL, messages=msgs, max_tokens=3, temperature=0.9, top_p=0.95, seed=11,
               extra_body={"top_k": 50, "min_p": 0.01})
     a, b = oa.chat.completions.create(**kw), oa.chat.completions.create(**kw)
     check("chat: seeded sampling reproducible", a.choices[0].message.content == b.choices[0].message.content)
@@ -164,7 +164,7 @@ def test_thinking():
                 "chat_template_kwargs": dict(extra_body={"chat_template_kwargs": {"thinking": True}})}
     answers = []
     for name, kw in variants.items():
-        r = oa.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6, **GREEDY, **kw)
+        r = oa.chat.completions.create(model=MODEL, messages=msgs, max_tokens=3, **GREEDY, **kw)
         rc = getattr(r.choices[0].message, "reasoning_content", None)
         check(f"thinking on ({name}): reasoning_content returned", isinstance(rc, str) and (rc or r.choices[0].message.content),
               f"{r.choices[0].message}")
@@ -172,13 +172,13 @@ def test_thinking():
               r.usage.prompt_tokens == template_tokens(msgs, thinking=True))
         answers.append((rc, r.choices[0].message.content))
     check("thinking: the three dialects give one answer", all(x == answers[0] for x in answers))
-    content, reasoning, _, _, _ = chat_stream(oa, messages=msgs, max_tokens=6, reasoning_effort="high", **GREEDY)
+    content, reasoning, _, _, _ = chat_stream(oa, messages=msgs, max_tokens=3, reasoning_effort="high", **GREEDY)
     check("thinking: streamed reasoning == non-streamed", (reasoning, content) == answers[0],
           f"{(reasoning, content)} vs {answers[0]}")
     # reasoning_content accepted back in history (the turn renders as chat-template renders it)
     hist = msgs + [{"role": "assistant", "content": "ok", "reasoning_content": "because"},
                    {"role": "user", "content": "again"}]
-    r = oa.chat.completions.create(model=MODEL, messages=hist, max_tokens=2, reasoning_effort="high", **GREEDY)
+    r = oa.chat.completions.create(model=MODEL, messages=hist, max_tokens=1, reasoning_effort="high", **GREEDY)
     check("thinking: reasoning_content accepted in history",
           r.usage.prompt_tokens == template_tokens(hist, thinking=True))
 
@@ -188,19 +188,21 @@ def no_dsml_leak(content, finish):
 
 
 def test_tools():
-    r = oa.chat.completions.create(model=MODEL, messages=HISTORY, tools=TOOLS, max_tokens=6, **GREEDY)
+    r = oa.chat.completions.create(model=MODEL, messages=HISTORY, tools=TOOLS, max_tokens=3, **GREEDY)
     check("tools: tool history accepted, prompt_tokens == chat-template",
           r.usage.prompt_tokens == template_tokens(HISTORY, TOOLS), f"{r.usage.prompt_tokens} vs {template_tokens(HISTORY, TOOLS)}")
     c = r.choices[0]
     check("tools: no DSML in content", no_dsml_leak(c.message.content, c.finish_reason), f"{c}")
-    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+    # forced tokens count as generated: "required" forces 7 tokens, the named call 17; 3 more are sampled
+    for choice, n in (("required", 10), ({"type": "function", "function": {"name": "get_weather"}}, 20)):
         r = oa.chat.completions.create(model=MODEL, messages=HISTORY[:2], tools=TOOLS, tool_choice=choice,
-                                       max_tokens=12, parallel_tool_calls=False, **GREEDY)
+                                       max_tokens=n, parallel_tool_calls=False, **GREEDY)
         c = r.choices[0]
         ok = no_dsml_leak(c.message.content, c.finish_reason) and (
             c.finish_reason in ("malformed_tool_call", "length") or c.message.tool_calls)
         check(f"tools: tool_choice={json.dumps(choice)} forces a call (or says it is malformed)", ok, f"{c}")
-        s = chat_stream(oa, messages=HISTORY[:2], tools=TOOLS, tool_choice=choice, max_tokens=12, **GREEDY)
+        s = chat_stream(oa, messages=HISTORY[:2], tools=TOOLS, tool_choice=choice, max_tokens=n,
+                        parallel_tool_calls=False, **GREEDY)
         check(f"tools: tool_choice={json.dumps(choice)} streamed == non-streamed",
               s[0] == (c.message.content or "") and s[2] == c.finish_reason and s[4] == len(c.message.tool_calls or []),
               f"{s} vs {c}")
@@ -213,7 +215,7 @@ def test_tools():
 
 def test_stop_and_logprobs():
     msgs = [{"role": "user", "content": "Write a long line."}]
-    full = oa.chat.completions.create(model=MODEL, messages=msgs, max_tokens=16, **GREEDY).choices[0].message.content
+    full = oa.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, **GREEDY).choices[0].message.content
     cut = None
     for i in range(2, max(2, len(full) - 2)):
         s = full[i:i + 2]
@@ -223,12 +225,12 @@ def test_stop_and_logprobs():
     if cut is None:
         check("stop strings (answer too short to cut)", True)
     else:
-        r = oa.chat.completions.create(model=MODEL, messages=msgs, max_tokens=16, stop=[cut[1], "\x01never"], **GREEDY)
+        r = oa.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, stop=[cut[1], "\x01never"], **GREEDY)
         check("stop: answer ends before the stop string", r.choices[0].message.content == full[:cut[0]] and
               r.choices[0].finish_reason == "stop", f"{r.choices[0].message.content!r} vs {full[:cut[0]]!r} (stop {cut[1]!r})")
-        s = chat_stream(oa, messages=msgs, max_tokens=16, stop=[cut[1]], **GREEDY)
+        s = chat_stream(oa, messages=msgs, max_tokens=8, stop=[cut[1]], **GREEDY)
         check("stop: streamed == non-streamed", s[0] == full[:cut[0]], f"{s[0]!r}")
-    r = oa.chat.completions.create(model=MODEL, messages=msgs, max_tokens=5, logprobs=True, top_logprobs=3, **GREEDY)
+    r = oa.chat.completions.create(model=MODEL, messages=msgs, max_tokens=3, logprobs=True, top_logprobs=3, **GREEDY)
     lp = r.choices[0].logprobs.content
     check("logprobs: one entry per token, 3 alternatives",
           len(lp) == r.usage.completion_tokens and all(len(x.top_logprobs) == 3 for x in lp), f"{len(lp)} {r.usage}")
@@ -237,11 +239,11 @@ def test_stop_and_logprobs():
 
 
 def test_completions():
-    r = oa.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6, logprobs=2, **GREEDY)
+    r = oa.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=3, logprobs=2, **GREEDY)
     c = r.choices[0]
     check("completions: text and logprobs", isinstance(c.text, str) and len(c.logprobs.tokens) == r.usage.completion_tokens)
     text, finish = "", None
-    for ch in oa.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6, stream=True, **GREEDY):
+    for ch in oa.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=3, stream=True, **GREEDY):
         for x in ch.choices:
             text += x.text
             finish = x.finish_reason or finish
@@ -249,12 +251,12 @@ def test_completions():
 
 
 def test_responses():
-    r = oa.responses.create(model=MODEL, input="Say hi.", instructions="Be brief.", max_output_tokens=6, **GREEDY)
+    r = oa.responses.create(model=MODEL, input="Say hi.", instructions="Be brief.", max_output_tokens=3, **GREEDY)
     check("responses: output_text", isinstance(r.output_text, str) and r.usage.output_tokens > 0, f"{r}")
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}]
     check("responses: input_tokens == chat-template", r.usage.input_tokens == template_tokens(msgs))
     text, done = "", None
-    for ev in oa.responses.create(model=MODEL, input="Say hi.", instructions="Be brief.", max_output_tokens=6,
+    for ev in oa.responses.create(model=MODEL, input="Say hi.", instructions="Be brief.", max_output_tokens=3,
                                   stream=True, **GREEDY):
         if ev.type == "response.output_text.delta":
             text += ev.delta
@@ -279,23 +281,23 @@ def test_responses():
 
 def test_anthropic():
     msgs = [{"role": "user", "content": "Say hi."}]
-    m = an.messages.create(model=MODEL, max_tokens=6, system="Be brief.", messages=msgs, extra_body=T0)
+    m = an.messages.create(model=MODEL, max_tokens=3, system="Be brief.", messages=msgs, extra_body=T0)
     text = "".join(b.text for b in m.content if b.type == "text")
     check("messages: a text block", m.type == "message" and m.content and m.stop_reason in ("end_turn", "max_tokens"))
     n = an.messages.count_tokens(model=MODEL, system="Be brief.", messages=msgs).input_tokens
     check("count_tokens == chat-template", n == template_tokens([{"role": "system", "content": "Be brief."}] + msgs), n)
     check("messages: input + cache_read tokens == count_tokens",
           m.usage.input_tokens + (m.usage.cache_read_input_tokens or 0) == n, f"{m.usage} vs {n}")
-    with an.messages.stream(model=MODEL, max_tokens=6, system="Be brief.", messages=msgs, extra_body=T0) as s:
+    with an.messages.stream(model=MODEL, max_tokens=3, system="Be brief.", messages=msgs, extra_body=T0) as s:
         streamed = "".join(s.text_stream)
         final = s.get_final_message()
     check("messages: streamed == non-streamed", streamed == text and final.stop_reason == m.stop_reason,
           f"{streamed!r} vs {text!r}")
     # thinking blocks, streamed and not
-    m = an.messages.create(model=MODEL, max_tokens=6, messages=msgs, extra_body=T0,
+    m = an.messages.create(model=MODEL, max_tokens=3, messages=msgs, extra_body=T0,
                            thinking={"type": "enabled", "budget_tokens": 1024})
     check("messages: thinking block first", m.content and m.content[0].type == "thinking", f"{m.content}")
-    with an.messages.stream(model=MODEL, max_tokens=6, messages=msgs, extra_body=T0,
+    with an.messages.stream(model=MODEL, max_tokens=3, messages=msgs, extra_body=T0,
                             thinking={"type": "enabled", "budget_tokens": 1024}) as s:
         events = [e.type for e in s]
         final = s.get_final_message()
@@ -315,13 +317,13 @@ def test_anthropic():
     n = an.messages.count_tokens(model=MODEL, system="You are terse.", messages=hist, tools=tools).input_tokens
     check("messages: tool history == the chat dialect's prompt", n == template_tokens(HISTORY, TOOLS),
           f"{n} vs {template_tokens(HISTORY, TOOLS)}")
-    m = an.messages.create(model=MODEL, max_tokens=12, system="You are terse.", messages=hist[:1], tools=tools,
+    m = an.messages.create(model=MODEL, max_tokens=20, system="You are terse.", messages=hist[:1], tools=tools,
                            tool_choice={"type": "tool", "name": "get_weather"}, extra_body=T0)
     texts = "".join(b.text for b in m.content if b.type == "text")
     check("messages: forced tool_use (or malformed, said so)",
           no_dsml_leak(texts, m.stop_reason) and (m.stop_reason in ("malformed_tool_call", "max_tokens") or
                                                   any(b.type == "tool_use" for b in m.content)), f"{m}")
-    with an.messages.stream(model=MODEL, max_tokens=12, system="You are terse.", messages=hist[:1], tools=tools,
+    with an.messages.stream(model=MODEL, max_tokens=20, system="You are terse.", messages=hist[:1], tools=tools,
                             tool_choice={"type": "tool", "name": "get_weather"}, extra_body=T0) as s:
         final = s.get_final_message()
     def blocks(msg):  # tool_use ids differ between requests
@@ -335,8 +337,8 @@ def test_prefix_reuse():
     r1 = oa.chat.completions.create(model=MODEL, messages=t1, max_tokens=1, **GREEDY)
     t2 = t1 + [{"role": "assistant", "content": r1.choices[0].message.content},
                {"role": "user", "content": "Second turn."}]
-    warm = oa.chat.completions.create(model=MODEL, messages=t2, max_tokens=8, **GREEDY)
-    cold = oa_b.chat.completions.create(model=MODEL, messages=t2, max_tokens=8, **GREEDY)
+    warm = oa.chat.completions.create(model=MODEL, messages=t2, max_tokens=3, **GREEDY)
+    cold = oa_b.chat.completions.create(model=MODEL, messages=t2, max_tokens=3, **GREEDY)
     cached = warm.usage.prompt_tokens_details.cached_tokens if warm.usage.prompt_tokens_details else 0
     check("prefix: second turn served with cached tokens > 0", cached and cached > 0, f"{warm.usage}")
     check("prefix: same answer as a cold run", warm.choices[0].message.content == cold.choices[0].message.content and
@@ -347,11 +349,14 @@ def test_prefix_reuse():
     m = metrics(URL_A)
     check("prefix: dsv4_prefix_cache_hit_tokens_total counts it", m.get("dsv4_prefix_cache_hit_tokens_total", 0) >= cached)
     # Anthropic reports the same as cache_read_input_tokens
-    am = an.messages.create(model=MODEL, max_tokens=2, messages=[
+    am = an.messages.create(model=MODEL, max_tokens=1, messages=[
         {"role": "user", "content": "First turn of an agent session."},
         {"role": "assistant", "content": r1.choices[0].message.content}, {"role": "user", "content": "Second turn."}],
         extra_body=T0)
     check("prefix: Anthropic cache_read_input_tokens > 0", (am.usage.cache_read_input_tokens or 0) > 0, f"{am.usage}")
+
+
+BURST_TOKENS = 3  # small: 64 requests on the ASan build of a 2-core machine
 
 
 def test_concurrency():
@@ -359,16 +364,16 @@ def test_concurrency():
     prompts = [f"Client group {g}: say something." for g in range(4)]
     ref = {}
     for p in prompts:
-        r = oa_b.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=8, **GREEDY)
+        r = oa_b.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=BURST_TOKENS, **GREEDY)
         ref[p] = (r.choices[0].message.content, r.choices[0].finish_reason)
     results, errors = {}, []
     rng = random.Random(1234)
-    plan = [(i, prompts[i % 4], rng.randint(1, 5) if i % 3 == 0 else None) for i in range(64)]
+    plan = [(i, prompts[i % 4], rng.randint(1, 2 + BURST_TOKENS) if i % 3 == 0 else None) for i in range(64)]
 
     def client(i, p, leave_after):
         try:
             c = openai.OpenAI(base_url=URL_B + "/v1", api_key="unused", max_retries=0, timeout=300)
-            s = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=8,
+            s = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": p}], max_tokens=BURST_TOKENS,
                                           stream=True, **GREEDY)
             text, finish, n = "", None, 0
             for ch in s:
