@@ -39,6 +39,9 @@ typedef struct dsv4_sched_options {
     long max_seq_tokens;            /* context limit per sequence (prompt + output); <= 0: engine capacity */
     int prefix_cache;               /* 1: keep finished sequences resident for prefix reuse (LRU, evicted
                                        whenever their slot or blocks are needed) */
+    int quiet;                      /* 1: no per-request log line on stderr (tests) */
+    int no_kv_headroom;             /* tests: admit without one free block of growth per running request
+                                       (makes preemption likely) */
 } dsv4_sched_options;
 
 /* What a front end asks for; everything is copied by submit (nothing borrowed after it returns). */
@@ -123,6 +126,8 @@ typedef struct dsv4_sched_stats {
 #define DSV4_SCHED_HIST_N 16
     long ttft_bucket[DSV4_SCHED_HIST_N]; double ttft_sum; long ttft_count;
     long tpot_bucket[DSV4_SCHED_HIST_N]; double tpot_sum; long tpot_count;
+    long requests_preempted_total;  /* running requests put back in the queue for lack of KV blocks (their
+                                       tokens are recomputed when they are admitted again) */
 } dsv4_sched_stats;
 extern const double dsv4_sched_hist_bounds[DSV4_SCHED_HIST_N];   /* seconds, ascending; +Inf implied */
 void dsv4_sched_get_stats(dsv4_sched *s, dsv4_sched_stats *out);
