@@ -111,6 +111,8 @@ struct dsv4_sched {
     const dsv4_tokenizer *tok;  /* borrowed */
     int max_batch, max_queue, prefix_cache, quiet, headroom, vocab, eos;
     long budget, max_seq_tokens;
+    dsv4_status (*hook)(void *, const dsv4_batch_item *, int, dsv4_err *); /* tests only */
+    void *hook_user;
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t wake;
@@ -578,7 +580,8 @@ static void preempt_newest(dsv4_sched *s) {
 
 /* Runs items[lo..hi) as one engine step and hands each finished prefill / decode its logits. */
 static dsv4_status step_items(dsv4_sched *s, int lo, int hi, dsv4_err *err) {
-    dsv4_status st = dsv4_engine_step(s->e, s->items + lo, hi - lo, s->logits, err);
+    dsv4_status st = s->hook ? s->hook(s->hook_user, s->items + lo, hi - lo, err) : DSV4_OK;
+    if (st == DSV4_OK) st = dsv4_engine_step(s->e, s->items + lo, hi - lo, s->logits, err);
     if (st != DSV4_OK) return st;
     int j = 0;
     for (int i = lo; i < hi; i++) {
@@ -677,6 +680,8 @@ dsv4_status dsv4_sched_create(const dsv4_sched_options *opt, dsv4_sched **out, d
     s->prefix_cache = opt->prefix_cache != 0;
     s->quiet = opt->quiet != 0;
     s->headroom = !opt->no_kv_headroom;
+    s->hook = opt->test_step_hook;
+    s->hook_user = opt->test_step_user;
     s->cap_res = kv.slots_free;
     if (s->max_batch < 1) {
         free(s);
@@ -860,6 +865,8 @@ void dsv4_sched_release(dsv4_sched_req *h) {
     dsv4_sched_cancel(h);
     req_unref(h, 0);
 }
+
+long dsv4_sched_max_seq_tokens(const dsv4_sched *s) { return s->max_seq_tokens; }
 
 void dsv4_sched_get_stats(dsv4_sched *s, dsv4_sched_stats *out) {
     pthread_mutex_lock(&s->mu);

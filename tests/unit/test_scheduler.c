@@ -608,6 +608,80 @@ static void test_destroy_in_flight(void) {
     free(res);
 }
 
+/* Engine errors: every step holding the poisoned request fails. Its batch is retried one request at a time,
+ * so only the poisoned request ends ERROR; the others answer exactly as alone; the server keeps serving. */
+enum { POISON = 511 };
+static dsv4_status poison_hook(void *user, const dsv4_batch_item *items, int n, dsv4_err *err) {
+    (void)user;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < items[i].n_tokens; j++)
+            if (items[i].tokens[j] == POISON) {
+                snprintf(err->msg, sizeof err->msg, "injected engine failure");
+                return DSV4_ERR_INTERNAL;
+            }
+    return DSV4_OK;
+}
+
+static void test_engine_error_isolated(void) {
+    enum { N = 4 };
+    spec q[N];
+    result *conc = calloc(N, sizeof *conc), *alone = calloc(N, sizeof *alone);
+    for (int i = 0; i < N; i++) {
+        q[i] = make_spec(i + 1);
+        for (size_t j = 0; j < q[i].n; j++)
+            if (q[i].prompt[j] == POISON) q[i].prompt[j] = 7;
+        q[i].ignore_eos = 1;
+    }
+    q[2].prompt[q[2].n - 1] = POISON;
+    long blocks0 = free_blocks();
+    dsv4_sched_options o = {0};
+    o.engine = g_eng;
+    o.max_batch = 4;
+    o.quiet = 1;
+    o.test_step_hook = poison_hook;
+    dsv4_sched *s = NULL;
+    dsv4_err err = {{0}};
+    CHECK(dsv4_sched_create(&o, &s, &err) == DSV4_OK, "%s", err.msg);
+    if (!s) return;
+    pthread_t th[N];
+    collector c[N];
+    for (int i = 0; i < N; i++) {
+        c[i] = (collector){submit(s, &q[i], DSV4_OK, NULL), &conc[i], q[i].sp.logprobs};
+        if (c[i].h) pthread_create(&th[i], NULL, collect_thread, &c[i]);
+    }
+    for (int i = 0; i < N; i++)
+        if (c[i].h) pthread_join(th[i], NULL);
+    CHECK(conc[2].fin == DSV4_FINISH_ERROR && strstr(conc[2].error, "injected"), "poisoned request: %s '%s'",
+          dsv4_finish_name(conc[2].fin), conc[2].error);
+    dsv4_sched_stats st;
+    wait_idle(s, &st);
+    CHECK(st.requests_failed_total == 1 && st.requests_running == 0, "failed %ld running %d",
+          st.requests_failed_total, st.requests_running);
+    /* still serving */
+    result *after = calloc(1, sizeof *after);
+    dsv4_sched_req *h = submit(s, &q[0], DSV4_OK, NULL);
+    if (h) collect(h, after, q[0].sp.logprobs);
+    CHECK(after->fin == DSV4_FINISH_LENGTH, "after the failure: %s", dsv4_finish_name(after->fin));
+    dsv4_sched_destroy(s);
+    CHECK(free_blocks() == blocks0, "blocks after: %ld, %ld at start", free_blocks(), blocks0);
+    for (int i = 0; i < N; i++) {
+        if (i != 2) {
+            run_alone(&q[i], &alone[i]);
+            CHECK(conc[i].fin == DSV4_FINISH_LENGTH && conc[i].n == alone[i].n &&
+                      !memcmp(conc[i].toks, alone[i].toks, sizeof(int32_t) * (size_t)conc[i].n),
+                  "request %d beside the failing one: %s, %d tokens vs %d alone", i, dsv4_finish_name(conc[i].fin),
+                  conc[i].n, alone[i].n);
+        }
+        result_free(&conc[i]);
+        result_free(&alone[i]);
+        free(q[i].prompt);
+    }
+    result_free(after);
+    free(after);
+    free(conc);
+    free(alone);
+}
+
 /* ==== with the tokenizer ================================================================================ */
 
 /* Stop strings: the answer is cut right before the first match, which is not returned. */
@@ -814,6 +888,7 @@ int main(int argc, char **argv) {
     RUN_CASE(test_prefix_reuse);
     RUN_CASE(test_preemption_keeps_answers);
     RUN_CASE(test_destroy_in_flight);
+    RUN_CASE(test_engine_error_isolated);
     char *path = find_tokenizer();
     if (path && dsv4_tokenizer_load(path, &g_tok, &err) == DSV4_OK) {
         RUN_CASE(test_stop_strings);
