@@ -134,9 +134,10 @@ static int client_gone(int fd) {
  * Submission
  * ================================================================================================ */
 
+/* The scheduler logs every request's line; this adds one for a request whose client went away. */
 static void log_line(dsv4_http *s, const char *id, const char *endpoint, const dsv4_api_answer *a, double t0,
                      const char *how) {
-    if (!s->o.log_requests) return;
+    if (!s->o.log_requests || strcmp(how, "client-gone")) return;
     fprintf(stderr, "dsv4 serve: %s %s prompt=%ld cached=%ld completion=%ld ttft=%.3fs total=%.3fs finish=%s\n", id,
             endpoint, a->prompt_tokens, a->cached_tokens, a->completion_tokens, a->ttft_s, now_s() - t0, how);
 }

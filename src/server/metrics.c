@@ -43,6 +43,9 @@ int dsv4_metrics_text(const dsv4_sched_stats *s, long http_requests, long http_e
     rc |= metric(out, "dsv4_requests_total", "counter", "Requests finished by the scheduler.", (double)s->requests_total);
     rc |= metric(out, "dsv4_requests_failed_total", "counter", "Requests the engine failed.",
                  (double)s->requests_failed_total);
+    rc |= metric(out, "dsv4_requests_preempted_total", "counter",
+                 "Running requests put back in the queue for lack of KV blocks (recomputed later).",
+                 (double)s->requests_preempted_total);
     rc |= metric(out, "dsv4_http_requests_total", "counter", "HTTP requests answered.", (double)http_requests);
     rc |= metric(out, "dsv4_http_errors_total", "counter", "HTTP requests answered with a 4xx or 5xx status.",
                  (double)http_errors);

@@ -94,6 +94,7 @@ int dsv4_cmd_serve(int argc, char **argv) {
     so.max_queue = (int)queue;
     so.max_seq_tokens = (long)ctx;
     so.prefix_cache = !cli_flag(argc, argv, "--no-prefix-cache");
+    so.quiet = cli_flag(argc, argv, "--quiet");   /* the scheduler logs one line per request */
     dsv4_sched *sched = NULL;
     if (dsv4_sched_create(&so, &sched, &err)) {
         fprintf(stderr, "dsv4 serve: %s\n", err.msg);
@@ -110,7 +111,7 @@ int dsv4_cmd_serve(int argc, char **argv) {
     ho.sched = sched;
     ho.tok = g.tok;
     ho.model_name = name;
-    ho.ctx = (long)ctx;
+    ho.ctx = dsv4_sched_max_seq_tokens(sched);
     ho.log_requests = !cli_flag(argc, argv, "--quiet");
     dsv4_http *http = NULL;
     if (dsv4_http_start(&ho, &http, &err)) {
