@@ -249,10 +249,10 @@ static json_t *tool_use_block(json_t *t, int with_input) {
 
 json_t *dsv4_api_anthropic_json(const dsv4_api_request *r, const dsv4_api_ctx *c, const dsv4_api_answer *a) {
     json_t *content = json_array();
-    if (a->reasoning.len || r->thinking)
+    if (a->reasoning.len) /* as the stream does: a thinking block only with thinking text */
         json_array_append_new(content, json_pack("{s:s,s:o,s:s}", "type", "thinking", "thinking", buf_json(&a->reasoning),
                                                  "signature", ""));
-    if (a->content.len || !json_array_size(a->tool_calls))
+    if (a->content.len || (!json_array_size(content) && !json_array_size(a->tool_calls))) /* as the stream does */
         json_array_append_new(content, json_pack("{s:s,s:o}", "type", "text", "text", buf_json(&a->content)));
     for (size_t k = 0; k < json_array_size(a->tool_calls); k++)
         json_array_append_new(content, tool_use_block(json_array_get(a->tool_calls, k), 1));

@@ -44,6 +44,7 @@ then ok "synth a tiny checkpoint"; else bad "synth: $(head -c 300 "$tmp/synth.er
 # start NAME ARGS...: starts a server on a free port (--port 0), sets PORT_<NAME> from its first line
 start() {
     local name=$1; shift
+    : >"$tmp/$name.log"
     "$DSV4" serve --model "$tmp/model" --port 0 --threads 2 "$@" 2>"$tmp/$name.log" &
     pids+=($!)
     local port="" i

@@ -201,6 +201,8 @@ def test_tools():
         ok = no_dsml_leak(c.message.content, c.finish_reason) and (
             c.finish_reason in ("malformed_tool_call", "length") or c.message.tool_calls)
         check(f"tools: tool_choice={json.dumps(choice)} forces a call (or says it is malformed)", ok, f"{c}")
+        if choice == "required":
+            continue  # streaming is checked on the named choice (each tools prompt costs seconds under ASan)
         s = chat_stream(oa, messages=HISTORY[:2], tools=TOOLS, tool_choice=choice, max_tokens=n,
                         parallel_tool_calls=False, **GREEDY)
         check(f"tools: tool_choice={json.dumps(choice)} streamed == non-streamed",
@@ -348,15 +350,16 @@ def test_prefix_reuse():
           not cold.usage.prompt_tokens_details or not cold.usage.prompt_tokens_details.cached_tokens)
     m = metrics(URL_A)
     check("prefix: dsv4_prefix_cache_hit_tokens_total counts it", m.get("dsv4_prefix_cache_hit_tokens_total", 0) >= cached)
-    # Anthropic reports the same as cache_read_input_tokens
-    am = an.messages.create(model=MODEL, max_tokens=1, messages=[
-        {"role": "user", "content": "First turn of an agent session."},
+    # Anthropic reports the same as cache_read_input_tokens (a fresh chain: the chain above moved on)
+    a1 = [{"role": "user", "content": "Another agent session starts."}]
+    r1 = oa.chat.completions.create(model=MODEL, messages=a1, max_tokens=1, **GREEDY)
+    am = an.messages.create(model=MODEL, max_tokens=1, messages=a1 + [
         {"role": "assistant", "content": r1.choices[0].message.content}, {"role": "user", "content": "Second turn."}],
         extra_body=T0)
     check("prefix: Anthropic cache_read_input_tokens > 0", (am.usage.cache_read_input_tokens or 0) > 0, f"{am.usage}")
 
 
-BURST_TOKENS = 3  # small: 64 requests on the ASan build of a 2-core machine
+BURST_TOKENS = 2  # small: 64 requests on the ASan build of a 2-core machine
 
 
 def test_concurrency():
