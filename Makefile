@@ -104,6 +104,9 @@ fuzz:
 	  -o build/fuzz/fuzz_dsml -ljansson -lpcre2-8 -lm
 	$(FUZZ_CC) tests/fuzz/fuzz_config.c src/model/config.c src/core/npy.c src/core/status.c \
 	  -o build/fuzz/fuzz_config -ljansson -lm
+	$(FUZZ_CC) tests/fuzz/fuzz_request.c src/server/api.c src/server/api_openai.c src/server/api_anthropic.c \
+	  src/tokenizer/chat.c src/tokenizer/pyjson.c src/engine/sampler.c $(FUZZ_TOK) src/core/status.c \
+	  -o build/fuzz/fuzz_request -ljansson -lpcre2-8 -lm
 
 clean:
 	rm -rf build

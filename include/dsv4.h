@@ -102,6 +102,20 @@ dsv4_status dsv4_engine_step(dsv4_engine *e, const dsv4_batch_item *items, int n
  * between steps) and device_ms (optional) is its device time; the cpu backend runs dsv4_engine_step. */
 dsv4_status dsv4_engine_decode_greedy(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *first,
                                       int n_steps, int32_t *out, double *device_ms, dsv4_err *err);
+/* KV-cache occupancy, for admission control and metrics (both backends: on cuda the forward's manager).
+ * A block holds block_tokens tokens of compressed state of one sequence; sliding-window state lives in the
+ * slot and needs no block. */
+typedef struct dsv4_engine_kv_stats {
+    long blocks_total, blocks_used, blocks_free;
+    int block_tokens;        /* tokens per block */
+    int slots_free;          /* sequences that can still be opened */
+    long max_seq_tokens;     /* the longest sequence the cache can hold (the engine's max_tokens) */
+} dsv4_engine_kv_stats;
+void dsv4_engine_get_kv_stats(const dsv4_engine *e, dsv4_engine_kv_stats *out);
+/* Blocks a sequence holds once it has n_tokens tokens (a step growing a sequence from a to b tokens needs
+ * dsv4_engine_kv_blocks_for(e, b) - dsv4_engine_kv_blocks_for(e, a) free blocks). */
+long dsv4_engine_kv_blocks_for(const dsv4_engine *e, long n_tokens);
+
 /* Layer dumps exist on the cpu backend only (ignored on cuda). */
 void dsv4_engine_set_layer_dump(dsv4_engine *e, dsv4_layer_dump_fn fn, void *user);
 

@@ -20,6 +20,7 @@ struct dsv4_engine {
     dsv4_kv_manager *kv;      /* owned */
     dsv4_forward *fwd;        /* owned; NULL on the cuda backend */
     dsv4_forward_cuda *cfwd;  /* owned; cuda backend only (it then owns kv, whose arenas are on the device) */
+    long max_tokens;          /* KV capacity in tokens (also the longest sequence) */
     dsv4_tp_group *tp;        /* owned; gpus > 1: ranks 1..N-1 (this engine is rank 0): threads on the cpu
                                  backend, GPUs 1..N-1 on the cuda backend (cfwd is then GPU 0's) */
 };
@@ -75,6 +76,7 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
     if (!e) return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
     int max_seqs = opt->max_seqs > 0 ? opt->max_seqs : 8;
     long max_tokens = opt->max_tokens > 0 ? opt->max_tokens : (long)max_seqs * 4096;
+    e->max_tokens = max_tokens;
     if (opt->progress) opt->progress(opt->progress_user, "checkpoint", 0, 1);
     if ((st = dsv4_model_load_shard(opt->model_dir, 0, world, &e->model, err)) == DSV4_OK && opt->progress) {
         opt->progress(opt->progress_user, "checkpoint", 1, 1);
@@ -124,6 +126,20 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
 int dsv4_engine_vocab_size(const dsv4_engine *e) { return e->model->cfg->vocab_size; }
 int dsv4_engine_n_layers(const dsv4_engine *e) { return e->model->cfg->n_layers; }
 int dsv4_engine_eos_id(const dsv4_engine *e) { return e->model->cfg->eos_token_id; }
+
+void dsv4_engine_get_kv_stats(const dsv4_engine *e, dsv4_engine_kv_stats *out) {
+    memset(out, 0, sizeof *out);
+    out->blocks_total = (long)dsv4_kv_manager_total_blocks(e->kv);
+    out->blocks_free = (long)dsv4_kv_manager_free_blocks(e->kv);
+    out->blocks_used = out->blocks_total - out->blocks_free;
+    out->block_tokens = dsv4_kv_manager_schema(e->kv)->block_tokens;
+    out->slots_free = dsv4_kv_manager_free_slots(e->kv);
+    out->max_seq_tokens = e->max_tokens;
+}
+
+long dsv4_engine_kv_blocks_for(const dsv4_engine *e, long n_tokens) {
+    return (long)dsv4_kv_schema_blocks_for_tokens(dsv4_kv_manager_schema(e->kv), n_tokens);
+}
 
 dsv4_status dsv4_engine_seq_open(dsv4_engine *e, int *seq, dsv4_err *err) {
     dsv4_status st = dsv4_kv_access_admit(e->kv, seq, err);

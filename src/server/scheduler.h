@@ -39,6 +39,13 @@ typedef struct dsv4_sched_options {
     long max_seq_tokens;            /* context limit per sequence (prompt + output); <= 0: engine capacity */
     int prefix_cache;               /* 1: keep finished sequences resident for prefix reuse (LRU, evicted
                                        whenever their slot or blocks are needed) */
+    int quiet;                      /* 1: no per-request log line on stderr (tests) */
+    int no_kv_headroom;             /* tests: admit without one free block of growth per running request
+                                       (makes preemption likely) */
+    /* tests: called before every engine step with its items; a non-OK return fails the step as if the engine
+       had (nothing changes), to exercise the error path. NULL in real use. */
+    dsv4_status (*test_step_hook)(void *user, const dsv4_batch_item *items, int n_items, dsv4_err *err);
+    void *test_step_user;
 } dsv4_sched_options;
 
 /* What a front end asks for; everything is copied by submit (nothing borrowed after it returns). */
@@ -118,14 +125,19 @@ typedef struct dsv4_sched_stats {
     int requests_running, requests_waiting;
     long kv_blocks_used, kv_blocks_free;
     long prompt_tokens_total, generation_tokens_total, prefix_cache_hit_tokens_total;
-    long requests_total, requests_failed_total;
+    long requests_total, requests_failed_total;   /* finished requests (any finish) / those ending ERROR */
     /* histograms: cumulative bucket counts at the fixed bounds of dsv4_sched_hist_bounds */
 #define DSV4_SCHED_HIST_N 16
     long ttft_bucket[DSV4_SCHED_HIST_N]; double ttft_sum; long ttft_count;
     long tpot_bucket[DSV4_SCHED_HIST_N]; double tpot_sum; long tpot_count;
+    long requests_preempted_total;  /* running requests put back in the queue for lack of KV blocks (their
+                                       tokens are recomputed when they are admitted again) */
 } dsv4_sched_stats;
 extern const double dsv4_sched_hist_bounds[DSV4_SCHED_HIST_N];   /* seconds, ascending; +Inf implied */
 void dsv4_sched_get_stats(dsv4_sched *s, dsv4_sched_stats *out);
+
+/* The context limit in force (options.max_seq_tokens resolved against the engine): prompt + output tokens. */
+long dsv4_sched_max_seq_tokens(const dsv4_sched *s);
 
 #ifdef __cplusplus
 }

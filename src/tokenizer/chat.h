@@ -63,6 +63,10 @@ typedef struct dsv4_chat_parser dsv4_chat_parser;
 dsv4_status dsv4_chat_parser_create(bool thinking, const dsv4_chat_parse_cb *cb, dsv4_chat_parser **out);
 void dsv4_chat_parser_destroy(dsv4_chat_parser *p);
 dsv4_status dsv4_chat_parser_feed(dsv4_chat_parser *p, const char *text, size_t len, dsv4_err *err);
+/* Input bytes consumed so far (delivered, or swallowed as markup). Inside on_reasoning / on_content the
+ * delta starts at this offset; inside on_tool_call it is the end of the call's </｜DSML｜invoke>. The
+ * server uses it to hand back the raw text of malformed DSML. */
+size_t dsv4_chat_parser_consumed(const dsv4_chat_parser *p);
 /* End of the completion: flushes held-back text and checks the completion is complete. */
 dsv4_status dsv4_chat_parser_finish(dsv4_chat_parser *p, dsv4_err *err);
 

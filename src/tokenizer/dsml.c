@@ -27,6 +27,7 @@ struct dsv4_chat_parser {
     int state, tstate;
     dsv4_tok_buf buf;    /* owned: text received and not yet consumed, from pos */
     size_t pos;
+    size_t base;         /* input bytes dropped from the front of buf by compaction */
     dsv4_tok_buf name;   /* owned: tool name being assembled */
     dsv4_tok_buf args;   /* owned: arguments JSON being assembled ("{" ...) */
     json_t *seen;        /* owned: parameter names of the current invoke (duplicate check) */
@@ -310,11 +311,14 @@ dsv4_status dsv4_chat_parser_feed(dsv4_chat_parser *p, const char *text, size_t 
     if (p->pos > 4096 && p->pos * 2 > p->buf.len) { /* compact */
         memmove(p->buf.data, p->buf.data + p->pos, p->buf.len - p->pos);
         p->buf.len -= p->pos;
+        p->base += p->pos;
         p->pos = 0;
     }
     if (dsv4_tok_buf_append(&p->buf, text, len)) return dsv4_err_set(err, DSV4_ERR_NOMEM, "out of memory");
     return step(p, false, err);
 }
+
+size_t dsv4_chat_parser_consumed(const dsv4_chat_parser *p) { return p->base + p->pos; }
 
 dsv4_status dsv4_chat_parser_finish(dsv4_chat_parser *p, dsv4_err *err) {
     if (p->state == ST_FAILED) return dsv4_err_set(err, DSV4_ERR_FORMAT, "parser already failed");

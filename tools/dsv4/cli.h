@@ -12,5 +12,6 @@ int dsv4_cmd_tokenize(int argc, char **argv);       /* cmd_tokenize.c  — text 
 int dsv4_cmd_chat_template(int argc, char **argv);  /* cmd_chat_template.c — messages JSON -> prompt */
 int dsv4_cmd_bench(int argc, char **argv);          /* cmd_bench.c     — prefill/decode benchmark */
 int dsv4_cmd_synth(int argc, char **argv);          /* cmd_synth.c     — random-weight checkpoint */
+int dsv4_cmd_serve(int argc, char **argv);          /* cmd_serve.c     — OpenAI/Anthropic HTTP server */
 
 #endif

@@ -19,6 +19,7 @@ static const subcommand commands[] = {
     {"chat-template", dsv4_cmd_chat_template, "render an OpenAI-style messages file as a prompt"},
     {"bench", dsv4_cmd_bench, "measure prefill and decode speed"},
     {"synth", dsv4_cmd_synth, "write a random-weight checkpoint in the released format"},
+    {"serve", dsv4_cmd_serve, "OpenAI- and Anthropic-compatible HTTP server"},
 };
 
 static void usage(FILE *f) {

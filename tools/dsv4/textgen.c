@@ -337,7 +337,7 @@ int cli_textgen_open(cli_textgen *g, const char *cmd, const cli_textgen_opts *o,
     eo.backend = o->backend;
     eo.n_threads = o->threads;
     eo.gpus = o->gpus;
-    eo.max_seqs = 1;
+    eo.max_seqs = o->max_seqs > 0 ? o->max_seqs : 1;
     eo.max_tokens = o->ctx > 0 ? o->ctx : 16384;
     eo.progress = g->prog.enabled ? cli_progress_engine_cb : NULL;
     eo.progress_user = &g->prog;

@@ -38,6 +38,7 @@ typedef struct cli_textgen_opts {
     int thinking;                      /* --thinking */
     int stats;                         /* --stats: speed lines on stderr */
     int force_progress;                /* --progress: draw bars even when stderr is not a TTY */
+    int max_seqs;                      /* engine sequence slots (0 = 1; `dsv4 serve` asks for more) */
 } cli_textgen_opts;
 
 /* Option names for cli_check_options (NULL-terminated), the shared part of each command's list. */
