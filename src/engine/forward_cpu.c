@@ -510,6 +510,10 @@ static dsv4_status check_finite(const float *X, int rows, int hc, int D, int lay
         memcpy(&b, &X[i], 4);
         if ((b & 0x7F800000u) != 0x7F800000u) continue;
         const size_t r = i / ((size_t)hc * D), h = i / D % hc, d = i % D;
+        if (hc == 1 && !strcmp(op, "the LM head"))
+            return dsv4_err_set(err, DSV4_ERR_FORMAT, "forward: non-finite logit (%s) from the LM head: logits row "
+                                "%zu, vocab id %zu (a NaN or infinite weight in the checkpoint?)",
+                                X[i] != X[i] ? "NaN" : "inf", r, d);
         if (layer < 0)
             return dsv4_err_set(err, DSV4_ERR_FORMAT, "forward: non-finite value (%s) after %s: row %zu, stream %zu, "
                                 "channel %zu (a NaN or infinite weight in the checkpoint?)", X[i] != X[i] ? "NaN" : "inf",
@@ -664,7 +668,7 @@ dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_s
                        sizeof(float) * nv);
     }
     /* Non-finite logits fail the step before its positions are committed (the caller may retry or close). */
-    if (n_want && (st = check_finite(logits, n_want, 1, c->vocab_size, -1, "the LM head (logits)", err)) != DSV4_OK)
+    if (n_want && (st = check_finite(logits, n_want, 1, c->vocab_size, -1, "the LM head", err)) != DSV4_OK)
         goto done;
     for (int i = 0; i < n_steps; i++) {
         int slot = steps[i].slot, n = steps[i].n_tokens;
