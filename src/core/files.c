@@ -179,7 +179,8 @@ static void empty_dir(remover *r, int dfd, const char *path, int depth) {
                 continue;
             }
             empty_dir(r, cfd, child, depth + 1);
-            if (unlinkat(dfd, n, AT_REMOVEDIR) != 0 && errno != ENOENT) note(r, DSV4_ERR_IO, child, "cannot remove", errno);
+            if (unlinkat(dfd, n, AT_REMOVEDIR) != 0 && errno != ENOENT)
+                note(r, DSV4_ERR_IO, child, "cannot remove", errno);
         } else if (unlinkat(dfd, n, 0) != 0 && errno != ENOENT) {
             note(r, DSV4_ERR_IO, child, "cannot remove", errno);
         }

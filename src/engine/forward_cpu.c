@@ -516,8 +516,8 @@ static dsv4_status check_finite(const float *X, int rows, int hc, int D, int lay
                                 X[i] != X[i] ? "NaN" : "inf", r, d);
         if (layer < 0)
             return dsv4_err_set(err, DSV4_ERR_FORMAT, "forward: non-finite value (%s) after %s: row %zu, stream %zu, "
-                                "channel %zu (a NaN or infinite weight in the checkpoint?)", X[i] != X[i] ? "NaN" : "inf",
-                                op, r, h, d);
+                                "channel %zu (a NaN or infinite weight in the checkpoint?)",
+                                X[i] != X[i] ? "NaN" : "inf", op, r, h, d);
         return dsv4_err_set(err, DSV4_ERR_FORMAT, "forward: non-finite value (%s) in layer %d after %s: row %zu, "
                             "stream %zu, channel %zu (a NaN or infinite weight in the checkpoint?)",
                             X[i] != X[i] ? "NaN" : "inf", layer, op, r, h, d);
