@@ -36,8 +36,9 @@ static dsv4_status get_long(const reader *r, json_t *obj, const char *key, int r
     else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v))) d = json_real_value(v);
     else return dsv4_err_set(r->err, DSV4_ERR_CONFIG, "%s: key \"%s\" must be an integer", r->path, key);
     if (d < (double)lo || d > (double)hi)
-        return dsv4_err_set(r->err, DSV4_ERR_CONFIG, "%s: key \"%s\" = %.0f is out of range [%ld, %ld]", r->path,
-                            key, d, lo, hi);
+        return dsv4_err_set(r->err, DSV4_ERR_CONFIG, fabs(d) < 1e18 ? "%s: key \"%s\" = %.0f is out of range [%ld, %ld]"
+                                                                    : "%s: key \"%s\" = %g is out of range [%ld, %ld]",
+                            r->path, key, d, lo, hi);
     *out = (long)d;
     return DSV4_OK;
 }
