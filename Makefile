@@ -104,6 +104,8 @@ fuzz:
 	  -o build/fuzz/fuzz_dsml -ljansson -lpcre2-8 -lm
 	$(FUZZ_CC) tests/fuzz/fuzz_config.c src/model/config.c src/core/npy.c src/core/files.c src/core/status.c \
 	  -o build/fuzz/fuzz_config -ljansson -lm
+	$(FUZZ_CC) -pthread -ffp-contract=off tests/fuzz/fuzz_checkpoint.c $(LIB_SRC) \
+	  -o build/fuzz/fuzz_checkpoint -ljansson -lpcre2-8 -lm -lpthread -ldl
 
 clean:
 	rm -rf build
