@@ -1,5 +1,5 @@
 /* fuzz_checkpoint.c — libFuzzer target for checkpoint *semantics*: a valid tiny checkpoint (synthesized
- * once: 3 layers SWA-hash / CSA / HCA, 4 experts, vocab 512, written by model/synth.c) is mutated by the
+ * once: 3 layers SWA-hash / CSA / HCA, 4 experts, dim 128, head_dim 128, vocab 512, written by model/synth.c) is mutated by the
  * input -- config values, tensor bytes (random, NaN / Inf / max codes per dtype, e8m0 0xFF, tid2eid ids),
  * tensor byte ranges (aliasing, shifted offsets) -- then loaded with dsv4_engine_create (cpu, 1 thread) and
  * run for one prefill step and one decode step. The contract: every failure is a status with a message;
@@ -32,7 +32,8 @@ typedef struct {
 
 typedef struct {
     char name[64];
-    uint8_t *data;       /* whole file */
+    uint8_t *pristine;   /* the base file as synthesized (never modified) */
+    uint8_t *data;       /* whole file, mutated by one run */
     size_t size;
     size_t data_start;   /* 8 + header length */
     json_t *header;      /* parsed header (owned) */
@@ -75,7 +76,10 @@ static void load_base(void) {
             char *d;
             size_t n;
             read_whole(base_dir, f, &d, &n);
-            shards[s].data = (uint8_t *)d;
+            shards[s].pristine = (uint8_t *)d;
+            shards[s].data = malloc(n);
+            if (!shards[s].data) die("out of memory");
+            memcpy(shards[s].data, d, n);
             shards[s].size = n;
             uint64_t hl = 0;
             for (int i = 7; i >= 0; i--) hl = (hl << 8) | shards[s].data[i];
@@ -117,7 +121,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     dsv4_config cfg;
     dsv4_err err = {{0}};
     if (dsv4_synth_config_preset("tiny", 3, 4, &cfg, &err) != DSV4_OK) die(err.msg);
-    cfg.vocab_size = 512;
+    cfg.vocab_size = 512;      /* small everywhere: executions per second matter more than realism here */
+    cfg.dim = 128;
+    cfg.head_dim = 128;
     cfg.n_mtp_layers = 0;
     cfg.max_position_embeddings = 4096;
     if (dsv4_synth_write(&cfg, base_dir, 7, NULL, &err) != DSV4_OK) die(err.msg);
@@ -281,8 +287,10 @@ static void run_engine(void) {
     o.max_tokens = 32;
     dsv4_engine *e = NULL;
     dsv4_err err = {{0}};
+    const int verbose = getenv("DSV4_FUZZ_VERBOSE") != NULL;   /* replaying a corpus: say what happened */
     if (dsv4_engine_create(&o, &e, &err) != DSV4_OK) {
         if (!err.msg[0]) die("engine create failed without a message");
+        if (verbose) fprintf(stderr, "create: %s\n", err.msg);
         return;
     }
     int V = dsv4_engine_vocab_size(e), seq;
@@ -294,8 +302,10 @@ static void run_engine(void) {
         dsv4_status st = dsv4_engine_step(e, &it, 1, logits, &err);
         if (st != DSV4_OK) {
             if (!err.msg[0]) die("step failed without a message");
+            if (verbose) fprintf(stderr, "step %d: %s\n", step, err.msg);
             break;
         }
+        if (verbose) fprintf(stderr, "step %d: ok\n", step);
         for (int v = 0; v < V; v++)
             if (!isfinite(logits[v])) die("a step returned OK with non-finite logits");
         int32_t best = 0;
@@ -311,15 +321,9 @@ static void run_engine(void) {
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* restore the base: shard bytes and headers are rebuilt from the base files each run */
     for (int s = 0; s < n_shards; s++) {
-        char p[512], *d;
-        size_t n;
-        snprintf(p, sizeof p, "%s", shards[s].name);
-        free(shards[s].data);
+        memcpy(shards[s].data, shards[s].pristine, shards[s].size);
         json_decref(shards[s].header);
-        read_whole(base_dir, p, &d, &n);
-        shards[s].data = (uint8_t *)d;
-        shards[s].size = n;
-        shards[s].header = json_loadb(d + 8, shards[s].data_start - 8, 0, NULL);
+        shards[s].header = json_loadb((const char *)shards[s].pristine + 8, shards[s].data_start - 8, 0, NULL);
     }
     tokens[0] = 5, tokens[1] = 17, tokens[2] = 42;
     n_tokens = 3;
