@@ -40,6 +40,11 @@ c="$tmp/cache3"; mkdir -p "$c/dsv4/default-tiny"
 run_default XDG_CACHE_HOME="$c"; rc=$?
 if [ "$rc" = 0 ] && [ -f "$c/dsv4/default-tiny/config.json" ]; then ok "empty default directory repaired"
 else bad "empty default directory: rc=$rc $(head -c 300 "$tmp/err")"; fi
+# an orphan next to a default that another run completed is removed too
+mkdir -p "$c/dsv4/.default-tiny.tmp.2147483645.XyZxYz"
+run_default XDG_CACHE_HOME="$c"; rc=$?
+if [ "$rc" = 0 ] && ! [ -e "$c/dsv4/.default-tiny.tmp.2147483645.XyZxYz" ]; then ok "orphan beside a complete default removed"
+else bad "orphan beside a complete default: rc=$rc $(head -c 300 "$tmp/err")"; fi
 # a non-empty default directory without config.json is not deleted: a clear error instead
 c="$tmp/cache4"; mkdir -p "$c/dsv4/default-tiny"; echo mine >"$c/dsv4/default-tiny/notes.txt"
 hostile "default directory holding someone's files" 60 "holds no config.json" -- \

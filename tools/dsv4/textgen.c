@@ -5,13 +5,13 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <signal.h>
 #include <math.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -321,7 +321,6 @@ static int create_default_model(const char *cmd, const char *dir, const char *to
         free(parent);
         return 1;
     }
-    clean_orphans(cmd, parent);
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s/" TMP_PREFIX "%ld.XXXXXX", parent, (long)getpid());
     free(parent);
@@ -380,6 +379,12 @@ int cli_textgen_open_tokenizer(cli_textgen *g, const char *cmd, const cli_textge
             fprintf(stderr, "dsv4 %s: neither $XDG_CACHE_HOME nor $HOME is set; pass --model DIR\n", cmd);
             return 1;
         }
+        char *parent = strdup(default_dir), *slash = parent ? strrchr(parent, '/') : NULL;
+        if (slash) {   /* a run interrupted while another one succeeded leaves its directory behind too */
+            *slash = 0;
+            clean_orphans(cmd, parent);
+        }
+        free(parent);
         int ready = default_ready(cmd, default_dir);
         if (ready < 0) {
             free(default_dir);
