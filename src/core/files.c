@@ -87,6 +87,34 @@ dsv4_status dsv4_file_read_all(const char *path, uint64_t max_bytes, char **data
     return DSV4_OK;
 }
 
+dsv4_status dsv4_file_read_text(const char *path, uint64_t max_bytes, char **data, size_t *len, dsv4_err *err) {
+    *data = NULL;
+    *len = 0;
+    int f = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (f < 0) return dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(f, &sb) != 0) {
+        int e = errno;
+        close(f);
+        return dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (S_ISREG(sb.st_mode)) {
+        close(f);
+        return dsv4_file_read_all(path, max_bytes, data, len, err);
+    }
+    if (!S_ISFIFO(sb.st_mode)) {
+        close(f);
+        return dsv4_err_set(err, DSV4_ERR_IO, "%s: is %s, not a regular file or a pipe", path, kind_of(sb.st_mode));
+    }
+    /* Blocking reads from here: with no writer a FIFO reads as end of file at once; a writer that holds it
+     * open is waited for, as with stdin. */
+    int fl = fcntl(f, F_GETFL);
+    if (fl >= 0) (void)fcntl(f, F_SETFL, fl & ~O_NONBLOCK);
+    dsv4_status st = dsv4_fd_read_all(f, path, max_bytes, data, len, err);
+    close(f);
+    return st;
+}
+
 dsv4_status dsv4_fd_read_all(int fd, const char *label, uint64_t max_bytes, char **data, size_t *len,
                              dsv4_err *err) {
     *data = NULL;

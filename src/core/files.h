@@ -25,6 +25,12 @@ dsv4_status dsv4_file_open_regular(const char *path, uint64_t max_bytes, int *fd
  * (*len excludes it). A short read (file shrunk) or a read error fails. On failure *data is NULL. */
 dsv4_status dsv4_file_read_all(const char *path, uint64_t max_bytes, char **data, size_t *len, dsv4_err *err);
 
+/* For inputs a user may pipe in (a prompt file, `--messages <(...)`): like dsv4_file_read_all, but a FIFO
+ * (or a pipe reached through /dev/fd) is read to end of file with the same bound. The open never blocks
+ * (O_NONBLOCK); a FIFO nobody has open for writing reads as empty at once. Directories, devices and
+ * sockets are errors. */
+dsv4_status dsv4_file_read_text(const char *path, uint64_t max_bytes, char **data, size_t *len, dsv4_err *err);
+
 /* Same for an already open descriptor that may be a pipe or terminal (e.g. stdin): reads until EOF, failing
  * once more than max_bytes arrive. label names it in errors. */
 dsv4_status dsv4_fd_read_all(int fd, const char *label, uint64_t max_bytes, char **data, size_t *len,

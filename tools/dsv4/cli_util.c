@@ -108,7 +108,7 @@ int cli_parse_ids(const char *cmd, const char *spec, int32_t **ids, int *n) {
     char *buf;
     size_t len;
     dsv4_err err = {{0}};
-    if (dsv4_file_read_all(spec, DSV4_LIMIT_IDS_FILE_BYTES, &buf, &len, &err) != DSV4_OK) {
+    if (dsv4_file_read_text(spec, DSV4_LIMIT_IDS_FILE_BYTES, &buf, &len, &err) != DSV4_OK) {
         fprintf(stderr, "dsv4 %s: '%s' is neither a comma-separated id list nor a readable file (%s)\n", cmd, spec,
                 err.msg);
         return -1;

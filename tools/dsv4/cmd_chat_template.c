@@ -47,7 +47,7 @@ int dsv4_cmd_chat_template(int argc, char **argv) {
     char *text;
     size_t len;
     dsv4_err ferr = {{0}};
-    if (dsv4_file_read_all(path, DSV4_LIMIT_TEXT_BYTES, &text, &len, &ferr) != DSV4_OK) {
+    if (dsv4_file_read_text(path, DSV4_LIMIT_TEXT_BYTES, &text, &len, &ferr) != DSV4_OK) {
         fprintf(stderr, "dsv4 chat-template: %s\n", ferr.msg);
         return 1;
     }

@@ -17,11 +17,11 @@ static void usage(FILE *f) {
             "  --decode     also print the decoded text on a second line\n");
 }
 
-/* The text of FILE ('-' = stdin) through the bounded reader: a read error or more than
- * DSV4_LIMIT_TEXT_BYTES is an error (named in err), as is a FIFO or directory given as FILE. */
+/* The text of FILE ('-' = stdin; a pipe or FIFO is read to its end) through the bounded reader: a read error,
+ * more than DSV4_LIMIT_TEXT_BYTES, a directory or a device is an error (named in err). */
 static char *read_file(const char *path, size_t *n, dsv4_err *err) {
     char *b = NULL;
-    dsv4_status st = strcmp(path, "-") ? dsv4_file_read_all(path, DSV4_LIMIT_TEXT_BYTES, &b, n, err)
+    dsv4_status st = strcmp(path, "-") ? dsv4_file_read_text(path, DSV4_LIMIT_TEXT_BYTES, &b, n, err)
                                        : dsv4_fd_read_all(0, "stdin", DSV4_LIMIT_TEXT_BYTES, &b, n, err);
     return st == DSV4_OK ? b : NULL;
 }
