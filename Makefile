@@ -91,10 +91,10 @@ test-release: all
 
 FUZZ_CC  := clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
             $(WARN) -Iinclude -Isrc
-FUZZ_TOK := src/tokenizer/tokenizer.c src/tokenizer/pretok.c src/tokenizer/unicode_classes.c src/tokenizer/utf8.c
+FUZZ_TOK := src/tokenizer/tokenizer.c src/tokenizer/pretok.c src/tokenizer/unicode_classes.c src/tokenizer/utf8.c src/core/files.c
 fuzz:
 	@mkdir -p build/fuzz
-	$(FUZZ_CC) tests/fuzz/fuzz_safetensors.c src/model/safetensors.c src/core/status.c \
+	$(FUZZ_CC) tests/fuzz/fuzz_safetensors.c src/model/safetensors.c src/core/files.c src/core/status.c \
 	  -o build/fuzz/fuzz_safetensors -ljansson -lm
 	$(FUZZ_CC) tests/fuzz/fuzz_tokenizer.c $(FUZZ_TOK) tools/dsv4/cli_util.c src/core/status.c \
 	  -o build/fuzz/fuzz_tokenizer -ljansson -lpcre2-8 -lm
@@ -102,11 +102,13 @@ fuzz:
 	  -o build/fuzz/fuzz_chat -ljansson -lpcre2-8 -lm
 	$(FUZZ_CC) tests/fuzz/fuzz_dsml.c src/tokenizer/dsml.c src/tokenizer/pyjson.c $(FUZZ_TOK) src/core/status.c \
 	  -o build/fuzz/fuzz_dsml -ljansson -lpcre2-8 -lm
-	$(FUZZ_CC) tests/fuzz/fuzz_config.c src/model/config.c src/core/npy.c src/core/status.c \
+	$(FUZZ_CC) tests/fuzz/fuzz_config.c src/model/config.c src/core/npy.c src/core/files.c src/core/status.c \
 	  -o build/fuzz/fuzz_config -ljansson -lm
 	$(FUZZ_CC) tests/fuzz/fuzz_request.c src/server/api.c src/server/api_openai.c src/server/api_anthropic.c \
 	  src/tokenizer/chat.c src/tokenizer/pyjson.c src/engine/sampler.c $(FUZZ_TOK) src/core/status.c \
 	  -o build/fuzz/fuzz_request -ljansson -lpcre2-8 -lm
+	$(FUZZ_CC) -pthread -ffp-contract=off tests/fuzz/fuzz_checkpoint.c $(LIB_SRC) \
+	  -o build/fuzz/fuzz_checkpoint -ljansson -lpcre2-8 -lm -lpthread -ldl
 
 clean:
 	rm -rf build

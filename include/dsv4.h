@@ -88,12 +88,16 @@ void dsv4_engine_destroy(dsv4_engine *e);
 int dsv4_engine_vocab_size(const dsv4_engine *e);
 int dsv4_engine_n_layers(const dsv4_engine *e);
 int dsv4_engine_eos_id(const dsv4_engine *e);
+/* The model's max_position_embeddings: a step that would take a sequence past it fails (DSV4_ERR_CAPACITY). */
+long dsv4_engine_max_positions(const dsv4_engine *e);
 /* Admits a new sequence; DSV4_ERR_CAPACITY when every slot is taken (nothing changes). */
 dsv4_status dsv4_engine_seq_open(dsv4_engine *e, int *seq, dsv4_err *err);
 void dsv4_engine_seq_close(dsv4_engine *e, int seq);
 long dsv4_engine_seq_len(const dsv4_engine *e, int seq);
 /* Runs one step. logits: [number of items with want_logits, vocab] FP32. On failure (bad token id,
- * KV exhausted) no sequence's state changes. */
+ * KV exhausted, past max_position_embeddings) no sequence's state changes. A NaN or infinite activation
+ * or logit fails the step with DSV4_ERR_FORMAT naming where it appeared (cpu: the layer and op, before
+ * anything is committed; cuda: the logits, after the step's positions are committed: close the sequence). */
 dsv4_status dsv4_engine_step(dsv4_engine *e, const dsv4_batch_item *items, int n_items, float *logits,
                              dsv4_err *err);
 /* Greedy decoding of n_seqs open sequences: feeds first[i] to seqs[i], then n_steps-1 more steps each

@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "core/files.h"
 #include "core/status.h"
 
 dsv4_status dsv4_npy_write_f32(const char *path, const float *data, const long *shape, int ndim, dsv4_err *err) {
@@ -34,8 +36,14 @@ dsv4_status dsv4_npy_write_f32(const char *path, const float *data, const long *
 }
 
 dsv4_status dsv4_npy_read_f32(const char *path, float **data, long *shape, int max_dims, int *ndim, dsv4_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot open", path);
+    int fd;
+    uint64_t fsize;
+    DSV4_TRY(dsv4_file_open_regular(path, UINT64_MAX, &fd, &fsize, err));   /* no FIFO / directory */
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot open", path);
+    }
     unsigned char pre[10];
     char hdr[4096];
     dsv4_status st = DSV4_OK;

@@ -1,6 +1,7 @@
 /* engine.c — the public engine API of dsv4.h: loads the model, creates the thread pool, the KV-cache
  * manager and the forward pass of the chosen backend (cpu reference, or cuda: forward_cuda.h, which owns
  * its KV manager on device memory), and maps sequence handles to KV slots. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -157,15 +158,46 @@ long dsv4_engine_seq_len(const dsv4_engine *e, int seq) {
     return dsv4_kv_access_slot_valid(e->kv, seq) ? dsv4_kv_access_seq_len(e->kv, seq) : -1;
 }
 
+/* The cuda backend's only host-side look at values: the logits rows it returns (the cpu forward checks every
+ * layer's output and the logits itself). A NaN or infinity fails the step; the positions of this step are
+ * already committed on the device, so the caller should close the sequence. */
+static dsv4_status check_logits(const dsv4_engine *e, const dsv4_batch_item *items, int n_items, const float *logits,
+                                dsv4_err *err) {
+    const int V = e->model->cfg->vocab_size;
+    int row = 0;
+    for (int i = 0; i < n_items; i++) {
+        if (!items[i].want_logits) continue;
+        const float *l = logits + (size_t)row++ * V;
+        for (int v = 0; v < V; v++)
+            if (!isfinite(l[v]))
+                return dsv4_err_set(err, DSV4_ERR_FORMAT,
+                                    "engine: non-finite logit (%s) for sequence %d at vocab id %d (a NaN or infinite "
+                                    "weight in the checkpoint?)",
+                                    l[v] != l[v] ? "NaN" : "inf", items[i].seq, v);
+    }
+    return DSV4_OK;
+}
+
+long dsv4_engine_max_positions(const dsv4_engine *e) { return e->model->cfg->max_position_embeddings; }
+
 dsv4_status dsv4_engine_step(dsv4_engine *e, const dsv4_batch_item *items, int n_items, float *logits,
                              dsv4_err *err) {
     if (n_items <= 0) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: empty step");
     dsv4_seq_step *steps = calloc((size_t)n_items, sizeof *steps);
     if (!steps) return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
+    const long max_pos = e->model->cfg->max_position_embeddings;
     for (int i = 0; i < n_items; i++) {
         if (!dsv4_kv_access_slot_valid(e->kv, items[i].seq)) {
             free(steps);
             return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", items[i].seq);
+        }
+        long len = dsv4_kv_access_seq_len(e->kv, items[i].seq);
+        if (items[i].n_tokens > 0 && len + items[i].n_tokens > max_pos) {
+            free(steps);
+            return dsv4_err_set(err, DSV4_ERR_CAPACITY,
+                                "engine: sequence %d would reach %ld positions, beyond the model's "
+                                "max_position_embeddings = %ld",
+                                items[i].seq, len + items[i].n_tokens, max_pos);
         }
         steps[i] = (dsv4_seq_step){items[i].seq, items[i].tokens, items[i].n_tokens, items[i].want_logits};
     }
@@ -174,6 +206,7 @@ dsv4_status dsv4_engine_step(dsv4_engine *e, const dsv4_batch_item *items, int n
                      : e->tp ? dsv4_tp_group_step(e->tp, e->fwd, e->kv, steps, n_items, logits, err)
                              : dsv4_forward_step(e->fwd, e->kv, steps, n_items, logits, err);
     free(steps);
+    if (st == DSV4_OK && e->cfwd) st = check_logits(e, items, n_items, logits, err);
     return st;
 }
 

@@ -499,6 +499,32 @@ static dsv4_status moe_layer(dsv4_forward *f, const seq_rows *seqs, int n_seqs, 
 
 /* ==== the step ========================================================================================== */
 
+/* Run-time check of activations: a NaN or infinity (from a bad weight the load checks do not scan, or an
+ * overflow) fails the step with where it first appeared, instead of flowing on into garbage tokens. One
+ * pass over [rows, hc, D] per sub-layer: a few percent of the step's memory traffic on the CPU backend.
+ * Returns DSV4_OK or DSV4_ERR_FORMAT naming the layer, the op, the row, the stream and the channel. */
+static dsv4_status check_finite(const float *X, int rows, int hc, int D, int layer, const char *op, dsv4_err *err) {
+    const size_t n = (size_t)rows * hc * D;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, &X[i], 4);
+        if ((b & 0x7F800000u) != 0x7F800000u) continue;
+        const size_t r = i / ((size_t)hc * D), h = i / D % hc, d = i % D;
+        if (hc == 1 && !strcmp(op, "the LM head"))
+            return dsv4_err_set(err, DSV4_ERR_FORMAT, "forward: non-finite logit (%s) from the LM head: logits row "
+                                "%zu, vocab id %zu (a NaN or infinite weight in the checkpoint?)",
+                                X[i] != X[i] ? "NaN" : "inf", r, d);
+        if (layer < 0)
+            return dsv4_err_set(err, DSV4_ERR_FORMAT, "forward: non-finite value (%s) after %s: row %zu, stream %zu, "
+                                "channel %zu (a NaN or infinite weight in the checkpoint?)",
+                                X[i] != X[i] ? "NaN" : "inf", op, r, h, d);
+        return dsv4_err_set(err, DSV4_ERR_FORMAT, "forward: non-finite value (%s) in layer %d after %s: row %zu, "
+                            "stream %zu, channel %zu (a NaN or infinite weight in the checkpoint?)",
+                            X[i] != X[i] ? "NaN" : "inf", layer, op, r, h, d);
+    }
+    return DSV4_OK;
+}
+
 dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_seq_step *steps, int n_steps,
                               float *logits, dsv4_err *err) {
     const dsv4_model *m = f->m;
@@ -581,6 +607,7 @@ dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_s
             for (int h = 0; h < hc; h++)
                 memcpy(ws->X + ((size_t)r * hc + h) * D, ws->x + (size_t)r * D, sizeof(float) * D);
     }
+    if ((st = check_finite(ws->X, rows, hc, D, -1, "the embedding", err)) != DSV4_OK) goto done;
     const float eps = (float)c->norm_eps, hc_eps = (float)c->hc_eps;
     for (int layer = 0; layer < c->n_layers; layer++) {
         const dsv4_layer_weights *lw = &m->w.layers[layer];
@@ -595,6 +622,7 @@ dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_s
         for (int r = 0; r < rows; r++)
             dsv4_cpu_hc_post(ws->a + (size_t)r * D, ws->X + (size_t)r * hc * D, ws->post + (size_t)r * hc,
                              ws->comb + (size_t)r * hc * hc, hc, D, ws->X2 + (size_t)r * hc * D);
+        if ((st = check_finite(ws->X2, rows, hc, D, layer, "attention", err)) != DSV4_OK) goto done;
         /* MoE sub-layer. */
         for (int r = 0; r < rows; r++) {
             dsv4_cpu_hc_pre(ws->X2 + (size_t)r * hc * D, hc, D, lw->hc_ffn.fn, lw->hc_ffn.base, lw->hc_ffn.scale,
@@ -606,6 +634,7 @@ dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_s
         for (int r = 0; r < rows; r++)
             dsv4_cpu_hc_post(ws->a + (size_t)r * D, ws->X2 + (size_t)r * hc * D, ws->post + (size_t)r * hc,
                              ws->comb + (size_t)r * hc * hc, hc, D, ws->X + (size_t)r * hc * D);
+        if ((st = check_finite(ws->X, rows, hc, D, layer, "moe", err)) != DSV4_OK) goto done;
         if (f->hook) f->hook(f->hook_user, layer, ws->X, rows, hc, D);
     }
     /* Head on the last position of every sequence that wants logits. */
@@ -638,6 +667,9 @@ dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_s
                 memcpy(logits + (size_t)i * c->vocab_size + (size_t)r * nv, all + (size_t)r * part + (size_t)i * nv,
                        sizeof(float) * nv);
     }
+    /* Non-finite logits fail the step before its positions are committed (the caller may retry or close). */
+    if (n_want && (st = check_finite(logits, n_want, 1, c->vocab_size, -1, "the LM head", err)) != DSV4_OK)
+        goto done;
     for (int i = 0; i < n_steps; i++) {
         int slot = steps[i].slot, n = steps[i].n_tokens;
         dsv4_kv_access_commit(kv, &slot, &n, 1);

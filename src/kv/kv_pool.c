@@ -3,13 +3,27 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/status.h"
 
 /* ---- host memory hook ------------------------------------------------------------------------------ */
 
+/* Physical memory of the machine in bytes (0 if unknown). */
+static uint64_t host_memory_bytes(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    return pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0;
+}
+
+/* An arena above 3/4 of the machine's memory is refused up front: an absurd --ctx would otherwise ask the
+ * allocator for terabytes (a sanitizer abort) or get overcommitted pages that the zero fill below then
+ * touches one by one until the OOM killer ends the process. The quarter left is for the weights' page
+ * cache, the workspaces and everything else (docs/RELIABILITY.md). */
 static dsv4_status host_alloc(void *ctx, size_t bytes, void **out) {
     (void)ctx;
+    *out = NULL;
+    uint64_t mem = host_memory_bytes();
+    if (mem && bytes > mem / 4 * 3) return DSV4_ERR_NOMEM;
     size_t n = (bytes + DSV4_KV_REGION_ALIGN - 1) / DSV4_KV_REGION_ALIGN * DSV4_KV_REGION_ALIGN;
     *out = aligned_alloc(DSV4_KV_REGION_ALIGN, n ? n : DSV4_KV_REGION_ALIGN);
     return *out ? DSV4_OK : DSV4_ERR_NOMEM;
@@ -62,7 +76,10 @@ dsv4_status dsv4_kv_pool_init(dsv4_kv_pool *p, const dsv4_kv_schema *schema, int
         void *b = NULL;
         st = p->mem.alloc(p->mem.ctx, bytes, &b);
         if (st != DSV4_OK) {
-            dsv4_err_set(err, st, "kv pool: block arena of %zu bytes", bytes);
+            dsv4_err_set(err, st,
+                         "kv pool: cannot allocate a block arena of %zu bytes (more than 3/4 of the host's "
+                         "%llu bytes of memory); lower the KV capacity (--ctx)",
+                         bytes, (unsigned long long)host_memory_bytes());
             goto fail;
         }
         p->blocks = b;
@@ -77,7 +94,10 @@ dsv4_status dsv4_kv_pool_init(dsv4_kv_pool *p, const dsv4_kv_schema *schema, int
         void *s = NULL;
         st = p->mem.alloc(p->mem.ctx, bytes, &s);
         if (st != DSV4_OK) {
-            dsv4_err_set(err, st, "kv pool: slot arena of %zu bytes", bytes);
+            dsv4_err_set(err, st,
+                         "kv pool: cannot allocate a slot arena of %zu bytes (more than 3/4 of the host's "
+                         "%llu bytes of memory)",
+                         bytes, (unsigned long long)host_memory_bytes());
             goto fail;
         }
         p->slots = s;

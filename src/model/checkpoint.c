@@ -12,7 +12,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/files.h"
 #include "core/status.h"
+#include "model/contents.h"
+#include "model/limits.h"
 
 /* ================================================================================================
  * Expected tensor inventory (spec §2.3)
@@ -335,8 +338,12 @@ static dsv4_status list_shards(const char *dir, char ***out, int *n_out, dsv4_er
 /* Reads model.safetensors.index.json: opens every shard it names and checks that the weight_map and the
  * shards' headers agree exactly (each mapped name is in its file; each file tensor is mapped there). */
 static dsv4_status open_indexed(dsv4_checkpoint *ck, const char *index_path, dsv4_err *err) {
+    char *text;
+    size_t len;
+    DSV4_TRY(dsv4_file_read_all(index_path, DSV4_LIMIT_INDEX_BYTES, &text, &len, err));
     json_error_t je;
-    json_t *root = json_load_file(index_path, JSON_REJECT_DUPLICATES, &je);
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    free(text);
     if (!root)
         return dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: bad JSON: %s (line %d, column %d)", index_path, je.text,
                             je.line, je.column);
@@ -437,6 +444,7 @@ static dsv4_status open_impl(const char *dir, dsv4_checkpoint *ck, dsv4_err *err
     if (s != DSV4_OK) return s;
     detect_expert_dtype(ck);
     DSV4_TRY(dsv4_checkpoint_validate(ck, err));
+    DSV4_TRY(dsv4_checkpoint_validate_contents(ck, err));
     dsv4_checkpoint_stats_compute(&ck->cfg, &ck->stats);
     return DSV4_OK;
 }

@@ -6,10 +6,13 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "core/files.h"
 #include "core/status.h"
+#include "model/limits.h"
 
 typedef struct {
     const char *path;
@@ -33,16 +36,19 @@ static dsv4_status get_long(const reader *r, json_t *obj, const char *key, int r
     else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v))) d = json_real_value(v);
     else return dsv4_err_set(r->err, DSV4_ERR_CONFIG, "%s: key \"%s\" must be an integer", r->path, key);
     if (d < (double)lo || d > (double)hi)
-        return dsv4_err_set(r->err, DSV4_ERR_CONFIG, "%s: key \"%s\" = %.0f is out of range [%ld, %ld]", r->path,
-                            key, d, lo, hi);
+        return dsv4_err_set(r->err, DSV4_ERR_CONFIG, fabs(d) < 1e18 ? "%s: key \"%s\" = %.0f is out of range [%ld, %ld]"
+                                                                    : "%s: key \"%s\" = %g is out of range [%ld, %ld]",
+                            r->path, key, d, lo, hi);
     *out = (long)d;
     return DSV4_OK;
 }
 
-static dsv4_status get_int(const reader *r, json_t *obj, const char *key, int required, int dflt, int lo,
+/* Integer key in [lo, hi]; hi is a limit of model/limits.h for every value that sizes a loop or an
+ * allocation, so products of config values never overflow (and never exceed a kernel's scratch). */
+static dsv4_status get_int(const reader *r, json_t *obj, const char *key, int required, int dflt, int lo, int hi,
                            int *out) {
     long v;
-    DSV4_TRY(get_long(r, obj, key, required, dflt, lo, 1L << 30, &v));
+    DSV4_TRY(get_long(r, obj, key, required, dflt, lo, hi, &v));
     *out = (int)v;
     return DSV4_OK;
 }
@@ -76,36 +82,36 @@ static dsv4_status expect_str(const reader *r, json_t *obj, const char *key, con
 static dsv4_status parse(const reader *r, dsv4_config *c) {
     json_t *o = r->root;
     memset(c, 0, sizeof *c);
-    DSV4_TRY(get_int(r, o, "vocab_size", 1, 0, 1, &c->vocab_size));
-    DSV4_TRY(get_int(r, o, "hidden_size", 1, 0, 1, &c->dim));
-    DSV4_TRY(get_int(r, o, "num_hidden_layers", 1, 0, 1, &c->n_layers));
-    DSV4_TRY(get_int(r, o, "num_attention_heads", 1, 0, 1, &c->n_heads));
-    DSV4_TRY(get_int(r, o, "head_dim", 1, 0, 1, &c->head_dim));
-    DSV4_TRY(get_int(r, o, "qk_rope_head_dim", 1, 0, 2, &c->rope_head_dim));
-    DSV4_TRY(get_int(r, o, "q_lora_rank", 1, 0, 1, &c->q_lora_rank));
-    DSV4_TRY(get_int(r, o, "o_groups", 1, 0, 1, &c->o_groups));
-    DSV4_TRY(get_int(r, o, "o_lora_rank", 1, 0, 1, &c->o_lora_rank));
-    DSV4_TRY(get_int(r, o, "sliding_window", 1, 0, 1, &c->window_size));
+    DSV4_TRY(get_int(r, o, "vocab_size", 1, 0, 1, DSV4_LIMIT_VOCAB, &c->vocab_size));
+    DSV4_TRY(get_int(r, o, "hidden_size", 1, 0, 1, DSV4_LIMIT_DIM, &c->dim));
+    DSV4_TRY(get_int(r, o, "num_hidden_layers", 1, 0, 1, 1 << 30, &c->n_layers));
+    DSV4_TRY(get_int(r, o, "num_attention_heads", 1, 0, 1, DSV4_LIMIT_HEADS, &c->n_heads));
+    DSV4_TRY(get_int(r, o, "head_dim", 1, 0, 1, DSV4_LIMIT_HEAD_DIM, &c->head_dim));
+    DSV4_TRY(get_int(r, o, "qk_rope_head_dim", 1, 0, 2, DSV4_LIMIT_ROPE_DIM, &c->rope_head_dim));
+    DSV4_TRY(get_int(r, o, "q_lora_rank", 1, 0, 1, DSV4_LIMIT_DIM, &c->q_lora_rank));
+    DSV4_TRY(get_int(r, o, "o_groups", 1, 0, 1, DSV4_LIMIT_HEADS, &c->o_groups));
+    DSV4_TRY(get_int(r, o, "o_lora_rank", 1, 0, 1, DSV4_LIMIT_DIM, &c->o_lora_rank));
+    DSV4_TRY(get_int(r, o, "sliding_window", 1, 0, 1, DSV4_LIMIT_WINDOW, &c->window_size));
     DSV4_TRY(get_num(r, o, "rope_theta", 1, 0, &c->rope_theta));
     DSV4_TRY(get_num(r, o, "compress_rope_theta", 1, 0, &c->compress_rope_theta));
-    DSV4_TRY(get_int(r, o, "index_n_heads", 1, 0, 1, &c->index_n_heads));
-    DSV4_TRY(get_int(r, o, "index_head_dim", 1, 0, 1, &c->index_head_dim));
-    DSV4_TRY(get_int(r, o, "index_topk", 1, 0, 1, &c->index_topk));
-    DSV4_TRY(get_int(r, o, "n_routed_experts", 1, 0, 1, &c->n_routed_experts));
-    DSV4_TRY(get_int(r, o, "num_experts_per_tok", 1, 0, 1, &c->n_activated_experts));
-    DSV4_TRY(get_int(r, o, "n_shared_experts", 1, 0, 1, &c->n_shared_experts));
-    DSV4_TRY(get_int(r, o, "moe_intermediate_size", 1, 0, 1, &c->moe_inter_dim));
-    DSV4_TRY(get_int(r, o, "num_hash_layers", 0, 0, 0, &c->n_hash_layers));
+    DSV4_TRY(get_int(r, o, "index_n_heads", 1, 0, 1, DSV4_LIMIT_HEADS, &c->index_n_heads));
+    DSV4_TRY(get_int(r, o, "index_head_dim", 1, 0, 1, DSV4_LIMIT_HEAD_DIM, &c->index_head_dim));
+    DSV4_TRY(get_int(r, o, "index_topk", 1, 0, 1, DSV4_LIMIT_TOPK, &c->index_topk));
+    DSV4_TRY(get_int(r, o, "n_routed_experts", 1, 0, 1, DSV4_LIMIT_EXPERTS, &c->n_routed_experts));
+    DSV4_TRY(get_int(r, o, "num_experts_per_tok", 1, 0, 1, DSV4_LIMIT_ACTIVE_EXPERTS, &c->n_activated_experts));
+    DSV4_TRY(get_int(r, o, "n_shared_experts", 1, 0, 1, DSV4_LIMIT_SHARED_EXPERTS, &c->n_shared_experts));
+    DSV4_TRY(get_int(r, o, "moe_intermediate_size", 1, 0, 1, DSV4_LIMIT_DIM, &c->moe_inter_dim));
+    DSV4_TRY(get_int(r, o, "num_hash_layers", 0, 0, 0, DSV4_MAX_LAYERS, &c->n_hash_layers));
     DSV4_TRY(get_num(r, o, "routed_scaling_factor", 1, 0, &c->route_scale));
     DSV4_TRY(get_num(r, o, "swiglu_limit", 1, 0, &c->swiglu_limit));
-    DSV4_TRY(get_int(r, o, "hc_mult", 1, 0, 1, &c->hc_mult));
-    DSV4_TRY(get_int(r, o, "hc_sinkhorn_iters", 1, 0, 1, &c->hc_sinkhorn_iters));
+    DSV4_TRY(get_int(r, o, "hc_mult", 1, 0, 1, DSV4_LIMIT_HC, &c->hc_mult));
+    DSV4_TRY(get_int(r, o, "hc_sinkhorn_iters", 1, 0, 1, DSV4_LIMIT_SINKHORN_ITERS, &c->hc_sinkhorn_iters));
     DSV4_TRY(get_num(r, o, "hc_eps", 0, 1e-6, &c->hc_eps));
     DSV4_TRY(get_num(r, o, "rms_norm_eps", 0, 1e-6, &c->norm_eps));
-    DSV4_TRY(get_int(r, o, "num_nextn_predict_layers", 0, 1, 0, &c->n_mtp_layers));
-    DSV4_TRY(get_int(r, o, "bos_token_id", 0, 0, 0, &c->bos_token_id));
-    DSV4_TRY(get_int(r, o, "eos_token_id", 0, 1, 0, &c->eos_token_id));
-    DSV4_TRY(get_long(r, o, "max_position_embeddings", 0, 1048576, 1, 1L << 40, &c->max_position_embeddings));
+    DSV4_TRY(get_int(r, o, "num_nextn_predict_layers", 0, 1, 0, 1 << 30, &c->n_mtp_layers));
+    DSV4_TRY(get_int(r, o, "bos_token_id", 0, 0, 0, DSV4_LIMIT_VOCAB, &c->bos_token_id));
+    DSV4_TRY(get_int(r, o, "eos_token_id", 0, 1, 0, DSV4_LIMIT_VOCAB, &c->eos_token_id));
+    DSV4_TRY(get_long(r, o, "max_position_embeddings", 0, 1048576, 1, DSV4_LIMIT_POSITIONS, &c->max_position_embeddings));
 
     json_t *rs = lookup(r, o, "rope_scaling");
     if (!json_is_object(rs))
@@ -165,9 +171,10 @@ static dsv4_status parse(const reader *r, dsv4_config *c) {
                             r->path, json_array_size(cr), want);
     for (size_t i = 0; i < want; i++) {
         json_t *v = json_array_get(cr, i);
-        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > (1 << 20))
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > DSV4_LIMIT_COMPRESS_RATIO)
             return dsv4_err_set(r->err, DSV4_ERR_CONFIG,
-                                "%s: key \"compress_ratios\"[%zu] must be a non-negative integer", r->path, i);
+                                "%s: key \"compress_ratios\"[%zu] must be an integer in [0, %d]", r->path, i,
+                                DSV4_LIMIT_COMPRESS_RATIO);
         c->compress_ratios[i] = (int)json_integer_value(v);
     }
     return DSV4_OK;
@@ -196,6 +203,9 @@ static dsv4_status check(const char *path, const dsv4_config *c, dsv4_err *err) 
     if (c->index_head_dim % 64 || c->index_head_dim <= c->rope_head_dim)
         BAD("%s: key \"index_head_dim\" = %d must be a multiple of 64 above qk_rope_head_dim", path,
             c->index_head_dim);
+    if (c->index_head_dim != DSV4_INDEX_HEAD_DIM)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "%s: key \"index_head_dim\" = %d: only %d is implemented", path,
+                            c->index_head_dim, DSV4_INDEX_HEAD_DIM);
     if (c->n_activated_experts > c->n_routed_experts)
         BAD("%s: key \"num_experts_per_tok\" = %d exceeds n_routed_experts = %d", path, c->n_activated_experts,
             c->n_routed_experts);
@@ -219,9 +229,12 @@ static dsv4_status check(const char *path, const dsv4_config *c, dsv4_err *err) 
 }
 
 dsv4_status dsv4_config_load(const char *path, dsv4_config *cfg, dsv4_err *err) {
-    if (access(path, R_OK) != 0) return dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    char *text;
+    size_t len;
+    DSV4_TRY(dsv4_file_read_all(path, DSV4_LIMIT_CONFIG_BYTES, &text, &len, err));
     json_error_t je;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    free(text);
     if (!root) {
         return dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: bad JSON: %s (line %d, column %d)", path, je.text, je.line,
                             je.column);

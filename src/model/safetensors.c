@@ -13,7 +13,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/files.h"
 #include "core/status.h"
+#include "model/limits.h"
 
 static const char *const dtype_names[DSV4_DTYPE_COUNT] = {"BF16", "F32", "F8_E4M3", "F8_E8M0", "I8", "I64"};
 static const size_t dtype_sizes[DSV4_DTYPE_COUNT] = {2, 4, 1, 1, 1, 8};
@@ -108,6 +110,46 @@ static dsv4_status parse_entry(const char *label, const char *name, json_t *v, c
     return DSV4_OK;
 }
 
+/* The format's layout rule that matters for safety: tensor byte ranges do not overlap (no tensor aliases
+ * another's bytes; sorted by begin offset, O(n log n)). Holes between ranges are tolerated: they hide no
+ * tensor data and some writers pad (docs/RELIABILITY.md). */
+typedef struct { uint64_t b, e; size_t i; } range;
+
+static int range_cmp(const void *a, const void *b) {
+    const range *x = a, *y = b;
+    if (x->b != y->b) return x->b < y->b ? -1 : 1;
+    if (x->e != y->e) return x->e < y->e ? -1 : 1;
+    return 0;
+}
+
+static dsv4_status check_layout(const char *label, const dsv4_st_tensor *t, size_t n, const uint8_t *data,
+                                dsv4_err *err) {
+    range *r = malloc((n ? n : 1) * sizeof *r);
+    if (!r) return dsv4_err_set(err, DSV4_ERR_NOMEM, "%s: out of memory", label);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (t[i].nbytes == 0) continue;   /* an empty tensor owns no bytes, so it aliases nothing */
+        r[m].b = (uint64_t)(t[i].data - data);
+        r[m].e = r[m].b + t[i].nbytes;
+        r[m++].i = i;
+    }
+    n = m;
+    qsort(r, n, sizeof *r, range_cmp);
+    dsv4_status s = DSV4_OK;
+    uint64_t end = 0;
+    for (size_t k = 0; k < n && s == DSV4_OK; k++) {
+        if (r[k].b < end)
+            s = dsv4_err_set(err, DSV4_ERR_FORMAT,
+                             "%s: tensor %s: data_offsets [%llu, %llu] overlap tensor %s (the format requires "
+                             "contiguous, non-overlapping byte ranges)",
+                             label, t[r[k].i].name ? t[r[k].i].name : "?", (unsigned long long)r[k].b,
+                             (unsigned long long)r[k].e, t[r[k - 1].i].name ? t[r[k - 1].i].name : "?");
+        end = r[k].e > end ? r[k].e : end;
+    }
+    free(r);
+    return s;
+}
+
 dsv4_status dsv4_st_file_parse(const uint8_t *buf, size_t size, const char *label, dsv4_st_file *st,
                                dsv4_err *err) {
     memset(st, 0, sizeof *st);
@@ -120,6 +162,9 @@ dsv4_status dsv4_st_file_parse(const uint8_t *buf, size_t size, const char *labe
     if (hlen > size - 8)
         return dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: header length %llu (+ 8) exceeds the file size %zu",
                             label, (unsigned long long)hlen, size);
+    if (hlen > DSV4_LIMIT_ST_HEADER_BYTES)
+        return dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: header length %llu exceeds the limit of %llu bytes", label,
+                            (unsigned long long)hlen, (unsigned long long)DSV4_LIMIT_ST_HEADER_BYTES);
     if (hlen < 2)
         return dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: header length %llu is too small", label,
                             (unsigned long long)hlen);
@@ -160,6 +205,7 @@ dsv4_status dsv4_st_file_parse(const uint8_t *buf, size_t size, const char *labe
         n++;
     }
     json_decref(root);
+    if (s == DSV4_OK) s = check_layout(label, tensors, n, data, err);
     if (s != DSV4_OK) {
         free_tensors(tensors, n);
         return s;
@@ -181,19 +227,10 @@ dsv4_status dsv4_st_file_parse(const uint8_t *buf, size_t size, const char *labe
 
 dsv4_status dsv4_st_file_open(const char *path, dsv4_st_file *st, dsv4_err *err) {
     memset(st, 0, sizeof *st);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        return dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        return dsv4_err_set(err, DSV4_ERR_IO, "%s: not a regular file", path);
-    }
-    size_t size = (size_t)sb.st_size;
+    int fd;
+    uint64_t fsize;
+    DSV4_TRY(dsv4_file_open_regular(path, DSV4_LIMIT_SHARD_BYTES, &fd, &fsize, err));
+    size_t size = (size_t)fsize;
     if (size < 8) {
         close(fd);
         return dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: file is %zu bytes, shorter than the 8-byte header length",

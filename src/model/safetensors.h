@@ -52,7 +52,8 @@ typedef struct dsv4_st_file {
  * data: tensor .data pointers point into buf, which must outlive st. label names the file in errors.
  * Checks: size >= 8, header length <= size - 8, header is a JSON object of tensor entries (plus an
  * ignored "__metadata__"), known dtypes, non-negative shapes, data_offsets in range and equal to
- * numel * dtype size, no duplicate names. On failure fills err ("<label>: ...") and leaves *st zeroed. */
+ * numel * dtype size, no duplicate names, no two tensors sharing a byte (overlapping data_offsets), a
+ * header of at most DSV4_LIMIT_ST_HEADER_BYTES. On failure fills err ("<label>: ...") and leaves *st zeroed. */
 dsv4_status dsv4_st_file_parse(const uint8_t *buf, size_t size, const char *label, dsv4_st_file *st,
                                dsv4_err *err);
 

@@ -14,9 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/numfmt.h"
+#include "core/files.h"
 #include "core/status.h"
+#include "model/limits.h"
 #include "model/checkpoint.h"
 #include "model/safetensors.h"
 
@@ -179,10 +182,12 @@ static dsv4_status write_config(const dsv4_config *c, const char *path, dsv4_err
     for (int i = 0; i < c->n_layers + c->n_mtp_layers; i++) json_array_append_new(a, json_integer(c->compress_ratios[i]));
     json_object_set_new(o, "expert_dtype", json_string(c->expert_fp4 == 0 ? "fp8" : "fp4"));
     json_object_set_new(o, "dsv4_synthetic", json_true());
-    int rc = json_dump_file(o, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    char *text = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(o);
-    if (rc) return dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-    return DSV4_OK;
+    if (!text) return dsv4_err_set(err, DSV4_ERR_NOMEM, "%s: out of memory", path);
+    dsv4_status st = dsv4_file_write_atomic(path, text, strlen(text), err);
+    free(text);
+    return st;
 }
 
 /* ================================================================================================
@@ -442,6 +447,18 @@ static int cmp_shard_order(const void *a, const void *b) {
     return strcmp(x->name, y->name);
 }
 
+/* Flushes, fsyncs and closes f (open on the temporary file tmp), then renames tmp over path when st is OK;
+ * removes tmp otherwise. Returns the first failure. */
+static dsv4_status finish_temp(FILE *f, const char *tmp, const char *path, dsv4_status st, dsv4_err *err) {
+    if (st == DSV4_OK && (fflush(f) != 0 || fsync(fileno(f)) != 0))
+        st = dsv4_err_set(err, DSV4_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
+    if (fclose(f) != 0 && st == DSV4_OK) st = dsv4_err_set(err, DSV4_ERR_IO, "%s: close failed: %s", tmp, strerror(errno));
+    if (st == DSV4_OK && rename(tmp, path) != 0)
+        st = dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot rename into place: %s", path, strerror(errno));
+    if (st != DSV4_OK) unlink(tmp);
+    return st;
+}
+
 static dsv4_status write_shard(const char *path, spec **members, size_t n, const gen_ctx *g, dsv4_err *err) {
     qsort(members, n, sizeof *members, cmp_shard_order);
     json_t *h = json_object(), *meta = json_object();
@@ -470,11 +487,20 @@ static dsv4_status write_shard(const char *path, spec **members, size_t n, const
     w.err = err;
     w.cap = 1u << 20;
     w.buf = malloc(w.cap);
-    w.f = fopen(path, "wb");
+    /* Written under a temporary name and renamed over path at the end: a reader that has the old shard
+     * mapped keeps its pages (rewriting in place would truncate them under it: SIGBUS). */
+    char tmp[4200];
+    int fd = -1;
     dsv4_status st = DSV4_OK;
-    if (!w.buf || !w.f) {
-        st = w.buf ? dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot create: %s", path, strerror(errno))
-                   : dsv4_err_set(err, DSV4_ERR_NOMEM, "write buffer");
+    if (!w.buf) {
+        st = dsv4_err_set(err, DSV4_ERR_NOMEM, "write buffer");
+        goto done;
+    }
+    if ((st = dsv4_file_create_temp(path, tmp, sizeof tmp, &fd, err)) != DSV4_OK) goto done;
+    if (!(w.f = fdopen(fd, "wb"))) {
+        st = dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+        close(fd);
+        unlink(tmp);
         goto done;
     }
     uint8_t len8[8];
@@ -487,29 +513,19 @@ static dsv4_status write_shard(const char *path, spec **members, size_t n, const
     for (size_t i = 0; i < n && st == DSV4_OK; i++) st = write_tensor(&w, g, members[i]);
     if (st == DSV4_OK) st = wflush(&w);
 done:
-    if (w.f && fclose(w.f) != 0 && st == DSV4_OK)
-        st = dsv4_err_set(err, DSV4_ERR_IO, "%s: close failed: %s", path, strerror(errno));
+    if (w.f) st = finish_temp(w.f, tmp, path, st, err);
     free(w.buf);
     free(hs);
     return st;
 }
 
+/* Copies the regular file src (bounded: a tokenizer.json) to dst atomically. */
 static dsv4_status copy_file(const char *src, const char *dst, dsv4_err *err) {
-    FILE *in = fopen(src, "rb");
-    if (!in) return dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot open: %s", src, strerror(errno));
-    FILE *out = fopen(dst, "wb");
-    if (!out) {
-        fclose(in);
-        return dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot create: %s", dst, strerror(errno));
-    }
-    char b[1 << 16];
-    size_t k;
-    dsv4_status st = DSV4_OK;
-    while ((k = fread(b, 1, sizeof b, in)) > 0)
-        if (fwrite(b, 1, k, out) != k) { st = dsv4_err_set(err, DSV4_ERR_IO, "%s: write failed", dst); break; }
-    if (ferror(in)) st = dsv4_err_set(err, DSV4_ERR_IO, "%s: read failed", src);
-    fclose(in);
-    if (fclose(out) != 0 && st == DSV4_OK) st = dsv4_err_set(err, DSV4_ERR_IO, "%s: close failed", dst);
+    char *data;
+    size_t len;
+    DSV4_TRY(dsv4_file_read_all(src, DSV4_LIMIT_TOKENIZER_BYTES, &data, &len, err));
+    dsv4_status st = dsv4_file_write_atomic(dst, data, len, err);
+    free(data);
     return st;
 }
 
@@ -581,8 +597,10 @@ dsv4_status dsv4_synth_write(const dsv4_config *cfg, const char *dir, uint64_t s
     }
     if (st == DSV4_OK) {
         snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-        if (json_dump_file(idx, path, JSON_INDENT(2) | JSON_SORT_KEYS))
-            st = dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+        char *text = json_dumps(idx, JSON_INDENT(2) | JSON_SORT_KEYS);
+        st = text ? dsv4_file_write_atomic(path, text, strlen(text), err)
+                  : dsv4_err_set(err, DSV4_ERR_NOMEM, "%s: out of memory", path);
+        free(text);
     }
     if (st == DSV4_OK && opt->tokenizer_json) {
         snprintf(path, sizeof path, "%s/tokenizer.json", dir);

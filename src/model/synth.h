@@ -42,8 +42,11 @@ dsv4_status dsv4_synth_config_preset(const char *name, int n_layers, int n_exper
                                      dsv4_err *err);
 
 /* Writes config.json, model-0000i-of-0000N.safetensors and model.safetensors.index.json into dir (created
- * if missing; existing files of those names are overwritten). opt may be NULL (defaults). On failure the
- * directory may hold partial files; err names the file. */
+ * if missing; existing files of those names are replaced). Every file is written under a temporary name
+ * ("<name>.tmp.<pid>.XXXXXX") and renamed into place, so a process reading or mapping dir meanwhile sees
+ * either the old or the new file, whole (never a truncated mapping: SIGBUS). opt may be NULL (defaults).
+ * On failure the files already renamed stay (each one complete) and the temporary one is removed; err
+ * names the file. */
 dsv4_status dsv4_synth_write(const dsv4_config *cfg, const char *dir, uint64_t seed,
                              const dsv4_synth_options *opt, dsv4_err *err);
 

@@ -140,6 +140,30 @@ static json_t *merge_tool_messages(const json_t *msgs) {
     return merged;
 }
 
+/* Stable merge sort of tool[0..n) by key (as Python's sorted; O(n log n), where an insertion sort made
+ * many tool results in one turn quadratic). Returns 0 when out of memory (nothing changed). */
+static int stable_sort(json_t **tool, json_int_t *key, size_t n) {
+    json_t **t2 = malloc(n * sizeof *t2);
+    json_int_t *k2 = malloc(n * sizeof *k2);
+    if (!t2 || !k2) { free(t2); free(k2); return 0; }
+    for (size_t w = 1; w < n; w *= 2) {
+        for (size_t lo = 0; lo < n; lo += 2 * w) {
+            size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n, a = lo, b = mid, o = lo;
+            while (a < mid || b < hi) {
+                int take_a = a < mid && (b >= hi || key[a] <= key[b]);
+                size_t src = take_a ? a++ : b++;
+                t2[o] = tool[src];
+                k2[o++] = key[src];
+            }
+        }
+        memcpy(tool, t2, n * sizeof *t2);
+        memcpy(key, k2, n * sizeof *k2);
+    }
+    free(t2);
+    free(k2);
+    return 1;
+}
+
 static void sort_tool_results(json_t *msgs) {
     json_t *order = json_object(); /* tool-call id -> index in the last assistant's tool_calls */
     for (size_t i = 0; i < json_array_size(msgs); i++) {
@@ -176,11 +200,12 @@ static void sort_tool_results(json_t *msgs) {
             free(key);
             continue;
         }
-        for (size_t a = 1; a < nt; a++) /* stable insertion sort, as Python's sorted */
-            for (size_t b = a; b > 0 && key[b - 1] > key[b]; b--) {
-                json_t *t = tool[b]; tool[b] = tool[b - 1]; tool[b - 1] = t;
-                json_int_t x = key[b]; key[b] = key[b - 1]; key[b - 1] = x;
-            }
+        if (!stable_sort(tool, key, nt)) { /* cannot sort: keep the given order */
+            for (size_t k = 0; k < nt; k++) json_decref(tool[k]);
+            free(tool);
+            free(key);
+            continue;
+        }
         size_t ti = 0;
         for (size_t k = 0; k < nb; k++) {
             json_t *b = json_array_get(blocks, k);
@@ -254,6 +279,8 @@ static dsv4_status put_tool_call(dsv4_tok_buf *out, const json_t *tc, size_t idx
     json_t *name = json_object_get(f, "name"), *args = json_object_get(f, "arguments");
     if (!json_is_string(name) || !args)
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "message %zu: tool call without function.name/arguments", idx);
+    if (strlen(json_string_value(name)) != json_string_length(name))
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "message %zu: tool call name contains a NUL byte", idx);
     PUTS("<｜DSML｜invoke name=\"");
     PUT(json_string_value(name), json_string_length(name));
     PUT("\">\n", 3);
@@ -289,11 +316,12 @@ static dsv4_status put_tool_call(dsv4_tok_buf *out, const json_t *tc, size_t idx
     return DSV4_OK;
 }
 
-static dsv4_status render_message(const json_t *msgs, size_t i, const dsv4_chat_opts *o, bool drop, dsv4_tok_buf *out,
-                                  dsv4_err *err) {
+/* lu: index of the last user/developer message, computed once per render (a scan per message made long
+ * runs of assistant turns quadratic). */
+static dsv4_status render_message(const json_t *msgs, size_t i, long lu, const dsv4_chat_opts *o, bool drop,
+                                  dsv4_tok_buf *out, dsv4_err *err) {
     const json_t *m = json_array_get(msgs, i);
     const char *role = role_of(m);
-    long lu = last_user_index(msgs);
     json_t *content = json_object_get(m, "content");
     if (i == 0 && o->thinking && o->reasoning_effort && !strcmp(o->reasoning_effort, "max")) PUTS(EFFORT_MAX);
 
@@ -387,11 +415,21 @@ static dsv4_status render_message(const json_t *msgs, size_t i, const dsv4_chat_
     return DSV4_OK;
 }
 
+/* Returns a non-NULL pointer when some tools[k].function.name of a tools array holds a NUL byte. */
+static const char *nul_tool_name(const json_t *tools) {
+    for (size_t k = 0; k < json_array_size(tools); k++) {
+        json_t *n = json_object_get(json_object_get(json_array_get(tools, k), "function"), "name");
+        if (json_is_string(n) && strlen(json_string_value(n)) != json_string_length(n)) return json_string_value(n);
+    }
+    return NULL;
+}
+
 static dsv4_status validate(const json_t *msgs, const json_t *tools, const dsv4_chat_opts *o, dsv4_err *err) {
     static const char *roles[] = {"system", "user", "assistant", "tool", "developer", "latest_reminder"};
     if (!json_is_array(msgs)) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "messages must be a JSON array");
     if (tools && !json_is_null(tools) && !json_is_array(tools))
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "tools must be a JSON array");
+    if (nul_tool_name(tools)) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "tools: a tool name contains a NUL byte");
     if (o->reasoning_effort && strcmp(o->reasoning_effort, "max") && strcmp(o->reasoning_effort, "high"))
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "reasoning_effort '%s' is not one of: max, high", o->reasoning_effort);
     for (size_t i = 0; i < json_array_size(msgs); i++) {
@@ -399,6 +437,11 @@ static dsv4_status validate(const json_t *msgs, const json_t *tools, const dsv4_
         if (!json_is_object(m)) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "message %zu is not an object", i);
         const char *r = role_of(m);
         if (!r) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "message %zu has no string \"role\"", i);
+        if (strlen(r) != json_string_length(json_object_get(m, "role")))
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "message %zu: the role contains a NUL byte", i);
+        if ((r = nul_tool_name(json_object_get(m, "tools"))) != NULL)
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "message %zu: a tool name contains a NUL byte", i);
+        r = role_of(m);
         bool known = false;
         for (int k = 0; k < 6; k++) known |= !strcmp(r, roles[k]);
         if (!known)
@@ -433,7 +476,8 @@ dsv4_status dsv4_chat_render(const json_t *messages, const json_t *tools, const 
     size_t before = out->len;
     dsv4_status st = DSV4_OK;
     if (o->add_bos) st = dsv4_tok_buf_append(out, DSV4_CHAT_BOS, strlen(DSV4_CHAT_BOS));
-    for (size_t i = 0; !st && i < json_array_size(msgs); i++) st = render_message(msgs, i, o, drop, out, err);
+    const long lu = last_user_index(msgs);
+    for (size_t i = 0; !st && i < json_array_size(msgs); i++) st = render_message(msgs, i, lu, o, drop, out, err);
     json_decref(msgs);
     if (st) {
         out->len = before;

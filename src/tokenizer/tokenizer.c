@@ -7,7 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/files.h"
 #include "core/status.h"
+#include "model/limits.h"
 #include "tokenizer/pretok.h"
 #include "tokenizer/tokenizer.h"
 
@@ -289,14 +291,13 @@ static dsv4_status check_layout(json_t *root, const char **pats, int *n_pats, co
 }
 
 dsv4_status dsv4_tokenizer_load(const char *path, dsv4_tokenizer **out, dsv4_err *err) {
+    char *text;
+    size_t len;
+    DSV4_TRY(dsv4_file_read_all(path, DSV4_LIMIT_TOKENIZER_BYTES, &text, &len, err));
     json_error_t je;
-    json_t *root = json_load_file(path, JSON_ALLOW_NUL, &je);
-    if (!root) {
-        FILE *f = fopen(path, "rb");
-        if (!f) return dsv4_err_set(err, DSV4_ERR_IO, "%s: cannot open", path);
-        fclose(f);
-        return dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: line %d: %s", path, je.line, je.text);
-    }
+    json_t *root = json_loadb(text, len, JSON_ALLOW_NUL, &je);
+    free(text);
+    if (!root) return dsv4_err_set(err, DSV4_ERR_FORMAT, "%s: line %d: %s", path, je.line, je.text);
     const char *pats[DSV4_PRETOK_MAX_STAGES];
     int n_pats = 0;
     const char *why = NULL;

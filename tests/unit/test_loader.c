@@ -562,9 +562,13 @@ static void test_index_wrong_shard(void) {
 
 typedef struct { const char *from, *to; } dup_arg;
 
+/* Adds tensor a->to as an empty F32 [0] entry: a well-formed extra tensor that aliases no bytes (a copy of
+ * a->from's entry would share its byte range, which the format forbids and the parser now rejects). */
 static void dup_entry(json_t *root, void *arg) {
     dup_arg *a = arg;
-    json_object_set(root, a->to, json_object_get(root, a->from));
+    json_t *off = json_array_get(json_object_get(json_object_get(root, a->from), "data_offsets"), 0);
+    json_object_set_new(root, a->to, json_pack("{s:s,s:[i],s:[O,O]}", "dtype", "F32", "shape", 0, "data_offsets",
+                                               off, off));
 }
 static void dup_index(json_t *root, void *arg) {
     dup_arg *a = arg;

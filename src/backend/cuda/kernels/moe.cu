@@ -16,32 +16,38 @@ __device__ __forceinline__ float sqrt_softplus(float z) {
     return __fsqrt_rn(sp);
 }
 
-/* One warp per token. */
+/* One warp per token.
+ * Shared memory: sel[warp][e] is written and later read by the same lane only (e ≡ lane mod 32), so no lane
+ * ever reads another lane's shared data. The chosen experts travel in registers: the xor-butterfly
+ * reduction leaves every lane holding the same winner (ranks_before is a strict total order), each lane
+ * records it in pick[] and the lane owning that expert sets a bit in its `taken` mask. (The earlier
+ * version kept the list in a shared `chosen` array written by lane 0 and read by every lane: correct only
+ * through the placement of __syncwarp, and reported by compute-sanitizer racecheck as 16 hazards between
+ * that read and write. With no shared list there is nothing to order.) */
 __global__ void __launch_bounds__(ROUTE_WARPS * 32) route_kernel(const float *logits, int n_rows, int E,
                                                                  const float *bias, const int64_t *tid2eid,
                                                                  const int32_t *tokens, int k, float route_scale,
                                                                  int32_t *experts, float *weights) {
     __shared__ float sel[ROUTE_WARPS][ROUTE_MAX_E];
-    __shared__ int chosen[ROUTE_WARPS][ROUTE_MAX_K];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int r = blockIdx.x * ROUTE_WARPS + warp;
     if (r >= n_rows) return;
     const float *z = logits + (size_t)r * E;
+    int pick[ROUTE_MAX_K];   /* the same in every lane of the warp */
     if (tid2eid) {
-        if (lane < k) {
-            int64_t e = tid2eid[(size_t)tokens[r] * k + lane];
-            chosen[warp][lane] = (e >= 0 && e < E) ? (int)e : -1;
+        for (int i = 0; i < k; i++) {
+            int64_t e = tid2eid[(size_t)tokens[r] * k + i];
+            pick[i] = (e >= 0 && e < E) ? (int)e : -1;
         }
     } else {
+        /* E <= ROUTE_MAX_E = 32 * 32: lane owns experts lane + 32 j, j < 32, one bit each in `taken`. */
+        unsigned taken = 0u;
         for (int e = lane; e < E; e += 32) sel[warp][e] = __fadd_rn(sqrt_softplus(z[e]), bias ? bias[e] : 0.0f);
-        __syncwarp();
         for (int i = 0; i < k; i++) {
             float bv = 0.0f;
             int bi = -1;
-            for (int e = lane; e < E; e += 32) {
-                bool taken = false;
-                for (int t = 0; t < i; t++) taken |= chosen[warp][t] == e;
-                if (taken) continue;
+            for (int e = lane, j = 0; e < E; e += 32, j++) {
+                if ((taken >> j) & 1u) continue;
                 float v = sel[warp][e];
                 if (bi < 0 || ranks_before(v, e, bv, bi)) {
                     bv = v;
@@ -56,20 +62,19 @@ __global__ void __launch_bounds__(ROUTE_WARPS * 32) route_kernel(const float *lo
                     bi = oi;
                 }
             }
-            if (lane == 0) chosen[warp][i] = bi;
-            __syncwarp();
+            pick[i] = bi;
+            if (bi >= 0 && (bi & 31) == lane) taken |= 1u << (bi >> 5);
         }
     }
-    __syncwarp();
     if (lane == 0) {
         float w[ROUTE_MAX_K], sum = 0.0f;
         for (int i = 0; i < k; i++) {
-            int e = chosen[warp][i];
+            int e = pick[i];
             w[i] = e >= 0 ? sqrt_softplus(z[e]) : 0.0f;
             sum = __fadd_rn(sum, w[i]);
         }
         for (int i = 0; i < k; i++) {
-            experts[(size_t)r * k + i] = chosen[warp][i];
+            experts[(size_t)r * k + i] = pick[i];
             weights[(size_t)r * k + i] = __fmul_rn(__fdiv_rn(w[i], sum), route_scale);
         }
     }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# sizes.sh — absurd sizes on the command line: a KV capacity (--ctx) whose arena cannot fit in memory, a
+# prompt that does not fit the --ctx given (refused before any compute, not after a wasted prefill with an
+# internal KV message), and `generate -p` sizing its KV from the tokenized prompt when --ctx is not given.
+. "$(dirname "$0")/lib.sh"
+hostile "--ctx 2^30 (terabyte arena)" 30 "lower the KV capacity" -- \
+    "$DSV4" generate --model "$TINY" --prompt-ids 1,2 -n 1 --ctx 1073741824
+hostile "--prompt-ids longer than --ctx" 30 "more than --ctx 4" -- \
+    "$DSV4" generate --model "$TINY" --prompt-ids 1,2,3,4,5,6 -n 1 --ctx 4
+hostile "-n beyond --ctx" 30 "raise --ctx or lower -n" -- \
+    "$DSV4" generate --model "$TINY" --prompt-ids 1,2,3 -n 100 --ctx 50
+TOK=${DSV4_TOKENIZER:-$(python3 tools/tokenizer/find_tokenizer.py 2>/dev/null)}
+if [ -n "$TOK" ] && [ -f "$TOK" ]; then
+    long=$(head -c 30000 /dev/zero | tr '\0' 'a' | sed 's/aaaaa/word /g')   # ~6000 words
+    hostile "-p longer than --ctx, refused before prefill" 30 "the prompt \\([0-9]+ tokens\\) plus -n 1 needs" -- \
+        "$DSV4" generate --model "$TINY" --tokenizer "$TOK" -p "$long" -n 1 --ctx 100
+    # without --ctx the KV is sized from the tokenized prompt and every limit is checked before the prefill:
+    # here the model's max_position_embeddings (4000) refuses the ~6000-token prompt at once
+    if have_python; then
+        mkfix "$tmp/maxpos4k" --config max_position_embeddings=4000
+        hostile "-p beyond max_position_embeddings, refused before prefill" 30 \
+            "the prompt \\([0-9]+ tokens\\) plus -n 1 exceeds the model's max_position_embeddings = 4000" -- \
+            "$DSV4" generate --model "$tmp/maxpos4k" --tokenizer "$TOK" -p "$long" -n 1
+    fi
+else
+    skipped "-p cases (no tokenizer.json)"
+fi
+finish
