@@ -12,7 +12,8 @@
  * Timing: warm-up, then batches of launches that cycle over enough weight copies to exceed 4x the L2 (so
  * every launch streams its weights from HBM), CUDA events around each batch, median of the batches.
  * Inputs are random, never zeros. Output: one CSV line per measurement ("csv,...") and a table.
- * Usage: bench_cuda_linear [--quick]; DSV4_BENCH_DECODE_ONLY=1 stops after the decode sections.
+ * Usage: bench_cuda_linear [--quick]; DSV4_BENCH_DECODE_ONLY=1 stops after the decode sections,
+ * DSV4_BENCH_PREFILL_ONLY=1 skips them (prefill table and act_quant only).
  * Without CUDA (or a device) it prints SKIP and exits 0. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -316,6 +317,7 @@ int main(int argc, char **argv) {
     printf("csv,memcpy_d2d,GBps,%.1f\n", bw);
     printf("device-to-device cudaMemcpy: %.0f GB/s (read + write)\n\n", bw);
 
+    const int prefill_only = getenv("DSV4_BENCH_PREFILL_ONLY") != NULL;
     /* ---- decode: weight streaming; "before" = the 16-row tile decode kernel (kernel 0), "after" = what the
      * launcher picks for M <= 16 (the GEMV, gemv.h), both in this run ---- */
     const shape dec[] = {
@@ -332,7 +334,7 @@ int main(int argc, char **argv) {
            "%-16s %-5s %3s %7s | %-21s | %-21s | %-21s | %-21s | %s\n",
            "layer", "op", "M", "MB", "tile stream us  ratio", "tile graph us   ratio", "gemv stream us  ratio",
            "gemv graph us   ratio", "gemv plan");
-    for (size_t s = 0; s < sizeof dec / sizeof dec[0]; s++)
+    for (size_t s = 0; s < (prefill_only ? 0 : sizeof dec / sizeof dec[0]); s++)
         for (int mi = 0; mi < ndecM; mi++) {
             job j;
             job_init(&j, dec[s].op, decM[mi], dec[s].N, dec[s].K);
@@ -375,7 +377,7 @@ int main(int argc, char **argv) {
                "%-15s %3s %7s | %9s %6s | %9s %6s | %9s %6s | %9s %6s | %9s %7s %6s | %s\n",
                "experts", "m", "MB", "tile x G", "ratio", "gemv x G", "ratio", "(graph)", "ratio", "grouped", "ratio",
                "(graph)", "GB/s", "ratio", "plan");
-        for (size_t gidx = 0; gidx < 2; gidx++)
+        for (size_t gidx = 0; gidx < (prefill_only ? 0u : 2u); gidx++)
             for (int mi = 0; mi < 2; mi++) {
                 int m = mi ? 8 : 1;
                 job j;
