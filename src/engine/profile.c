@@ -32,6 +32,10 @@ dsv4_status dsv4_prof_pass_end(dsv4_prof *p, dsv4_err *err) {
     return no_cuda(err);
 }
 void dsv4_prof_reset(dsv4_prof *p) { (void)p; }
+void dsv4_prof_summary(const dsv4_prof *p, int *passes, long *calls, double *ms, long *dropped, int *n_ops) {
+    (void)p;
+    *passes = 0, *calls = 0, *ms = 0, *dropped = 0, *n_ops = 0;
+}
 void dsv4_prof_print(const dsv4_prof *p, FILE *out, const char *title, double copy_gbps, double peak_tflops,
                      int n_layers, int csv) {
     (void)p; (void)out; (void)title; (void)copy_gbps; (void)peak_tflops; (void)n_layers; (void)csv;
@@ -156,6 +160,15 @@ dsv4_status dsv4_prof_pass_end(dsv4_prof *p, dsv4_err *err) {
     p->passes++;
     p->n_marks = 0;
     return DSV4_OK;
+}
+
+void dsv4_prof_summary(const dsv4_prof *p, int *passes, long *calls, double *ms, long *dropped, int *n_ops) {
+    *passes = p->passes;
+    *calls = 0;
+    for (int i = 0; i < p->n_ops; i++) *calls += p->ops[i].calls;
+    *ms = p->total_ms;
+    *dropped = p->dropped;
+    *n_ops = p->n_ops;
 }
 
 void dsv4_prof_reset(dsv4_prof *p) {

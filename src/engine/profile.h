@@ -36,6 +36,8 @@ dsv4_status dsv4_prof_mark(dsv4_prof *p, dsv4_cuda_ctx *ctx, const char *name, d
                            dsv4_err *err);
 /* Waits for the pass's last event and adds its intervals to the per-name totals (pass count + 1). */
 dsv4_status dsv4_prof_pass_end(dsv4_prof *p, dsv4_err *err);
+/* Totals so far: passes, op calls timed, device ms, marks dropped, distinct op names. */
+void dsv4_prof_summary(const dsv4_prof *p, int *passes, long *calls, double *ms, long *dropped, int *n_ops);
 /* Forgets the totals (after a warm-up pass). */
 void dsv4_prof_reset(dsv4_prof *p);
 

@@ -8,10 +8,14 @@
 #   4. bench_cuda_linear, prefill table only: own mma.sync FP8 kernel vs cuBLASLt FP8 (per call / prepared
 #      scales) vs cuBLASLt BF16, M = 32..4096 at every Flash FP8 shape
 #   5. dsv4 bench --profile on the 8-layer flash-shapes synthetic: prefill of 4096 tokens and a decode step of
-#      batch 8 at context 1024, default paths; then again with DSV4_CUDA_MOE=grouped DSV4_CUDA_FP8_GEMM=cublaslt
-#      (the candidate defaults) on the same checkpoint
+#      batch 8 at context 1024, default paths
+#   6. tests/model/test_cuda_forward with DSV4_CUDA_FP8_GEMM=cublaslt (end to end vs the CPU with the cuBLASLt
+#      FP8 path at M > 16, and the profiler-attached = graph test)
+#   7. the profile again with DSV4_CUDA_MOE=grouped DSV4_CUDA_FP8_GEMM=cublaslt (the candidate defaults) on
+#      the same checkpoint
 # Every step has a timeout inside one overall budget (~580 s) so the logs come back. Logs under $OUT:
-# build.log test.log memcheck.log bench.log profile.log profile_next.log (+ gpu.txt); summary printed last.
+# build.log test.log memcheck.log bench.log profile.log forward_lt.log profile_next.log (+ gpu.txt); summary
+# printed last.
 #   usage: bash tools/device/run_perf_next.sh
 # Typical call: run(command="bash tools/device/run_perf_next.sh", carry=[".devlibs"], timeout_s=600)
 set -u
@@ -32,7 +36,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,
     | tee "$OUT/gpu.txt"
 
 step "build"
-if ! timeout "$(cap 240)" make -j16 $B/dsv4 $B/tests/unit/test_cuda_linear $B/bench/bench_cuda_linear \
+if ! timeout "$(cap 240)" make -j16 $B/dsv4 $B/tests/unit/test_cuda_linear $B/bench/bench_cuda_linear $B/tests/model/test_cuda_forward \
         >"$OUT/build.log" 2>&1; then
     echo "build FAILED:"; grep -E "error" "$OUT/build.log" | head -20; exit 1
 fi
@@ -65,6 +69,12 @@ echo "profile rc=$?"
 grep -E "^bench:" "$OUT/profile.log" | tail -5
 sed -n '/^PROFILE/,/^(eager/p' "$OUT/profile.log"
 summary="$summary\nprofile (default): $(grep -c '^PROFILE' "$OUT/profile.log") tables"
+
+step "test_cuda_forward with DSV4_CUDA_FP8_GEMM=cublaslt (GPU vs CPU end to end; profiled = graph)"
+DSV4_CUDA_FP8_GEMM=cublaslt timeout "$(cap 150)" $B/tests/model/test_cuda_forward >"$OUT/forward_lt.log" 2>&1
+echo "test_cuda_forward (cublaslt) rc=$?"
+grep -E "CHECK|FAIL|profiled vs graph|graph vs eager|rel|SKIP|passed" "$OUT/forward_lt.log" | head -40
+summary="$summary\ntest_cuda_forward (cublaslt): $(tail -1 "$OUT/forward_lt.log")"
 
 step "dsv4 bench --profile again with DSV4_CUDA_MOE=grouped DSV4_CUDA_FP8_GEMM=cublaslt"
 if [ -f "$SYN/config.json" ]; then
