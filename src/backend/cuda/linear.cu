@@ -426,10 +426,10 @@ static dsv4_status linear_q(dsv4_cuda_ctx *ctx, bool fp4, int kernel, const uint
     if (((uintptr_t)xq | (uintptr_t)w | (uintptr_t)y) & 15)
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "%s: xq, w and y must be 16-byte aligned", name);
     if (kernel < 0)
-        kernel = M <= DSV4_CUDA_GEMV_MAX_M                      ? 2
+        kernel = M <= DSV4_CUDA_GEMV_MAX_M                               ? 2
                  : !fp4 && ctx->fp8_gemm == DSV4_CUDA_FP8_GEMM_CUBLASLT ? 3
-                 : M <= DECODE_MAX_M                            ? 0
-                                                                : 1;
+                 : M <= DECODE_MAX_M                                    ? 0
+                                                                        : 1;
     if (kernel == 3) {
         if (fp4) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "%s: no cuBLASLt kernel for FP4 weights", name);
         return dsv4_cuda_linear_fp8_lt(ctx, xq, xs, M, K, w, ws, N, y, err);

@@ -4,7 +4,8 @@
  *
  * Must not: allocate device memory inside a call (the FP8 path converts its scales into ctx->ws; weight
  * scales prepared at load live in buffers dsv4_cuda_linear_fp8_lt_prepare allocates then), synchronize the
- * stream, or touch the split-K counters.
+ * stream (except dsv4_cuda_linear_fp8_lt_release, which waits for the calls in flight before it frees a
+ * table), or touch the split-K counters.
  *
  * ==== Plans =================================================================================================
  * A plan is the op descriptor, the three matrix layouts and the algorithm cublasLtMatmulAlgoGetHeuristic chose,
@@ -12,6 +13,12 @@
  * cached plan replays correctly inside a CUDA graph and the scale pointers of the FP8 op can be set per call.
  * At most LT_MAX_PLANS plans; past that the least recently used one is dropped (prefill passes of many
  * different row counts), which only costs another heuristic query.
+ *
+ * ==== BF16 linear ===========================================================================================
+ * Row-major y[M,N] = x[M,K]·W[N,K]ᵀ is, in cuBLAS's column-major terms, Y(N×M) = Wᵀ-op(K×N stored) · X(K×M):
+ * A = W with op T (the "TN" case cuBLAS is fastest at), B = x with op N, ld = K for both, ldc = N. Why cuBLASLt
+ * here: BF16 GEMM is what cuBLAS is tuned for, the BF16 linears (compressor wkv/wgate, indexer weights_proj,
+ * router gate, wo_a, LM head) are a small share of the bytes, and a hand kernel would only re-derive it.
  *
  * ==== FP8 block-scaled linear ==============================================================================
  * Row-major y[M,N] = x[M,K]·W[N,K]ᵀ is, in cuBLAS's column-major terms, D(N×M) = op(A)·B with A = W (stored
