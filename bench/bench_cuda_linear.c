@@ -5,12 +5,15 @@
  *     (before) and the GEMV the launchers now pick for M <= 16 (after), in the same run;
  *   grouped MoE decode: all 6 routed experts' w1+w3 (12 GEMVs) and w2 (6 GEMVs) of a step, as separate
  *     launches and as one grouped GEMV launch;
- *   prefill (M = 512, 2048): TFLOP/s (2·M·N·K / time) and its ratio to cuBLASLt's BF16 GEMM of the same
- *     shape (FP32 accumulation, BF16 out).
+ *   prefill (M = 32, 128, 512, 2048, 4096): TFLOP/s (2·M·N·K / time) of the own FP8/FP4 kernels and, for FP8,
+ *     of cuBLASLt's block-scaled FP8 GEMM (dsv4_cuda_linear_fp8_lt, scales converted per call, and with the
+ *     weight scales prepared at load), each with its ratio to cuBLASLt's BF16 GEMM of the same shape (FP32
+ *     accumulation, BF16 out) and lt/own.
  * Timing: warm-up, then batches of launches that cycle over enough weight copies to exceed 4x the L2 (so
  * every launch streams its weights from HBM), CUDA events around each batch, median of the batches.
  * Inputs are random, never zeros. Output: one CSV line per measurement ("csv,...") and a table.
- * Usage: bench_cuda_linear [--quick]; DSV4_BENCH_DECODE_ONLY=1 stops after the decode sections.
+ * Usage: bench_cuda_linear [--quick]; DSV4_BENCH_DECODE_ONLY=1 stops after the decode sections,
+ * DSV4_BENCH_PREFILL_ONLY=1 skips them (prefill table and act_quant only).
  * Without CUDA (or a device) it prints SKIP and exits 0. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,7 +85,7 @@ enum op { OP_FP8, OP_FP4, OP_BF16 };
 typedef struct {
     enum op op;
     int M, N, K;
-    int kernel;          /* FP8/FP4: -1 automatic, 0 tile decode kernel, 2 GEMV (dsv4_cuda_linear_q_kernel) */
+    int kernel;          /* FP8/FP4: -1 automatic, 0 tile decode kernel, 2 GEMV, 3 cuBLASLt FP8 (dsv4_cuda_linear_q_kernel) */
     int group;           /* > 0: grouped GEMV of `group` GEMVs (w, ws = [ncopy] device descriptor tables) */
     int gsep;            /* grouped, "before": `group` separate launches of `kernel` instead of one launch */
     dsv4_cuda_gemv_desc *hdesc; /* grouped: host copy of the tables [ncopy][group] */
@@ -314,6 +317,7 @@ int main(int argc, char **argv) {
     printf("csv,memcpy_d2d,GBps,%.1f\n", bw);
     printf("device-to-device cudaMemcpy: %.0f GB/s (read + write)\n\n", bw);
 
+    const int prefill_only = getenv("DSV4_BENCH_PREFILL_ONLY") != NULL;
     /* ---- decode: weight streaming; "before" = the 16-row tile decode kernel (kernel 0), "after" = what the
      * launcher picks for M <= 16 (the GEMV, gemv.h), both in this run ---- */
     const shape dec[] = {
@@ -330,7 +334,7 @@ int main(int argc, char **argv) {
            "%-16s %-5s %3s %7s | %-21s | %-21s | %-21s | %-21s | %s\n",
            "layer", "op", "M", "MB", "tile stream us  ratio", "tile graph us   ratio", "gemv stream us  ratio",
            "gemv graph us   ratio", "gemv plan");
-    for (size_t s = 0; s < sizeof dec / sizeof dec[0]; s++)
+    for (size_t s = 0; s < (prefill_only ? 0 : sizeof dec / sizeof dec[0]); s++)
         for (int mi = 0; mi < ndecM; mi++) {
             job j;
             job_init(&j, dec[s].op, decM[mi], dec[s].N, dec[s].K);
@@ -373,7 +377,7 @@ int main(int argc, char **argv) {
                "%-15s %3s %7s | %9s %6s | %9s %6s | %9s %6s | %9s %6s | %9s %7s %6s | %s\n",
                "experts", "m", "MB", "tile x G", "ratio", "gemv x G", "ratio", "(graph)", "ratio", "grouped", "ratio",
                "(graph)", "GB/s", "ratio", "plan");
-        for (size_t gidx = 0; gidx < 2; gidx++)
+        for (size_t gidx = 0; gidx < (prefill_only ? 0u : 2u); gidx++)
             for (int mi = 0; mi < 2; mi++) {
                 int m = mi ? 8 : 1;
                 job j;
@@ -409,31 +413,53 @@ int main(int argc, char **argv) {
         dsv4_cuda_ctx_destroy(ctx);
         return 0;
     }
-    /* ---- prefill: tensor-core throughput vs cuBLASLt BF16 ---- */
+    /* ---- prefill: tensor-core throughput; FP8 = own mma.sync kernel (what the launcher picks by default) next
+     * to cuBLASLt's block-scaled FP8 GEMM (kernel 3: scales converted per call; "prep" = weight scales prepared
+     * at load, only the activation scales converted per call), peer = cuBLASLt BF16 GEMM, all in this run ---- */
     const shape pre[] = {
         {"wq_b", OP_FP8, 32768, 1024},      {"wo_b", OP_FP8, 4096, 8192},
-        {"shared.w1", OP_FP8, 2048, 4096},  {"wq_a", OP_FP8, 1024, 4096},
+        {"shared.w1", OP_FP8, 2048, 4096},  {"shared.w2", OP_FP8, 4096, 2048},
+        {"wq_a", OP_FP8, 1024, 4096},       {"wkv", OP_FP8, 512, 4096},
         {"expert.w1", OP_FP4, 2048, 4096},  {"expert.w2", OP_FP4, 4096, 2048},
     };
-    const int preM[] = {512, 2048};
-    printf("\nPREFILL (TFLOP/s = 2MNK/t; peer = cuBLASLt BF16 GEMM, same shape, same run)\n%-12s %-5s %5s %9s %8s %9s %8s "
-           "%7s  %s\n",
-           "layer", "op", "M", "us", "TFLOP/s", "bf16 us", "TFLOP/s", "ratio", "plan");
+    const int preM[] = {32, 128, 512, 2048, 4096};
+    printf("\nPREFILL (TFLOP/s = 2MNK/t; own = mma.sync kernel the launcher picks by default, lt = cuBLASLt block-scaled "
+           "FP8,\n         lt prep = lt with the weight scales prepared at load; bf16 = cuBLASLt BF16 GEMM peer; same run)\n"
+           "%-10s %-4s %5s | %8s %7s | %8s %7s | %8s %7s | %8s %7s | %7s %7s %7s  %s\n",
+           "layer", "op", "M", "own us", "TFLOP/s", "lt us", "TFLOP/s", "prep us", "TFLOP/s", "bf16 us", "TFLOP/s",
+           "lt/own", "own/bf", "lt/bf", "own plan");
     for (size_t s = 0; s < sizeof pre / sizeof pre[0]; s++)
-        for (int mi = 0; mi < 2; mi++) {
-            if (quick && mi == 1) continue;
+        for (int mi = 0; mi < 5; mi++) {
+            if (quick && preM[mi] != 512) continue;
             job j, b;
             job_init(&j, pre[s].op, preM[mi], pre[s].N, pre[s].K);
             job_init(&b, OP_BF16, preM[mi], pre[s].N, pre[s].K);
-            double us = job_time_us(&j, batches), ub = job_time_us(&b, batches);
+            double us = job_time_us(&j, batches), ub = job_time_us(&b, batches), ul = -1, up = -1;
+            if (j.op == OP_FP8) {
+                j.kernel = 3;
+                ul = job_time_us(&j, batches);
+                for (int c = 0; c < j.ncopy; c++) TRY(dsv4_cuda_linear_fp8_lt_prepare(ctx, j.ws[c], j.N, j.K, ERR));
+                up = job_time_us(&j, batches);
+                for (int c = 0; c < j.ncopy; c++) dsv4_cuda_linear_fp8_lt_release(ctx, j.ws[c]);
+                j.kernel = -1;
+            }
             double fl = 2.0 * j.M * (double)j.N * j.K;
-            double tf = fl / (us * 1e-6) / 1e12, tb = fl / (ub * 1e-6) / 1e12;
+#define TF_(t) ((t) > 0 ? fl / ((t) * 1e-6) / 1e12 : 0.0)
             dsv4_cuda_linear_plan pl;
             dsv4_cuda_linear_plan_get(ctx, j.M, j.K, j.N, j.op == OP_FP4, &pl);
-            printf("%-12s %-5s %5d %9.1f %8.1f %9.1f %8.1f %7.3f  %s %dx%d splits %d\n", pre[s].name, op_name[j.op], j.M, us,
-                   tf, ub, tb, tf / tb, pl.kernel ? "prefill" : "decode", pl.bm, pl.bn, pl.splits);
-            printf("csv,prefill,%s,%s,%d,%d,%d,%.2f,%.1f,%.2f,%.1f,%.4f\n", pre[s].name, op_name[j.op], j.M, j.N, j.K, us, tf,
-                   ub, tb, tf / tb);
+            const char *pk = pl.kernel == 2 ? "gemv" : pl.kernel == 1 ? "prefill" : "decode";
+            if (j.op == OP_FP8)
+                printf("%-10s %-4s %5d | %8.1f %7.1f | %8.1f %7.1f | %8.1f %7.1f | %8.1f %7.1f | %7.3f %7.3f %7.3f  %s %dx%d "
+                       "splits %d\n",
+                       pre[s].name, op_name[j.op], j.M, us, TF_(us), ul, TF_(ul), up, TF_(up), ub, TF_(ub), us / ul,
+                       TF_(us) / TF_(ub), TF_(ul) / TF_(ub), pk, pl.bm, pl.bn, pl.splits);
+            else
+                printf("%-10s %-4s %5d | %8.1f %7.1f | %8s %7s | %8s %7s | %8.1f %7.1f | %7s %7.3f %7s  %s %dx%d splits %d\n",
+                       pre[s].name, op_name[j.op], j.M, us, TF_(us), "-", "-", "-", "-", ub, TF_(ub), "-",
+                       TF_(us) / TF_(ub), "-", pk, pl.bm, pl.bn, pl.splits);
+            printf("csv,prefill,%s,%s,%d,%d,%d,own,%.2f,%.1f,lt,%.2f,%.1f,lt_prep,%.2f,%.1f,bf16,%.2f,%.1f\n", pre[s].name,
+                   op_name[j.op], j.M, j.N, j.K, us, TF_(us), ul, TF_(ul), up, TF_(up), ub, TF_(ub));
+#undef TF_
             fflush(stdout);
             job_free(&j);
             job_free(&b);

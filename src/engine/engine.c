@@ -14,6 +14,7 @@
 #include "engine/forward_cuda.h"
 #include "engine/kv_access.h"
 #include "engine/model.h"
+#include "engine/profile.h"
 
 struct dsv4_engine {
     dsv4_model *model;        /* owned */
@@ -248,4 +249,11 @@ void dsv4_engine_set_layer_dump(dsv4_engine *e, dsv4_layer_dump_fn fn, void *use
     if (e->fwd) dsv4_forward_set_hook(e->fwd, fn, user);
     if (e->cfwd && dsv4_forward_cuda_set_hook(e->cfwd, fn, user, NULL) != DSV4_OK)
         (void)dsv4_forward_cuda_set_hook(e->cfwd, NULL, NULL, NULL);
+}
+
+dsv4_status dsv4_engine_set_profile(dsv4_engine *e, dsv4_prof *p, dsv4_err *err) {
+    if (!e->cfwd) return p ? dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: profiling needs the cuda backend") : DSV4_OK;
+    if (e->tp && p) return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: profiling runs on one GPU (gpus = 1)");
+    dsv4_forward_cuda_set_profile(e->cfwd, p);
+    return DSV4_OK;
 }

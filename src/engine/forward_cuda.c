@@ -50,6 +50,7 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
 void dsv4_forward_cuda_destroy(dsv4_forward_cuda *f) { (void)f; }
 dsv4_kv_manager *dsv4_forward_cuda_kv(dsv4_forward_cuda *f) { (void)f; return NULL; }
 void dsv4_forward_cuda_set_graphs(dsv4_forward_cuda *f, int enabled) { (void)f; (void)enabled; }
+void dsv4_forward_cuda_set_profile(dsv4_forward_cuda *f, struct dsv4_prof *p) { (void)f; (void)p; }
 dsv4_status dsv4_forward_cuda_set_hook(dsv4_forward_cuda *f, dsv4_layer_dump_fn fn, void *user, dsv4_err *err) {
     (void)f; (void)fn; (void)user;
     return not_compiled(err);
@@ -90,6 +91,7 @@ void dsv4_forward_cuda_collective_time(const dsv4_forward_cuda *f, double *ms, i
 #include "backend/cuda/engine_glue.h"
 #include "backend/cuda/ops_cuda.h"
 #include "engine/kv_access.h"
+#include "engine/profile.h"
 #include "kv/kv_schema.h"
 
 #define HIST_CAP 4096   /* greedy steps one decode_greedy call may run */
@@ -175,6 +177,7 @@ struct dsv4_forward_cuda {
     int use_graphs;
     int capacity_lists;               /* options.capacity_lists */
     int moe_grouped;                  /* DSV4_CUDA_MOE=grouped: routed experts through cuda_moe.h */
+    dsv4_prof *prof;                  /* borrowed; non-NULL: eager passes, an event after every op group */
     double upload_gb, upload_gbps;
     /* weights */
     void *wbuf;                       /* owned device buffer with every weight */
@@ -469,6 +472,7 @@ void dsv4_forward_cuda_destroy(dsv4_forward_cuda *f) {
 
 dsv4_kv_manager *dsv4_forward_cuda_kv(dsv4_forward_cuda *f) { return f->kv; }
 void dsv4_forward_cuda_set_graphs(dsv4_forward_cuda *f, int enabled) { f->use_graphs = enabled; }
+void dsv4_forward_cuda_set_profile(dsv4_forward_cuda *f, dsv4_prof *p) { f->prof = p; }
 
 dsv4_status dsv4_forward_cuda_set_hook(dsv4_forward_cuda *f, dsv4_layer_dump_fn fn, void *user, dsv4_err *err) {
     if (fn && !f->hook_f) {
@@ -557,6 +561,12 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
         return dsv4_err_set(err, DSV4_ERR_CONFIG, "DSV4_CUDA_MOE=grouped: needs dim and moe_inter_dim multiples of 128 "
                             "and at most %d experts per device (dim %d, inter %d, experts %d)",
                             DSV4_CUDA_MOE_MAX_EXPERTS, c->dim, c->moe_inter_dim, m->shard.ne);
+    /* DSV4_CUDA_FP8_GEMM: mma | cublaslt, the FP8 linears at M > 16 (default mma until a GPU run picks;
+     * docs/PERF.md); cublaslt prepares every FP8 weight's FP32 scale table at load */
+    const char *gemm_env = getenv("DSV4_CUDA_FP8_GEMM");
+    if (gemm_env && *gemm_env && strcmp(gemm_env, "mma") != 0 && strcmp(gemm_env, "cublaslt") != 0)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "DSV4_CUDA_FP8_GEMM=%s: expected mma or cublaslt", gemm_env);
+    const int fp8_lt = gemm_env && strcmp(gemm_env, "cublaslt") == 0;
     dsv4_forward_cuda *f = calloc(1, sizeof *f);
     if (!f) return dsv4_err_set(err, DSV4_ERR_NOMEM, "cuda forward: out of memory");
     f->m = m;
@@ -600,6 +610,17 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
         if (verbose)
             fprintf(stderr, "\rcuda: weights on the device: %.3f GB in %.2f s (%.2f GB/s)                 \n",
                     f->upload_gb, dt, f->upload_gbps);
+    }
+    if (fp8_lt) {
+        f->ctx->fp8_gemm = DSV4_CUDA_FP8_GEMM_CUBLASLT;
+        for (int l = 0; l < c->n_layers && st == DSV4_OK; l++) {
+            const dlayer *d = &f->L[l];
+            const dlin *ls[] = {&d->wq_a, &d->wq_b, &d->wkv, &d->wo_b, &d->idx_wq_b, &d->sh1, &d->sh2, &d->sh3};
+            for (int i = 0; i < 8 && st == DSV4_OK; i++)
+                if (ls[i]->w) st = dsv4_cuda_linear_fp8_lt_prepare(f->ctx, ls[i]->s, ls[i]->out, ls[i]->in, err);
+        }
+        if (st == DSV4_OK) st = dsv4_cuda_sync(f->ctx, err);
+        if (st != DSV4_OK) goto fail;
     }
 
     /* KV manager on device memory. */
@@ -719,10 +740,35 @@ static dsv4_glue_kv kv_of(const dsv4_forward_cuda *f, int layer) {
 
 #define T(expr) do { dsv4_status s__ = (expr); if (s__ != DSV4_OK) return s__; } while (0)
 
-/* act_quant then FP8 linear. */
-static dsv4_status lin8(dsv4_forward_cuda *f, const uint8_t *xq, const uint8_t *xs, int M, const dlin *l, uint16_t *y,
-                        dsv4_err *err) {
-    return dsv4_cuda_linear_fp8(f->ctx, xq, xs, M, l->in, l->w, l->s, l->out, y, err);
+/* ---- per-op profile (engine/profile.h): an event after each op group, only while f->prof is set -------- */
+#define PM(name, bytes, flops)                                                                                \
+    do {                                                                                                      \
+        if (f->prof) T(dsv4_prof_mark(f->prof, f->ctx, (name), (double)(bytes), (double)(flops), err));     \
+    } while (0)
+/* T(expr), then the op's mark (bytes and FLOPs unknown) */
+#define TP(name, expr) \
+    do {               \
+        T(expr);       \
+        PM(name, 0, 0); \
+    } while (0)
+
+/* FP8 linear on an already quantized activation (act_quant is its own op). Profile bytes: weight + scales,
+ * activation codes + scales, BF16 output. */
+static dsv4_status lin8(dsv4_forward_cuda *f, const char *name, const uint8_t *xq, const uint8_t *xs, int M,
+                        const dlin *l, uint16_t *y, dsv4_err *err) {
+    T(dsv4_cuda_linear_fp8(f->ctx, xq, xs, M, l->in, l->w, l->s, l->out, y, err));
+    PM(name, (double)l->out * l->in + (double)fp8_scale_bytes(l->out, l->in) + (double)M * l->in * (1.0 + 1.0 / 128) +
+                 2.0 * M * l->out,
+       2.0 * M * l->out * l->in);
+    return DSV4_OK;
+}
+
+/* BF16 linear (cuBLASLt) with its profile mark: weight, input, output bytes. */
+static dsv4_status linbf(dsv4_forward_cuda *f, const char *name, const uint16_t *x, int M, int K, const uint16_t *w,
+                         int N, void *y, dsv4_out_round r, dsv4_err *err) {
+    T(dsv4_cuda_linear_bf16(f->ctx, x, M, K, w, N, y, r, err));
+    PM(name, 2.0 * N * K + 2.0 * M * K + (r == DSV4_OUT_BF16 ? 2.0 : 4.0) * M * N, 2.0 * M * N * K);
+    return DSV4_OK;
 }
 
 /* ---- collectives (tensor parallel): on this forward's stream, so decode graphs capture them ---------- */
@@ -764,13 +810,16 @@ static dsv4_status run_compressor(dsv4_forward_cuda *f, const dsv4_glue_step *gs
     const dsv4_kv_cmp_schema *cs = is_indexer ? &f->schema->layer[layer].icmp : &f->schema->layer[layer].cmp;
     DSV4_ASSERT(cs->present && cs->ratio == cw->ratio && cs->d == cw->d);
     const int rows = gs->rows, width = cw->coff * cw->d;
-    T(dsv4_cuda_linear_bf16(f->ctx, f->x, rows, c->dim, cw->wkv, width, f->cproj, DSV4_OUT_F32, err));
-    T(dsv4_cuda_linear_bf16(f->ctx, f->x, rows, c->dim, cw->wgate, width, f->gproj, DSV4_OUT_F32, err));
+    T(linbf(f, is_indexer ? "bf16 indexer cmp.wkv" : "bf16 cmp.wkv", f->x, rows, c->dim, cw->wkv, width, f->cproj,
+            DSV4_OUT_F32, err));
+    T(linbf(f, is_indexer ? "bf16 indexer cmp.wgate" : "bf16 cmp.wgate", f->x, rows, c->dim, cw->wgate, width, f->gproj,
+            DSV4_OUT_F32, err));
     dsv4_glue_cmp g = {cw->ratio, cw->d, cw->coff == 2, width, cs->kv_prev_off, cs->sc_prev_off, cs->kv_cur_off,
                        cs->sc_cur_off, f->cproj, f->gproj, cw->ape};
     const int32_t *sn_host = inputs_of(f, f->h_in).sn;
     int n_emit = dsv4_glue_n_emit(sn_host, gs->n_seq, cw->ratio);
-    T(dsv4_glue_cmp_gather(f->ctx, gs, kv, &g, n_emit, f->gv, f->gs, f->e_slot, f->e_w, f->e_pos, err));
+    TP("compressor gather",
+       dsv4_glue_cmp_gather(f->ctx, gs, kv, &g, n_emit, f->gv, f->gs, f->e_slot, f->e_w, f->e_pos, err));
     dsv4_cuda_compress_params p;
     memset(&p, 0, sizeof p);
     p.n_entries = n_emit;
@@ -787,9 +836,10 @@ static dsv4_status run_compressor(dsv4_forward_cuda *f, const dsv4_glue_step *gs
     p.is_indexer = is_indexer;
     p.out = f->ent;
     p.ld_out = cw->d;
-    T(dsv4_cuda_compress(f->ctx, &p, err));
-    T(dsv4_glue_store_entries(f->ctx, kv, f->ent, n_emit, f->e_slot, f->e_w, is_indexer, err));
-    return dsv4_glue_cmp_update(f->ctx, gs, kv, &g, err);
+    TP("compressor pool+norm+rope", dsv4_cuda_compress(f->ctx, &p, err));
+    TP("compressor store", dsv4_glue_store_entries(f->ctx, kv, f->ent, n_emit, f->e_slot, f->e_w, is_indexer, err));
+    TP("compressor state update", dsv4_glue_cmp_update(f->ctx, gs, kv, &g, err));
+    return DSV4_OK;
 }
 
 static dsv4_status attention_layer(dsv4_forward_cuda *f, const dsv4_glue_step *gs, const inputs *in, int layer,
@@ -806,57 +856,58 @@ static dsv4_status attention_layer(dsv4_forward_cuda *f, const dsv4_glue_step *g
     uint16_t *fresh = f->staging; /* rows [0, rows) of the staging buffer */
 
     /* Query: wq_a -> q_norm -> wq_b -> per-head BF16 RMS + RoPE. */
-    T(dsv4_cuda_act_quant_fp8(f->ctx, f->x, rows, D, f->aq1, f->as1, err));
-    T(lin8(f, f->aq1, f->as1, rows, &d->wq_a, f->qa, err));
-    T(dsv4_cuda_rmsnorm(f->ctx, f->qa, QL, d->q_norm, rows, QL, eps, f->qr, QL, err));
-    T(dsv4_cuda_act_quant_fp8(f->ctx, f->qr, rows, QL, f->aq2, f->as2, err));
-    T(lin8(f, f->aq2, f->as2, rows, &d->wq_b, f->q, err));
-    T(dsv4_cuda_qnorm_rope(f->ctx, f->q, rows, H, hd, eps, in->pos, rope, err));
+    TP("act_quant", dsv4_cuda_act_quant_fp8(f->ctx, f->x, rows, D, f->aq1, f->as1, err));
+    T(lin8(f, "fp8 wq_a", f->aq1, f->as1, rows, &d->wq_a, f->qa, err));
+    TP("rmsnorm", dsv4_cuda_rmsnorm(f->ctx, f->qa, QL, d->q_norm, rows, QL, eps, f->qr, QL, err));
+    TP("act_quant", dsv4_cuda_act_quant_fp8(f->ctx, f->qr, rows, QL, f->aq2, f->as2, err));
+    T(lin8(f, "fp8 wq_b", f->aq2, f->as2, rows, &d->wq_b, f->q, err));
+    TP("q head norm + rope", dsv4_cuda_qnorm_rope(f->ctx, f->q, rows, H, hd, eps, in->pos, rope, err));
     /* KV: wkv -> kv_norm -> RoPE -> FP8 fake-quant of the nope dims. */
-    T(lin8(f, f->aq1, f->as1, rows, &d->wkv, fresh, err));
-    T(dsv4_cuda_rmsnorm(f->ctx, fresh, hd, d->kv_norm, rows, hd, eps, fresh, hd, err));
-    T(dsv4_cuda_rope(f->ctx, fresh, rows, hd, 1, hd, hd - rd, in->pos, rope, 0, err));
-    T(dsv4_cuda_fake_quant_fp8(f->ctx, fresh, rows, hd, hd - rd, 64, err));
+    T(lin8(f, "fp8 wkv", f->aq1, f->as1, rows, &d->wkv, fresh, err));
+    TP("rmsnorm", dsv4_cuda_rmsnorm(f->ctx, fresh, hd, d->kv_norm, rows, hd, eps, fresh, hd, err));
+    TP("rope", dsv4_cuda_rope(f->ctx, fresh, rows, hd, 1, hd, hd - rd, in->pos, rope, 0, err));
+    TP("kv fp8 fake-quant", dsv4_cuda_fake_quant_fp8(f->ctx, fresh, rows, hd, hd - rd, 64, err));
     const int is_csa = d->kind == DSV4_LAYER_CSA;
     if (is_csa) {
         const int nIh = f->sh.nih, dIh = c->index_head_dim;
-        T(lin8(f, f->aq2, f->as2, rows, &d->idx_wq_b, f->qI, err));
-        T(dsv4_cuda_rope(f->ctx, f->qI, rows, nIh * dIh, nIh, dIh, dIh - rd, in->pos, rope, 0, err));
-        T(dsv4_cuda_hadamard_fp4(f->ctx, f->qI, rows * nIh, err));
-        T(dsv4_cuda_linear_bf16(f->ctx, f->x, rows, D, d->idx_wproj, nIh, f->wI, DSV4_OUT_BF16, err));
+        T(lin8(f, "fp8 indexer wq_b", f->aq2, f->as2, rows, &d->idx_wq_b, f->qI, err));
+        TP("rope", dsv4_cuda_rope(f->ctx, f->qI, rows, nIh * dIh, nIh, dIh, dIh - rd, in->pos, rope, 0, err));
+        TP("indexer q hadamard", dsv4_cuda_hadamard_fp4(f->ctx, f->qI, rows * nIh, err));
+        T(linbf(f, "bf16 indexer wproj", f->x, rows, D, d->idx_wproj, nIh, f->wI, DSV4_OUT_BF16, err));
         const float wscale = (float)(1.0 / sqrt((double)dIh) / sqrt((double)c->index_n_heads)); /* global count */
-        T(dsv4_glue_scale_bf16(f->ctx, f->wI, (long)rows * nIh, wscale, err));
+        TP("indexer weight scale", dsv4_glue_scale_bf16(f->ctx, f->wI, (long)rows * nIh, wscale, err));
     }
     /* Compressors (indexer first, as the CPU), then the entries each query can see. */
     if (is_csa) T(run_compressor(f, gs, &kv, layer, 1, rope, err));
     if (d->ratio) T(run_compressor(f, gs, &kv, layer, 0, rope, err));
-    T(dsv4_glue_ring_decode(f->ctx, gs, &kv, f->staging + (size_t)f->staging_ring * hd, err));
+    TP("window ring decode", dsv4_glue_ring_decode(f->ctx, gs, &kv, f->staging + (size_t)f->staging_ring * hd, err));
     uint16_t *comp = f->staging + (size_t)f->staging_comp * hd;
     if (is_csa) {
         const int nIh = f->sh.nih, dIh = c->index_head_dim, topk = c->index_topk;
-        T(dsv4_glue_decode_entries(f->ctx, gs, &kv, 1, d->max_e, f->ikeys, err));
-        T(dsv4_glue_csa_meta(f->ctx, gs, d->ratio, d->max_e, f->nkeys, f->kstart, err));
+        TP("decode compressed entries", dsv4_glue_decode_entries(f->ctx, gs, &kv, 1, d->max_e, f->ikeys, err));
+        TP("csa meta", dsv4_glue_csa_meta(f->ctx, gs, d->ratio, d->max_e, f->nkeys, f->kstart, err));
         dsv4_cuda_indexer_params ip = {rows, nIh, dIh, f->qI, f->wI, f->ikeys, f->kstart, f->nkeys, d->max_e,
                                        f->scores, d->max_e};
-        T(dsv4_cuda_indexer_scores(f->ctx, &ip, err));
+        TP("indexer scores", dsv4_cuda_indexer_scores(f->ctx, &ip, err));
         if (f->comm) {
             /* The official model all-reduces the BF16 head sums of every rank before top-k. The scores are
              * bf16 values (−inf past a row's visible keys), so both conversions are exact on one rank. The
              * count is the capacity [rows, max_e], fixed for the graph (docs/MULTI_GPU.md: its cost). */
             const long n = (long)rows * d->max_e;
-            T(dsv4_glue_f32_to_bf16(f->ctx, f->scores, n, f->sc16, err));
-            T(allreduce(f, f->sc16, (size_t)n, DSV4_COMM_BF16, err));
-            T(dsv4_glue_bf16_to_f32(f->ctx, f->sc16, n, f->scores, err));
+            TP("convert f32->bf16", dsv4_glue_f32_to_bf16(f->ctx, f->scores, n, f->sc16, err));
+            TP("allreduce", allreduce(f, f->sc16, (size_t)n, DSV4_COMM_BF16, err));
+            TP("convert bf16->f32", dsv4_glue_bf16_to_f32(f->ctx, f->sc16, n, f->scores, err));
         }
-        T(dsv4_cuda_topk(f->ctx, f->scores, rows, d->max_e, f->nkeys, 0, topk, f->sel, topk, err));
-        T(dsv4_glue_decode_selected(f->ctx, gs, &kv, f->sel, topk, comp, err));
+        TP("indexer top-k", dsv4_cuda_topk(f->ctx, f->scores, rows, d->max_e, f->nkeys, 0, topk, f->sel, topk, err));
+        TP("decode selected entries", dsv4_glue_decode_selected(f->ctx, gs, &kv, f->sel, topk, comp, err));
     } else if (d->ratio) {
-        T(dsv4_glue_decode_entries(f->ctx, gs, &kv, 0, d->max_e, comp, err));
+        TP("decode compressed entries", dsv4_glue_decode_entries(f->ctx, gs, &kv, 0, d->max_e, comp, err));
     }
     const int kind = is_csa ? 1 : d->ratio ? 2 : 0;
     const int K = win + d->n_comp;
-    T(dsv4_glue_build_idx(f->ctx, gs, win, f->staging_ring, kind, d->ratio ? d->ratio : 1, f->staging_comp, d->n_comp,
-                          f->sel, f->idx, f->nlive, f->capacity_lists, err));
+    TP("attention index lists",
+       dsv4_glue_build_idx(f->ctx, gs, win, f->staging_ring, kind, d->ratio ? d->ratio : 1, f->staging_comp, d->n_comp,
+                           f->sel, f->idx, f->nlive, f->capacity_lists, err));
     dsv4_cuda_attn_params ap;
     memset(&ap, 0, sizeof ap);
     ap.n_q = rows;
@@ -873,19 +924,19 @@ static dsv4_status attention_layer(dsv4_forward_cuda *f, const dsv4_glue_step *g
     ap.out = f->o;
     ap.ws = f->attn_ws;
     ap.n_live = f->capacity_lists ? NULL : f->nlive;
-    T(dsv4_cuda_sparse_attn(f->ctx, &ap, err));
+    TP("sparse attention", dsv4_cuda_sparse_attn(f->ctx, &ap, err));
     /* The window ring gets the last min(n, window) fresh rows (after this layer's ring was decoded). */
-    T(dsv4_glue_ring_write(f->ctx, gs, &kv, fresh, err));
+    TP("window ring write", dsv4_glue_ring_write(f->ctx, gs, &kv, fresh, err));
     /* Grouped output projection: u_g = wo_a_g · o_g (BF16), then wo_b (FP8). */
-    T(dsv4_glue_regroup(f->ctx, f->o, f->og, rows, G, gin, 1, err));
+    TP("regroup (wo_a)", dsv4_glue_regroup(f->ctx, f->o, f->og, rows, G, gin, 1, err));
     for (int g = 0; g < G; g++)
-        T(dsv4_cuda_linear_bf16(f->ctx, f->og + (size_t)g * rows * gin, rows, gin, d->wo_a + (size_t)g * Rl * gin, Rl,
-                                f->ug + (size_t)g * rows * Rl, DSV4_OUT_BF16, err));
-    T(dsv4_glue_regroup(f->ctx, f->ug, f->u, rows, G, Rl, 0, err));
-    T(dsv4_cuda_act_quant_fp8(f->ctx, f->u, rows, G * Rl, f->aq2, f->as2, err));
-    T(lin8(f, f->aq2, f->as2, rows, &d->wo_b, f->a, err));
+        T(linbf(f, "bf16 wo_a (per group)", f->og + (size_t)g * rows * gin, rows, gin, d->wo_a + (size_t)g * Rl * gin,
+                Rl, f->ug + (size_t)g * rows * Rl, DSV4_OUT_BF16, err));
+    TP("regroup (wo_a)", dsv4_glue_regroup(f->ctx, f->ug, f->u, rows, G, Rl, 0, err));
+    TP("act_quant", dsv4_cuda_act_quant_fp8(f->ctx, f->u, rows, G * Rl, f->aq2, f->as2, err));
+    T(lin8(f, "fp8 wo_b", f->aq2, f->as2, rows, &d->wo_b, f->a, err));
     /* Row-parallel wo_b: the BF16 partial of this rank's input columns, summed over ranks in FP32. */
-    if (f->comm) T(allreduce_bf16_via_f32(f, f->a, (long)rows * D, err));
+    if (f->comm) TP("allreduce (wo_b, f32)", allreduce_bf16_via_f32(f, f->a, (long)rows * D, err));
     return DSV4_OK;
 }
 
@@ -894,10 +945,11 @@ static dsv4_status moe_layer(dsv4_forward_cuda *f, const inputs *in, int rows, i
     const dlayer *d = &f->L[layer];
     const int D = c->dim, E = c->n_routed_experts, k = c->n_activated_experts, I = c->moe_inter_dim;
     const float lim = (float)c->swiglu_limit;
-    T(dsv4_cuda_linear_bf16(f->ctx, f->x, rows, D, d->gate_w, E, f->logits_e, DSV4_OUT_F32, err));
-    T(dsv4_cuda_route(f->ctx, f->logits_e, rows, E, d->gate_bias, d->tid2eid, d->tid2eid ? in->tok : NULL, k,
-                      (float)c->route_scale, f->experts, f->eweights, err));
-    T(dsv4_cuda_act_quant_fp8(f->ctx, f->x, rows, D, f->aq1, f->as1, err));
+    T(linbf(f, "bf16 router gate", f->x, rows, D, d->gate_w, E, f->logits_e, DSV4_OUT_F32, err));
+    TP("route (top-k)",
+       dsv4_cuda_route(f->ctx, f->logits_e, rows, E, d->gate_bias, d->tid2eid, d->tid2eid ? in->tok : NULL, k,
+                       (float)c->route_scale, f->experts, f->eweights, err));
+    TP("act_quant", dsv4_cuda_act_quant_fp8(f->ctx, f->x, rows, D, f->aq1, f->as1, err));
     const int pairs = rows * k;
     const int e0 = f->sh.e0, ne = f->sh.ne;   /* this rank's experts (the router is replicated) */
     if (f->moe_grouped) {
@@ -906,7 +958,7 @@ static dsv4_status moe_layer(dsv4_forward_cuda *f, const inputs *in, int rows, i
          * every slot, so the rows of pairs with an invalid expert id are zeroed as the scalar path does. */
         dsv4_cuda_moe_layout lay;
         dsv4_cuda_moe_layout_init(f->moe_ws, pairs, ne, 0, &lay);
-        T(dsv4_cuda_moe_sort(f->ctx, f->experts, e0, &lay, f->comm ? NULL : f->ey, D, err));
+        TP("moe sort (grouped)", dsv4_cuda_moe_sort(f->ctx, f->experts, e0, &lay, f->comm ? NULL : f->ey, D, err));
         dsv4_cuda_moe_params mp;
         memset(&mp, 0, sizeof mp);
         mp.k = k;
@@ -923,30 +975,37 @@ static dsv4_status moe_layer(dsv4_forward_cuda *f, const inputs *in, int rows, i
         mp.hq = f->aq2;
         mp.hs = f->as2;
         mp.y = f->ey;
-        T(dsv4_cuda_moe_experts(f->ctx, &lay, &mp, err));
+        TP("moe experts (grouped)", dsv4_cuda_moe_experts(f->ctx, &lay, &mp, err));
     } else {
         /* Routed experts over (row, slot) pairs: the scalar path. */
-        T(dsv4_glue_moe_expert(f->ctx, f->aq1, f->as1, D, k, f->experts, e0, ne, pairs, d->e1.w, d->e1.s,
-                               d->e1.w_stride, d->e1.s_stride, d->e1.fp4, I, f->eg, err));
-        T(dsv4_glue_moe_expert(f->ctx, f->aq1, f->as1, D, k, f->experts, e0, ne, pairs, d->e3.w, d->e3.s,
-                               d->e3.w_stride, d->e3.s_stride, d->e3.fp4, I, f->eu, err));
-        T(dsv4_cuda_swiglu(f->ctx, f->eg, f->eu, I, pairs, I, lim, f->eweights, f->eg, I, err));
-        T(dsv4_cuda_act_quant_fp8(f->ctx, f->eg, pairs, I, f->aq2, f->as2, err));
-        T(dsv4_glue_moe_expert(f->ctx, f->aq2, f->as2, I, 1, f->experts, e0, ne, pairs, d->e2.w, d->e2.s,
-                               d->e2.w_stride, d->e2.s_stride, d->e2.fp4, D, f->ey, err));
+        TP("moe expert gemv (scalar)",
+           dsv4_glue_moe_expert(f->ctx, f->aq1, f->as1, D, k, f->experts, e0, ne, pairs, d->e1.w, d->e1.s,
+                                d->e1.w_stride, d->e1.s_stride, d->e1.fp4, I, f->eg, err));
+        TP("moe expert gemv (scalar)",
+           dsv4_glue_moe_expert(f->ctx, f->aq1, f->as1, D, k, f->experts, e0, ne, pairs, d->e3.w, d->e3.s,
+                                d->e3.w_stride, d->e3.s_stride, d->e3.fp4, I, f->eu, err));
+        TP("swiglu", dsv4_cuda_swiglu(f->ctx, f->eg, f->eu, I, pairs, I, lim, f->eweights, f->eg, I, err));
+        TP("act_quant", dsv4_cuda_act_quant_fp8(f->ctx, f->eg, pairs, I, f->aq2, f->as2, err));
+        TP("moe expert gemv (scalar)",
+           dsv4_glue_moe_expert(f->ctx, f->aq2, f->as2, I, 1, f->experts, e0, ne, pairs, d->e2.w, d->e2.s,
+                                d->e2.w_stride, d->e2.s_stride, d->e2.fp4, D, f->ey, err));
     }
     /* Shared expert (FP8, weight 1). */
-    T(lin8(f, f->aq1, f->as1, rows, &d->sh1, f->sg, err));
-    T(lin8(f, f->aq1, f->as1, rows, &d->sh3, f->su, err));
-    T(dsv4_cuda_swiglu(f->ctx, f->sg, f->su, I, rows, I, lim, NULL, f->sg, I, err));
-    T(dsv4_cuda_act_quant_fp8(f->ctx, f->sg, rows, I, f->aq2, f->as2, err));
-    T(lin8(f, f->aq2, f->as2, rows, &d->sh2, f->sy, err));
-    if (!f->comm) return dsv4_glue_moe_combine(f->ctx, f->ey, f->experts, rows, k, D, f->sy, f->a, err);
+    T(lin8(f, "fp8 shared w1", f->aq1, f->as1, rows, &d->sh1, f->sg, err));
+    T(lin8(f, "fp8 shared w3", f->aq1, f->as1, rows, &d->sh3, f->su, err));
+    TP("swiglu", dsv4_cuda_swiglu(f->ctx, f->sg, f->su, I, rows, I, lim, NULL, f->sg, I, err));
+    TP("act_quant", dsv4_cuda_act_quant_fp8(f->ctx, f->sg, rows, I, f->aq2, f->as2, err));
+    T(lin8(f, "fp8 shared w2", f->aq2, f->as2, rows, &d->sh2, f->sy, err));
+    if (!f->comm) {
+        TP("moe combine", dsv4_glue_moe_combine(f->ctx, f->ey, f->experts, rows, k, D, f->sy, f->a, err));
+        return DSV4_OK;
+    }
     /* Each rank sums its own experts (ascending id) in FP32, the partials are all-reduced in FP32, then the
      * shared expert is added and the sum rounded to BF16 (MoE.forward of the official model). */
-    T(dsv4_glue_moe_partial(f->ctx, f->ey, f->experts, rows, k, D, e0, ne, f->red, err));
-    T(allreduce(f, f->red, (size_t)rows * D, DSV4_COMM_F32, err));
-    return dsv4_glue_moe_finish(f->ctx, f->red, f->sy, (long)rows * D, f->a, err);
+    TP("moe partial (tp)", dsv4_glue_moe_partial(f->ctx, f->ey, f->experts, rows, k, D, e0, ne, f->red, err));
+    TP("allreduce", allreduce(f, f->red, (size_t)rows * D, DSV4_COMM_F32, err));
+    TP("moe finish (tp)", dsv4_glue_moe_finish(f->ctx, f->red, f->sy, (long)rows * D, f->a, err));
+    return DSV4_OK;
 }
 
 /* The layer hook after layer l (eager passes only): X of the real rows down as FP32, the hook, and back up
@@ -972,52 +1031,57 @@ static dsv4_status enqueue_pass(dsv4_forward_cuda *f, int rows, int n_seq, int n
     inputs in = inputs_of(f, f->in);
     dsv4_glue_step gs = {in.pos, in.rseq, in.sslot, in.spos0, in.srow0, in.sn, rows, n_seq};
     f->n_coll = 0;
+    if (f->prof) T(dsv4_prof_pass_begin(f->prof, f->ctx, err));
     if (!f->comm) {
-        T(dsv4_cuda_embed(f->ctx, f->embed, c->vocab_size, D, in.tok, rows, f->x, err));
+        TP("embed", dsv4_cuda_embed(f->ctx, f->embed, c->vocab_size, D, in.tok, rows, f->x, err));
     } else {
         /* Vocab-split table: the owner writes the row, the others -0.0; the FP32 all-reduce is the row. */
-        T(dsv4_glue_embed_part(f->ctx, f->embed, f->sh.v0, f->sh.nv, D, in.tok, rows, f->red, err));
-        T(allreduce(f, f->red, (size_t)rows * D, DSV4_COMM_F32, err));
-        T(dsv4_glue_f32_to_bf16(f->ctx, f->red, (long)rows * D, f->x, err));
+        TP("embed (vocab part)",
+           dsv4_glue_embed_part(f->ctx, f->embed, f->sh.v0, f->sh.nv, D, in.tok, rows, f->red, err));
+        TP("allreduce", allreduce(f, f->red, (size_t)rows * D, DSV4_COMM_F32, err));
+        TP("convert f32->bf16", dsv4_glue_f32_to_bf16(f->ctx, f->red, (long)rows * D, f->x, err));
     }
-    T(dsv4_glue_broadcast_hc(f->ctx, f->x, rows, hc, D, f->X, err));
+    TP("hc broadcast", dsv4_glue_broadcast_hc(f->ctx, f->x, rows, hc, D, f->X, err));
     for (int l = 0; l < c->n_layers; l++) {
         const dlayer *d = &f->L[l];
         dsv4_cuda_hc_params hp = {rows, hc, D, c->hc_sinkhorn_iters, hc_eps, eps, d->hc_attn.fn, d->hc_attn.base,
                                   d->hc_attn.scale};
-        T(dsv4_cuda_hc_pre(f->ctx, &hp, f->X, f->x, f->post, f->comb, err));
-        T(dsv4_cuda_rmsnorm(f->ctx, f->x, D, d->attn_norm, rows, D, eps, f->x, D, err));
+        TP("hc_pre", dsv4_cuda_hc_pre(f->ctx, &hp, f->X, f->x, f->post, f->comb, err));
+        TP("rmsnorm", dsv4_cuda_rmsnorm(f->ctx, f->x, D, d->attn_norm, rows, D, eps, f->x, D, err));
         T(attention_layer(f, &gs, &in, l, err));
-        T(dsv4_cuda_hc_post(f->ctx, &hp, f->a, f->X, f->post, f->comb, f->X2, err));
+        TP("hc_post", dsv4_cuda_hc_post(f->ctx, &hp, f->a, f->X, f->post, f->comb, f->X2, err));
         dsv4_cuda_hc_params hf = {rows, hc, D, c->hc_sinkhorn_iters, hc_eps, eps, d->hc_ffn.fn, d->hc_ffn.base,
                                   d->hc_ffn.scale};
-        T(dsv4_cuda_hc_pre(f->ctx, &hf, f->X2, f->x, f->post, f->comb, err));
-        T(dsv4_cuda_rmsnorm(f->ctx, f->x, D, d->ffn_norm, rows, D, eps, f->x, D, err));
+        TP("hc_pre", dsv4_cuda_hc_pre(f->ctx, &hf, f->X2, f->x, f->post, f->comb, err));
+        TP("rmsnorm", dsv4_cuda_rmsnorm(f->ctx, f->x, D, d->ffn_norm, rows, D, eps, f->x, D, err));
         T(moe_layer(f, &in, rows, l, err));
-        T(dsv4_cuda_hc_post(f->ctx, &hf, f->a, f->X2, f->post, f->comb, f->X, err));
+        TP("hc_post", dsv4_cuda_hc_post(f->ctx, &hf, f->a, f->X2, f->post, f->comb, f->X, err));
         if (f->hook) T(call_hook(f, l, err));
     }
     if (n_out > 0) {
         dsv4_cuda_hc_params hh = {n_out, hc, D, 0, hc_eps, eps, f->hc_head.fn, f->hc_head.base, f->hc_head.scale};
-        T(dsv4_glue_gather_rows(f->ctx, f->X, hc * D, in.head, n_out, f->Xh, err));
-        T(dsv4_cuda_hc_head(f->ctx, &hh, f->Xh, f->hin, err));
-        T(dsv4_cuda_rmsnorm(f->ctx, f->hin, D, f->norm, n_out, D, eps, f->hin, D, err));
+        TP("head gather rows", dsv4_glue_gather_rows(f->ctx, f->X, hc * D, in.head, n_out, f->Xh, err));
+        TP("hc_head", dsv4_cuda_hc_head(f->ctx, &hh, f->Xh, f->hin, err));
+        TP("rmsnorm", dsv4_cuda_rmsnorm(f->ctx, f->hin, D, f->norm, n_out, D, eps, f->hin, D, err));
         if (!f->comm) {
-            T(dsv4_cuda_linear_bf16(f->ctx, f->hin, n_out, D, f->head, c->vocab_size, f->logits, DSV4_OUT_F32, err));
+            T(linbf(f, "bf16 head", f->hin, n_out, D, f->head, c->vocab_size, f->logits, DSV4_OUT_F32, err));
         } else {
             /* Vocab-split head: this rank's slice into its place of [world][n_out][nv], all-gather, vocab order. */
             const int nv = f->sh.nv;
             const size_t part = (size_t)n_out * nv;
-            T(dsv4_cuda_linear_bf16(f->ctx, f->hin, n_out, D, f->head, nv, f->lgath + (size_t)f->sh.rank * part,
+            T(linbf(f, "bf16 head", f->hin, n_out, D, f->head, nv, f->lgath + (size_t)f->sh.rank * part,
                                     DSV4_OUT_F32, err));
-            T(allgather(f, f->lgath, sizeof(float) * part, err));
-            T(dsv4_glue_vocab_interleave(f->ctx, f->lgath, f->sh.world, n_out, nv, f->logits, err));
+            TP("allgather", allgather(f, f->lgath, sizeof(float) * part, err));
+            TP("head vocab interleave",
+               dsv4_glue_vocab_interleave(f->ctx, f->lgath, f->sh.world, n_out, nv, f->logits, err));
         }
     }
     if (decode_tail) {
-        T(dsv4_cuda_argmax(f->ctx, f->logits, n_out, c->vocab_size, c->vocab_size, f->amax, err));
-        T(dsv4_glue_advance(f->ctx, f->amax, n_out, in.tok, in.pos, in.spos0, f->hist, f->ctr, HIST_CAP, err));
+        TP("argmax", dsv4_cuda_argmax(f->ctx, f->logits, n_out, c->vocab_size, c->vocab_size, f->amax, err));
+        TP("advance (greedy)",
+           dsv4_glue_advance(f->ctx, f->amax, n_out, in.tok, in.pos, in.spos0, f->hist, f->ctr, HIST_CAP, err));
     }
+    if (f->prof) T(dsv4_prof_pass_end(f->prof, err)); /* waits for the pass: its events are reused next */
     return DSV4_OK;
 }
 
@@ -1133,7 +1197,7 @@ static dsv4_status run_pass(dsv4_forward_cuda *f, const piece *pc, int np, dsv4_
         T(upload_inputs(f, err));
         f->hook_rows = np;
         void *exec = NULL;
-        if (f->use_graphs && !f->hook && !f->time_coll) T(graph_for(f, B, &exec, err));
+        if (f->use_graphs && !f->hook && !f->time_coll && !f->prof) T(graph_for(f, B, &exec, err));
         if (exec) T(dsv4_glue_graph_launch(f->ctx, exec, err));
         else T(enqueue_pass(f, B, B, B, 1, err));
         for (int i = 0; i < np; i++)
@@ -1254,7 +1318,7 @@ dsv4_status dsv4_forward_cuda_decode_greedy(dsv4_forward_cuda *f, const int *slo
     T(dsv4_cuda_memset(f->ctx, f->ctr, 0, sizeof(int32_t), err));
     void *exec = NULL;
     f->hook_rows = n_slots;
-    const int graphs = f->use_graphs && !f->hook && !f->time_coll;
+    const int graphs = f->use_graphs && !f->hook && !f->time_coll && !f->prof;
     if (graphs) T(graph_for(f, B, &exec, err));
     void *ev0 = NULL, *ev1 = NULL;
     T(dsv4_cuda_event_create(&ev0, err));

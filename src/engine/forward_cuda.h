@@ -88,6 +88,12 @@ dsv4_status dsv4_forward_cuda_set_hook(dsv4_forward_cuda *f, dsv4_layer_dump_fn 
 dsv4_status dsv4_forward_cuda_time_collectives(dsv4_forward_cuda *f, int on, dsv4_err *err);
 void dsv4_forward_cuda_collective_time(const dsv4_forward_cuda *f, double *ms, int *n_calls);
 
+/* Per-op profile (engine/profile.h; benches): while p is set (borrowed), passes run eagerly, an event is
+ * recorded after every op group and each pass waits for the device at its end to add its times to p. NULL
+ * turns it off; the decode graphs are neither captured nor changed while it is set. */
+struct dsv4_prof;
+void dsv4_forward_cuda_set_profile(dsv4_forward_cuda *f, struct dsv4_prof *p);
+
 /* Device name and the weight upload (bytes, GB/s) for logs and benches. */
 void dsv4_forward_cuda_describe(const dsv4_forward_cuda *f, char *buf, size_t n);
 

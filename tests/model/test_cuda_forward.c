@@ -5,6 +5,8 @@
  *     rel-L2 tolerance of docs/NUMERICS.md "CUDA end to end";
  *   - identical greedy tokens for 64 steps (device argmax loop vs the CPU engine's greedy decode);
  *   - graph replay vs eager launch of the same steps: bitwise identical logits and tokens;
+ *   - with the per-op profiler attached (engine/profile.h): bitwise the logits of the graph path, every pass
+ *     timed; detached, the decode graphs work as before;
  *   - a batch of several sequences (mixed prompt lengths, a step split over two device passes, padded
  *     decode bucket) vs each sequence alone;
  *   - first decode throughput numbers (tokens/s at batch 1, 8, 32; graph vs eager), printed for
@@ -28,6 +30,7 @@
 #include "engine/forward_cuda.h"
 #include "engine/kv_access.h"
 #include "engine/model.h"
+#include "engine/profile.h"
 #include "test_util.h"
 
 static const char *const models[] = {"tests/data/tiny-flash", "tests/data/tiny-pro"};
@@ -398,6 +401,56 @@ static void test_graph_vs_eager(void) {
     }
 }
 
+/* The per-op profiler (engine/profile.h) attached to a graph-enabled forward: every pass runs eagerly with
+ * events, and the logits stay bitwise those of a forward without it (graph-replayed decode); after it is
+ * detached the forward captures and replays its decode graphs as before (greedy tokens equal). */
+static void test_profile_vs_graph(void) {
+    for (int mi = 0; mi < N_MODELS; mi++) {
+        gpu gg, gp;
+        if (!gpu_open(&gg, models[mi], 2, 4096, 0)) return;
+        if (!gpu_open(&gp, models[mi], 2, 4096, 0)) { gpu_close(&gg); return; }
+        const int V = gg.m->cfg->vocab_size, P = 130, N = 6;
+        int32_t *tok = random_tokens(4000 + mi, P + N, V);
+        float *a = malloc(sizeof(float) * V), *b = malloc(sizeof(float) * V);
+        dsv4_prof *prof = NULL;
+        dsv4_err err = {{0}};
+        CHECK(dsv4_prof_create(8192, &prof, &err) == DSV4_OK, "%s", err.msg);
+        dsv4_forward_cuda_set_profile(gp.f, prof);
+        int sa = gpu_seq(&gg), sb = gpu_seq(&gp), same = 1;
+        gpu_step1(&gg, sa, tok, P, a);
+        gpu_step1(&gp, sb, tok, P, b);
+        same &= !memcmp(a, b, sizeof(float) * V);
+        for (int t = P; t < P + N; t++) {
+            gpu_step1(&gg, sa, tok + t, 1, a);
+            gpu_step1(&gp, sb, tok + t, 1, b);
+            same &= !memcmp(a, b, sizeof(float) * V);
+        }
+        int passes = 0, n_ops = 0;
+        long calls = 0, dropped = 0;
+        double ms = 0;
+        dsv4_prof_summary(prof, &passes, &calls, &ms, &dropped, &n_ops);
+        dsv4_prof_print(prof, stdout, models[mi], 0, 0, gg.m->cfg->n_layers, 0);
+        dsv4_forward_cuda_set_profile(gp.f, NULL);
+        int32_t ta[16], tb[16];
+        CHECK(dsv4_forward_cuda_decode_greedy(gg.f, &sa, 1, tok, 16, ta, NULL, &err) == DSV4_OK, "%s", err.msg);
+        CHECK(dsv4_forward_cuda_decode_greedy(gp.f, &sb, 1, tok, 16, tb, NULL, &err) == DSV4_OK, "%s", err.msg);
+        printf("  %s: profiled vs graph: logits %s, %d passes, %ld op calls, %.3f ms, %d ops; greedy after "
+               "detaching %s\n", models[mi], same ? "bitwise equal" : "DIFFER", passes, calls, ms, n_ops,
+               memcmp(ta, tb, sizeof ta) ? "DIFFER" : "equal");
+        CHECK(same, "%s: logits with the profiler attached differ", models[mi]);
+        CHECK(passes == 1 + N && dropped == 0 && n_ops > 10 && ms > 0 && calls >= (long)passes * gg.m->cfg->n_layers * 10,
+              "%s: profile has %d passes (want %d), %ld calls, %ld dropped, %d ops, %.3f ms", models[mi], passes, 1 + N,
+              calls, dropped, n_ops, ms);
+        CHECK(!memcmp(ta, tb, sizeof ta), "%s: greedy tokens after detaching the profiler differ", models[mi]);
+        dsv4_prof_destroy(prof);
+        free(tok);
+        free(a);
+        free(b);
+        gpu_close(&gg);
+        gpu_close(&gp);
+    }
+}
+
 /* Five sequences with prompts crossing the boundaries, prefilled in one step (529 rows: two device passes
  * of at most 512 rows), then 20 batched decode steps (bucket 8, three padding rows), vs each alone. */
 static void test_batch_vs_alone(void) {
@@ -649,6 +702,7 @@ int main(void) {
     if (!skipped) {
         RUN(test_greedy_64);
         RUN(test_graph_vs_eager);
+        RUN(test_profile_vs_graph);
         RUN(test_batch_vs_alone);
         RUN(test_decode_throughput);
         RUN(test_capacity_vs_context);

@@ -30,6 +30,7 @@
 #include "core/status.h"
 #include "dsv4.h"
 #include "engine/bench.h"
+#include "engine/profile.h"
 #include "model/config.h"
 #include "model/synth.h"
 
@@ -58,7 +59,9 @@ static void usage(FILE *f) {
             "  --gpus N               tensor/expert-parallel ranks (engine option gpus); the ceilings are\n"
             "                         measured on one GPU and multiplied by N for the ratios   [1]\n"
             "  --csv FILE             write every row as CSV\n"
-            "  --no-prefill / --no-decode   skip a phase\n");
+            "  --no-prefill / --no-decode   skip a phase\n"
+            "  --profile              cuda: per-op device-time table of one prefill (largest --prompt-lens) and one\n"
+            "                         decode step (first --batches at first --contexts), eager (engine/profile.h)\n");
 }
 
 static int parse_list(const char *s, long lo, long hi, long *out, int *n) {
@@ -390,12 +393,14 @@ int dsv4_cmd_bench(int argc, char **argv) {
     long long layers = 0, experts = 0, seed = 0, steps = 64, repeats = 3, warmup = 8, max_fill = 131072;
     long long threads = 0, gpus = 1;
     int keep = 0, no_prefill = 0, no_decode = 0;
+    int profile = 0; /* --profile */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
         if (!strcmp(a, "--keep")) { keep = 1; continue; }
         if (!strcmp(a, "--no-prefill")) { no_prefill = 1; continue; }
         if (!strcmp(a, "--no-decode")) { no_decode = 1; continue; }
+        if (!strcmp(a, "--profile")) { profile = 1; continue; }
         if (i + 1 >= argc) {
             fprintf(stderr, "dsv4 bench: %s needs a value (or is unknown)\n", a);
             usage(stderr);
@@ -542,6 +547,16 @@ int dsv4_cmd_bench(int argc, char **argv) {
     for (int i = 0; i < n_ctx && !rc && !no_decode; i++) rc = run_decode_context(&b, dir, ctx[i], batch, n_batch);
 
     if (b.n_rows) print_table(&b);
+    if (profile && !rc) {
+        long pmax = 0;
+        for (int i = 0; i < n_prompt; i++) pmax = prompt[i] > pmax ? prompt[i] : pmax;
+        if (strcmp(backend, "cuda") || gpus != 1) {
+            fprintf(stderr, "dsv4 bench: --profile needs --backend cuda and one GPU\n");
+            rc = 1;
+        } else {
+            rc = dsv4_bench_profile(dir, pmax, (int)batch[0], ctx[0], (int)threads, b.copy_gbps, b.gemm_tflops, stdout);
+        }
+    }
     if (csv_close(&b, csv)) rc = 1;
 done:
     if (b.csv) (void)csv_close(&b, csv);

@@ -2,6 +2,8 @@
  * Owns no global state; every function acts on the context or pointers it is given. */
 #include "backend/cuda/cuda_ctx.h"
 
+#include "backend/cuda/cuda_linear.h" /* dsv4_cuda_lt_cache_destroy */
+
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -45,6 +47,7 @@ extern "C" void dsv4_cuda_ctx_destroy(dsv4_cuda_ctx *c) {
     if (c->device >= 0) cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize((cudaStream_t)c->stream);
     /* Teardown: errors here cannot be acted on; each release is still attempted. */
+    dsv4_cuda_lt_cache_destroy(c);
     if (c->counters) cudaFree(c->counters);
     if (c->ws) cudaFree(c->ws);
     if (c->lt_ws) cudaFree(c->lt_ws);

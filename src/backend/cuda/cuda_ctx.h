@@ -22,6 +22,12 @@ int dsv4_cuda_device_count(void);
 
 #define DSV4_CUDA_SPLITK_COUNTERS 65536  /* tiles a split-K launch may use (counters are self-resetting) */
 
+/* Which kernel dsv4_cuda_linear_fp8 runs for M > 16 (the decode GEMV keeps M <= 16 either way). */
+#define DSV4_CUDA_FP8_GEMM_MMA 0       /* own mma.sync tile kernels (linear.cu), the default */
+#define DSV4_CUDA_FP8_GEMM_CUBLASLT 1  /* cuBLASLt block-scaled FP8 GEMM (linear_lt.cu) */
+
+typedef struct dsv4_cuda_lt_cache dsv4_cuda_lt_cache; /* linear_lt.cu: cuBLASLt plans, prepared FP8 scales */
+
 typedef struct dsv4_cuda_ctx {
     int device;                 /* CUDA device ordinal */
     int sm_count;               /* multiprocessors of that device */
@@ -33,6 +39,9 @@ typedef struct dsv4_cuda_ctx {
     void *ws;                   /* owned device buffer [ws_bytes]: split-K partial sums (fp32) */
     size_t ws_bytes;
     int *counters;              /* owned device [DSV4_CUDA_SPLITK_COUNTERS] int, zero between launches */
+    dsv4_cuda_lt_cache *lt_cache; /* owned, made on first use: one cuBLASLt plan per shape (the heuristic runs
+                                   * once per shape) and the FP32 weight scales prepared at load */
+    int fp8_gemm;               /* DSV4_CUDA_FP8_GEMM_*: set by the owner after creation (0 = MMA) */
 } dsv4_cuda_ctx;
 
 /* Creates a context on `device`: a non-blocking stream, a cuBLASLt handle, a cuBLASLt workspace of

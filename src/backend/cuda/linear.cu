@@ -2,7 +2,8 @@
  * linears (see cuda_linear.h for the contract, spec §3.3 and §3.6 for the numerics).
  *
  * Must not: allocate device memory (split-K partials live in ctx->ws), synchronize the stream, or keep any
- * state between calls other than the split-K counters, which every launch leaves at zero.
+ * state between calls other than the split-K counters, which every launch leaves at zero. The BF16 linear and
+ * the cuBLASLt FP8 path (kernel 3, ctx->fp8_gemm) are in linear_lt.cu.
  *
  * ==== One tensor-core kernel for decode and prefill ====================================================
  * Both the FP8 and the FP4 linear run on `mma.sync.m16n8k32.f32.e4m3.e4m3.f32` (sm_89+; Hopper runs it at a
@@ -372,6 +373,11 @@ extern "C" void dsv4_cuda_linear_plan_get(const dsv4_cuda_ctx *ctx, int M, int K
         pl->ctas = g.ctas;
         return;
     }
+    if (!fp4 && ctx->fp8_gemm == DSV4_CUDA_FP8_GEMM_CUBLASLT) {
+        pl->kernel = 3;
+        pl->bm = pl->bn = pl->splits = pl->ctas = 0;
+        return;
+    }
     plan_tiles(ctx, M, K, N, M <= DECODE_MAX_M ? 0 : 1, pl);
 }
 
@@ -419,7 +425,15 @@ static dsv4_status linear_q(dsv4_cuda_ctx *ctx, bool fp4, int kernel, const uint
                             K, N);
     if (((uintptr_t)xq | (uintptr_t)w | (uintptr_t)y) & 15)
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "%s: xq, w and y must be 16-byte aligned", name);
-    if (kernel < 0) kernel = M <= DSV4_CUDA_GEMV_MAX_M ? 2 : M <= DECODE_MAX_M ? 0 : 1;
+    if (kernel < 0)
+        kernel = M <= DSV4_CUDA_GEMV_MAX_M                               ? 2
+                 : !fp4 && ctx->fp8_gemm == DSV4_CUDA_FP8_GEMM_CUBLASLT ? 3
+                 : M <= DECODE_MAX_M                                    ? 0
+                                                                        : 1;
+    if (kernel == 3) {
+        if (fp4) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "%s: no cuBLASLt kernel for FP4 weights", name);
+        return dsv4_cuda_linear_fp8_lt(ctx, xq, xs, M, K, w, ws, N, y, err);
+    }
     if (kernel == 2) {
         if (M > DSV4_CUDA_GEMV_MAX_M)
             return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "%s: the GEMV kernel takes M <= %d, got %d", name,
@@ -470,51 +484,4 @@ extern "C" dsv4_status dsv4_cuda_linear_q_kernel(dsv4_cuda_ctx *ctx, int fp4, in
     return linear_q(ctx, fp4 != 0, kernel, xq, xs, M, K, w, ws, N, y, err);
 }
 
-/* ==== BF16 linear through cuBLASLt ==========================================================================
- * Row-major y[M,N] = x[M,K]·W[N,K]ᵀ is, in cuBLAS's column-major terms, Y(N×M) = Wᵀ-op(K×N stored) · X(K×M):
- * A = W with op T (the "TN" case cuBLAS is fastest at), B = x with op N, ld = K for both, ldc = N.
- * Why cuBLASLt here: BF16 GEMM is what cuBLAS is tuned for, the BF16 linears (compressor wkv/wgate, indexer
- * weights_proj, router gate, wo_a, LM head) are a small share of the bytes, and a hand kernel would only
- * re-derive it. The descriptors are host objects made per call (no device allocation). */
-extern "C" dsv4_status dsv4_cuda_linear_bf16(dsv4_cuda_ctx *ctx, const uint16_t *x, int M, int K, const uint16_t *w,
-                                             int N, void *y, dsv4_out_round out_round, dsv4_err *err) {
-    if (M < 1 || K < 2 || N < 2 || (K & 1) || (N & 1))
-        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "dsv4_cuda_linear_bf16: M=%d K=%d N=%d", M, K, N);
-    cudaDataType_t ot = out_round == DSV4_OUT_BF16 ? CUDA_R_16BF : CUDA_R_32F;
-    cublasLtMatmulDesc_t op = NULL;
-    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
-    cublasLtMatmulPreference_t pref = NULL;
-    dsv4_status st = DSV4_OK;
-    /* The body runs in a helper lambda so that every early return still frees the descriptors. */
-    auto body = [&]() -> dsv4_status {
-        cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-        DSV4_CUDA_CHECK(err, cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-        DSV4_CUDA_CHECK(err, cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
-        DSV4_CUDA_CHECK(err, cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
-        DSV4_CUDA_CHECK(err, cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, N, K));
-        DSV4_CUDA_CHECK(err, cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, M, K));
-        DSV4_CUDA_CHECK(err, cublasLtMatrixLayoutCreate(&lc, ot, N, M, N));
-        DSV4_CUDA_CHECK(err, cublasLtMatmulPreferenceCreate(&pref));
-        size_t wsb = ctx->lt_ws_bytes;
-        DSV4_CUDA_CHECK(err, cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb,
-                                                                  sizeof wsb));
-        cublasLtMatmulHeuristicResult_t h;
-        int found = 0;
-        DSV4_CUDA_CHECK(err, cublasLtMatmulAlgoGetHeuristic((cublasLtHandle_t)ctx->lt, op, la, lb, lc, lc, pref, 1, &h,
-                                                            &found));
-        if (found < 1)
-            return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "dsv4_cuda_linear_bf16: no cuBLASLt algorithm for M=%d K=%d N=%d",
-                                M, K, N);
-        const float alpha = 1.0f, beta = 0.0f;
-        DSV4_CUDA_CHECK(err, cublasLtMatmul((cublasLtHandle_t)ctx->lt, op, &alpha, w, la, x, lb, &beta, y, lc, y, lc,
-                                            &h.algo, ctx->lt_ws, ctx->lt_ws_bytes, (cudaStream_t)ctx->stream));
-        return DSV4_OK;
-    };
-    st = body();
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
-    if (lc) cublasLtMatrixLayoutDestroy(lc);
-    if (lb) cublasLtMatrixLayoutDestroy(lb);
-    if (la) cublasLtMatrixLayoutDestroy(la);
-    if (op) cublasLtMatmulDescDestroy(op);
-    return st;
-}
+/* The BF16 linear and the cuBLASLt FP8 linear live in linear_lt.cu (every cuBLASLt call, one plan per shape). */
