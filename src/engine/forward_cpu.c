@@ -190,6 +190,8 @@ typedef struct seq_rows {
 
 /* ==== linear helpers ==================================================================================== */
 
+static dsv4_status check_finite(const float *X, int rows, int hc, int D, int layer, const char *op, dsv4_err *err);
+
 static void fp8_linear(dsv4_forward *f, const float *x, int M, const dsv4_fp8_linear *l, float *y) {
     dsv4_cpu_linear_fp8(f->pool, x, M, l->in, l->w, l->scale, l->out, y);
 }
@@ -394,6 +396,9 @@ static dsv4_status attention_layer(dsv4_forward *f, dsv4_kv_manager *kv, const s
                 float *wIi = ws->wI + (size_t)(s->row0 + i) * nIh;
                 for (int h = 0; h < nIh; h++) wIi[h] = dsv4_bf16_round(wIi[h] * wscale);
             }
+        /* A NaN here would not reach the layer output (it only scores the top-k choice): check it now. */
+        DSV4_TRY(check_finite(ws->qI, rows, 1, nIh * dIh, layer, "the indexer query", err));
+        DSV4_TRY(check_finite(ws->wI, rows, 1, nIh, layer, "the indexer head weights", err));
     }
     /* Compressors, then attention, per sequence. */
     for (const seq_rows *s = seqs; s < seqs + n_seqs; s++) {
