@@ -15,6 +15,7 @@
 #include "engine/kv_access.h"
 #include "engine/model.h"
 #include "engine/profile.h"
+#include "model/limits.h"
 
 struct dsv4_engine {
     dsv4_model *model;        /* owned */
@@ -79,6 +80,12 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
     int max_seqs = opt->max_seqs > 0 ? opt->max_seqs : 8;
     long max_tokens = opt->max_tokens > 0 ? opt->max_tokens : (long)max_seqs * 4096;
     e->max_tokens = max_tokens;
+    if (max_tokens > DSV4_LIMIT_CTX_TOKENS || max_seqs > DSV4_LIMIT_SEQS) {
+        free(e);
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG,
+                            "engine: KV capacity of %ld tokens / %d sequences exceeds the limit of %ld / %d", max_tokens,
+                            max_seqs, (long)DSV4_LIMIT_CTX_TOKENS, DSV4_LIMIT_SEQS);
+    }
     if (opt->progress) opt->progress(opt->progress_user, "checkpoint", 0, 1);
     if ((st = dsv4_model_load_shard(opt->model_dir, 0, world, &e->model, err)) == DSV4_OK && opt->progress) {
         opt->progress(opt->progress_user, "checkpoint", 1, 1);

@@ -190,6 +190,8 @@ typedef struct seq_rows {
 
 /* ==== linear helpers ==================================================================================== */
 
+static dsv4_status check_finite(const float *X, int rows, int hc, int D, int layer, const char *op, dsv4_err *err);
+
 static void fp8_linear(dsv4_forward *f, const float *x, int M, const dsv4_fp8_linear *l, float *y) {
     dsv4_cpu_linear_fp8(f->pool, x, M, l->in, l->w, l->scale, l->out, y);
 }
@@ -209,8 +211,8 @@ static dsv4_status allreduce_f32(dsv4_forward *f, float *buf, size_t n, dsv4_err
 
 /* Runs the main and (CSA) indexer compressors of one layer over a sequence's new tokens, emitting every
  * entry whose window completes (spec §4.5). x rows are the attn_norm outputs of the sequence. */
-static void run_compressor(dsv4_forward *f, dsv4_kv_manager *kv, const seq_rows *s, int layer,
-                           const dsv4_compressor_weights *cw, int which, const float *x) {
+static dsv4_status run_compressor(dsv4_forward *f, dsv4_kv_manager *kv, const seq_rows *s, int layer,
+                                  const dsv4_compressor_weights *cw, int which, const float *x, dsv4_err *err) {
     const dsv4_config *c = f->m->cfg;
     const int d = cw->d, coff = cw->coff, r = cw->ratio, width = coff * d;
     float *proj = f->ws.cmp; /* [n, 2*width]: kv then gate, reused per token */
@@ -254,9 +256,14 @@ static void run_compressor(dsv4_forward *f, dsv4_kv_manager *kv, const seq_rows 
             dsv4_cpu_compress_pool(st.cur_val, st.cur_score, r, d, width, entry);
         }
         dsv4_cpu_compress_finish(entry, d, cw->norm, (float)c->norm_eps, w * r, rope, which == DSV4_KV_COMP_INDEXER);
-        if (which == DSV4_KV_COMP_INDEXER) dsv4_kv_access_idx_write(kv, s->slot, layer, w, entry);
-        else dsv4_kv_access_comp_write(kv, s->slot, layer, w, entry);
+        dsv4_status ws_st = which == DSV4_KV_COMP_INDEXER ? dsv4_kv_access_idx_write(kv, s->slot, layer, w, entry)
+                                                          : dsv4_kv_access_comp_write(kv, s->slot, layer, w, entry);
+        if (ws_st != DSV4_OK)
+            return dsv4_err_set(err, ws_st, "forward: non-finite value in layer %d in the %s compressor (entry %ld) "
+                                "(a NaN or infinite weight in the checkpoint?)",
+                                layer, which == DSV4_KV_COMP_INDEXER ? "indexer" : "attention", w);
     }
+    return DSV4_OK;
 }
 
 /* Attention for one sequence of one layer: q [n, H*hd] (post norm + RoPE), fresh kv [n, hd];
@@ -328,7 +335,10 @@ static dsv4_status attend_sequence(dsv4_forward *f, dsv4_kv_manager *kv, const s
     }
     /* Window ring: the last min(n, win) fresh rows. */
     for (int i = s->n > win ? s->n - win : 0; i < s->n; i++)
-        dsv4_kv_access_window_write(kv, s->slot, layer, s->pos0 + i, fresh_kv + (size_t)i * hd);
+        if (dsv4_kv_access_window_write(kv, s->slot, layer, s->pos0 + i, fresh_kv + (size_t)i * hd) != DSV4_OK)
+            return dsv4_err_set(err, DSV4_ERR_FORMAT, "forward: non-finite value in layer %d in the attention KV "
+                                "(position %ld) (a NaN or infinite weight in the checkpoint?)",
+                                layer, s->pos0 + i);
     return DSV4_OK;
 }
 
@@ -386,12 +396,15 @@ static dsv4_status attention_layer(dsv4_forward *f, dsv4_kv_manager *kv, const s
                 float *wIi = ws->wI + (size_t)(s->row0 + i) * nIh;
                 for (int h = 0; h < nIh; h++) wIi[h] = dsv4_bf16_round(wIi[h] * wscale);
             }
+        /* A NaN here would not reach the layer output (it only scores the top-k choice): check it now. */
+        DSV4_TRY(check_finite(ws->qI, rows, 1, nIh * dIh, layer, "the indexer query", err));
+        DSV4_TRY(check_finite(ws->wI, rows, 1, nIh, layer, "the indexer head weights", err));
     }
     /* Compressors, then attention, per sequence. */
     for (const seq_rows *s = seqs; s < seqs + n_seqs; s++) {
         const float *xs = x + (size_t)s->row0 * c->dim;
-        if (is_csa) run_compressor(f, kv, s, layer, &lw->idx_compressor, DSV4_KV_COMP_INDEXER, xs);
-        if (lw->ratio) run_compressor(f, kv, s, layer, &lw->compressor, DSV4_KV_COMP_MAIN, xs);
+        if (is_csa) DSV4_TRY(run_compressor(f, kv, s, layer, &lw->idx_compressor, DSV4_KV_COMP_INDEXER, xs, err));
+        if (lw->ratio) DSV4_TRY(run_compressor(f, kv, s, layer, &lw->compressor, DSV4_KV_COMP_MAIN, xs, err));
         const float *qI = is_csa ? ws->qI + (size_t)s->row0 * sh->nih * c->index_head_dim : NULL;
         const float *wI = is_csa ? ws->wI + (size_t)s->row0 * sh->nih : NULL;
         DSV4_TRY(attend_sequence(f, kv, s, layer, lw, ws->q + (size_t)s->row0 * H * hd,

@@ -3,6 +3,8 @@
  * produced a value that is not a fake-quant output — a bug — so it asserts. */
 #include "engine/kv_access.h"
 
+#include <math.h>
+
 #include "kv/kv_codec.h"
 
 static dsv4_kv_layer_view view_of(dsv4_kv_manager *kv, int slot, int layer) {
@@ -54,9 +56,17 @@ void dsv4_kv_access_window_read(dsv4_kv_manager *kv, int slot, int layer, long p
 
 /* Window rows go through the quantize rule (idempotent on fake-quantized input, so identical to encode for
  * every real row); this also lets the test-only no-kv-quant fault store its unquantized rows. */
-void dsv4_kv_access_window_write(dsv4_kv_manager *kv, int slot, int layer, long pos, const float *row) {
+static int all_finite(const float *x, int n) {
+    for (int i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+dsv4_status dsv4_kv_access_window_write(dsv4_kv_manager *kv, int slot, int layer, long pos, const float *row) {
     dsv4_kv_layer_view v = view_of(kv, slot, layer);
+    if (!all_finite(row, v.entry_fmt->nope + v.entry_fmt->rope)) return DSV4_ERR_FORMAT;
     dsv4_kv_entry_quantize(v.entry_fmt, row, dsv4_kv_view_ring_entry(&v, pos));
+    return DSV4_OK;
 }
 
 void dsv4_kv_access_comp_read(dsv4_kv_manager *kv, int slot, int layer, long w, float *out) {
@@ -64,10 +74,12 @@ void dsv4_kv_access_comp_read(dsv4_kv_manager *kv, int slot, int layer, long w, 
     dsv4_kv_entry_decode(v.entry_fmt, dsv4_kv_view_entry(&v, w), out);
 }
 
-void dsv4_kv_access_comp_write(dsv4_kv_manager *kv, int slot, int layer, long w, const float *row) {
+dsv4_status dsv4_kv_access_comp_write(dsv4_kv_manager *kv, int slot, int layer, long w, const float *row) {
     dsv4_kv_layer_view v = view_of(kv, slot, layer);
+    if (!all_finite(row, v.entry_fmt->nope + v.entry_fmt->rope)) return DSV4_ERR_FORMAT;
     dsv4_status st = dsv4_kv_entry_encode(v.entry_fmt, row, dsv4_kv_view_entry(&v, w), NULL);
     DSV4_ASSERT(st == DSV4_OK);
+    return DSV4_OK;
 }
 
 void dsv4_kv_access_idx_read(dsv4_kv_manager *kv, int slot, int layer, long w, float *out) {
@@ -75,11 +87,13 @@ void dsv4_kv_access_idx_read(dsv4_kv_manager *kv, int slot, int layer, long w, f
     dsv4_kv_ikey_decode(v.ikey_fmt, dsv4_kv_view_ikey_codes(&v, w), dsv4_kv_view_ikey_scales(&v, w), out);
 }
 
-void dsv4_kv_access_idx_write(dsv4_kv_manager *kv, int slot, int layer, long w, const float *row) {
+dsv4_status dsv4_kv_access_idx_write(dsv4_kv_manager *kv, int slot, int layer, long w, const float *row) {
     dsv4_kv_layer_view v = view_of(kv, slot, layer);
+    if (!all_finite(row, v.ikey_fmt->dim)) return DSV4_ERR_FORMAT;
     dsv4_status st =
         dsv4_kv_ikey_encode(v.ikey_fmt, row, dsv4_kv_view_ikey_codes(&v, w), dsv4_kv_view_ikey_scales(&v, w), NULL);
     DSV4_ASSERT(st == DSV4_OK);
+    return DSV4_OK;
 }
 
 dsv4_kv_comp_state dsv4_kv_access_comp_state(dsv4_kv_manager *kv, int slot, int layer, int which) {

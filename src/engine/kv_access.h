@@ -36,11 +36,14 @@ long dsv4_kv_access_seq_len(dsv4_kv_manager *kv, int slot);
 void dsv4_kv_access_commit(dsv4_kv_manager *kv, const int *slots, const int *counts, int n);
 
 void dsv4_kv_access_window_read(dsv4_kv_manager *kv, int slot, int layer, long pos, float *out);
-void dsv4_kv_access_window_write(dsv4_kv_manager *kv, int slot, int layer, long pos, const float *row);
+/* The three writes refuse a row holding a NaN or infinity (DSV4_ERR_FORMAT, nothing written): such a row
+ * comes from a non-finite weight or activation, and the caller fails the step naming the layer. Any other
+ * row they cannot store is a bug (assert). */
+dsv4_status dsv4_kv_access_window_write(dsv4_kv_manager *kv, int slot, int layer, long pos, const float *row);
 void dsv4_kv_access_comp_read(dsv4_kv_manager *kv, int slot, int layer, long w, float *out);
-void dsv4_kv_access_comp_write(dsv4_kv_manager *kv, int slot, int layer, long w, const float *row);
+dsv4_status dsv4_kv_access_comp_write(dsv4_kv_manager *kv, int slot, int layer, long w, const float *row);
 void dsv4_kv_access_idx_read(dsv4_kv_manager *kv, int slot, int layer, long w, float *out);
-void dsv4_kv_access_idx_write(dsv4_kv_manager *kv, int slot, int layer, long w, const float *row);
+dsv4_status dsv4_kv_access_idx_write(dsv4_kv_manager *kv, int slot, int layer, long w, const float *row);
 dsv4_kv_comp_state dsv4_kv_access_comp_state(dsv4_kv_manager *kv, int slot, int layer, int which);
 
 #ifdef __cplusplus

@@ -33,5 +33,6 @@
 
 /* ---- run time ---------------------------------------------------------------------------------------- */
 #define DSV4_LIMIT_CTX_TOKENS       (1L << 30)       /* --ctx / max_tokens; the KV arena must also fit in memory */
+#define DSV4_LIMIT_SEQS             65536            /* concurrent sequences (KV slots) of one engine */
 
 #endif

@@ -16,7 +16,10 @@ tmp=$(mktemp -d /tmp/dsv4_hostile_XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 have_python() { command -v python3 >/dev/null 2>&1; }
 # mkfix DST [mkfixture.py edits...]: a copy of the tiny checkpoint with edits
-mkfix() { local d=$1; shift; python3 tests/hostile/mkfixture.py "$TINY" "$d" "$@"; }
+mkfix() {
+    local d=$1; shift
+    python3 tests/hostile/mkfixture.py "$TINY" "$d" "$@" || { bad "fixture $d ($*) could not be built"; rm -rf "$d"; }
+}
 
 hostile() {
     local name=$1 limit=$2 pat=$3; shift 4

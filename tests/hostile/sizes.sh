@@ -3,8 +3,15 @@
 # prompt that does not fit the --ctx given (refused before any compute, not after a wasted prefill with an
 # internal KV message), and `generate -p` sizing its KV from the tokenized prompt when --ctx is not given.
 . "$(dirname "$0")/lib.sh"
-hostile "--ctx 2^30 (terabyte arena)" 30 "lower the KV capacity" -- \
-    "$DSV4" generate --model "$TINY" --prompt-ids 1,2 -n 1 --ctx 1073741824
+# the tiny checkpoint's 2^30-token arena is ~395 GB: refused where that is above 3/4 of memory (skipped on
+# larger hosts rather than allocated)
+mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null || echo 0)
+if [ "${mem_kb:-0}" -gt 0 ] && [ "$mem_kb" -lt 500000000 ]; then
+    hostile "--ctx 2^30 (a ~400 GB arena)" 30 "lower the KV capacity" -- \
+        "$DSV4" generate --model "$TINY" --prompt-ids 1,2 -n 1 --ctx 1073741824
+else
+    skipped "--ctx 2^30 (this host has ${mem_kb} kB)"
+fi
 hostile "--prompt-ids longer than --ctx" 30 "more than --ctx 4" -- \
     "$DSV4" generate --model "$TINY" --prompt-ids 1,2,3,4,5,6 -n 1 --ctx 4
 hostile "-n beyond --ctx" 30 "raise --ctx or lower -n" -- \

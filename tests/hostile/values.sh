@@ -29,4 +29,10 @@ mkfix "$tmp/shared" --patch layers.2.ffn.shared_experts.w2.weight 0 7f7f7f7f7f7f
 hostile "e4m3 NaN in a shared expert" 60 "layer 2 after moe" -- "${GEN[@]}" "$tmp/shared"
 mkfix "$tmp/wq" --patch layers.0.attn.wq_a.weight 0 7f7f7f7f
 hostile "e4m3 NaN in attention" 60 "layer 0 after attention" -- "${GEN[@]}" "$tmp/wq"
+# row 128 of [2 x 128, 256]: the current window's half, used by the first entry (window of 4 tokens)
+mkfix "$tmp/cmp" --patch layers.1.attn.indexer.compressor.wkv.weight 65536 c07fc07f
+hostile "NaN in a CSA indexer compressor (fuzz_checkpoint finding: KV codec assert)" 60 \
+    "layer 1 in the indexer compressor" -- "${GEN[@]}" "$tmp/cmp"
+mkfix "$tmp/iq" --patch layers.3.attn.indexer.wq_b.weight 0 7f7f7f7f
+hostile "e4m3 NaN in the indexer query projection" 60 "layer 3 after the indexer query" -- "${GEN[@]}" "$tmp/iq"
 finish

@@ -157,10 +157,10 @@ static void test_nan_weights_fail_the_step(void) {
     memset(e4m3_nan, 0x7F, sizeof e4m3_nan);
     patch("layers.2.ffn.shared_experts.w1.weight", 0, e4m3_nan, sizeof e4m3_nan);
     expect_step_fails(toks, 4, "layer 2 after moe", NULL);
-    /* and in attention: wq_a of layer 1 */
+    /* and in attention: wkv of layer 1 (the KV row is refused before the codec sees it) */
     fresh_copy();
     patch("layers.1.attn.wkv.weight", 0, e4m3_nan, sizeof e4m3_nan);
-    expect_step_fails(toks, 4, "layer 1 after attention", NULL);
+    expect_step_fails(toks, 4, "layer 1 in the attention KV", NULL);   /* the KV row, before it is stored */
 }
 
 int main(void) {

@@ -33,6 +33,12 @@ void dsv4_cpu_fake_quant_fp4(float *x, size_t n) {
         float *xb = x + b * 32;
         int e = dsv4_pow2_scale_exp(dsv4_block_amax(xb, 32), DSV4_FP4_AMAX_FLOOR, 1.0f / 6.0f);
         for (int i = 0; i < 32; i++) {
+            /* e2m1 has no NaN or infinity: the code would saturate to ±6 and hide a non-finite input from
+             * the forward's checks, so a non-finite value stays NaN (finite inputs are unaffected). */
+            if (!isfinite(xb[i])) {
+                xb[i] = NAN;
+                continue;
+            }
             float qv = dsv4_e2m1_to_f32(dsv4_f32_to_e2m1(clampf(ldexpf(xb[i], -e), -6.0f, 6.0f)));
             xb[i] = dsv4_bf16_round(ldexpf(qv, e));
         }
