@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -399,12 +400,30 @@ def test_concurrency():
     deadline, m = time.time() + 60, {}
     while time.time() < deadline:
         m = metrics(URL_B)
+        gen0 = m.get("dsv4_generation_tokens_total", 0)
         if m.get("dsv4_requests_running", 1) == 0 and m.get("dsv4_requests_waiting", 1) == 0 and m.get("dsv4_kv_blocks_used", 1) == 0:
             break
         time.sleep(0.2)
     check("burst: dsv4_requests_running back to 0", m.get("dsv4_requests_running") == 0, m)
     check("burst: every KV block free again", m.get("dsv4_kv_blocks_used") == 0 and m.get("dsv4_kv_blocks_free", 0) > 0, m)
     check("burst: /health still 200", health(URL_B) == 200)
+    # a non-streamed request whose client leaves is cancelled too (200 tokens would take far longer)
+    host, port = URL_B.split("//")[1].split(":")
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Long answer please."}],
+                       "max_tokens": 200, "temperature": 0}).encode()
+    with socket.create_connection((host, int(port))) as sk:
+        sk.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(1.0)
+    t1, m = time.time(), {}
+    while time.time() < t1 + 30:
+        m = metrics(URL_B)
+        if m.get("dsv4_requests_running", 1) == 0 and m.get("dsv4_kv_blocks_used", 1) == 0:
+            break
+        time.sleep(0.2)
+    check("vanished non-streamed client: cancelled, blocks back", m.get("dsv4_requests_running") == 0 and
+          m.get("dsv4_kv_blocks_used") == 0 and m.get("dsv4_generation_tokens_total", 0) < gen0 + 150,
+          f"{m} (generated before: {gen0})")
     print(f"     (burst of 64 took {time.time() - t0:.1f} s)", flush=True)
 
 
