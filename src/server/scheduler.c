@@ -376,7 +376,7 @@ static void generate(dsv4_sched *s, dsv4_sched_req *r, const float *logits) {
             else lps[k] = (dsv4_logprobs){0};
             if (dsv4_sampler_accept(&r->sampler, t, &err) != DSV4_OK || push_tok(r, t)) {
                 fin = DSV4_FINISH_ERROR;
-                error = "out of memory (forced tokens)";
+                error = err.msg[0] ? err.msg : "out of memory (forced tokens)";
                 break;
             }
             toks[n++] = t;
@@ -388,7 +388,7 @@ static void generate(dsv4_sched *s, dsv4_sched_req *r, const float *logits) {
     dsv4_sample_out so;
     if (dsv4_sampler_next(&r->sampler, &s->ws, logits, &so, &err) != DSV4_OK || push_tok(r, so.token)) {
         fin = DSV4_FINISH_ERROR;
-        error = "out of memory (sampler)";
+        error = err.msg[0] ? err.msg : "out of memory (sampler)";
         goto out;
     }
     toks[n] = so.token;

@@ -71,7 +71,8 @@ typedef enum dsv4_finish {
     DSV4_FINISH_NONE = 0,           /* not finished (a delta event) */
     DSV4_FINISH_STOP,               /* EOS, a stop id or a stop string */
     DSV4_FINISH_LENGTH,             /* max_tokens or the context limit */
-    DSV4_FINISH_TOOL_CALLS,         /* the turn ended after one or more tool calls */
+    DSV4_FINISH_TOOL_CALLS,         /* the turn ended after one or more tool calls (as soon as the DSML
+                                       tool block closes: only EOS may follow it) */
     DSV4_FINISH_MALFORMED,          /* the model produced malformed DSML: it came back as content text */
     DSV4_FINISH_CANCELLED,          /* dsv4_sched_cancel */
     DSV4_FINISH_ERROR               /* the engine failed for this request (message in error) */
@@ -86,14 +87,16 @@ typedef struct dsv4_sched_tool_call {
 /* One event = what one engine step produced for one request (possibly several tokens when forced tokens
  * are emitted). All pointers are owned by the event until dsv4_sched_event_free. Text is valid UTF-8. */
 typedef struct dsv4_sched_event {
-    char *reasoning; size_t reasoning_len;     /* reasoning delta (may be empty) */
-    char *content; size_t content_len;         /* content delta (may be empty); never holds DSML unless the
+    char *reasoning; size_t reasoning_len;     /* reasoning delta (may be empty; never NULL, NUL-terminated) */
+    char *content; size_t content_len;         /* content delta (may be empty; never NULL, NUL-terminated);
+                                                  never holds DSML unless the
                                                   DSML was malformed (then finish = MALFORMED) */
     dsv4_sched_tool_call *tool_calls;          /* tool calls completed in this step */
     int n_tool_calls;
     int n_tokens;                              /* tokens generated in this step */
     int32_t *tokens;                           /* [n_tokens] */
-    dsv4_logprobs *logprobs;                   /* [n_tokens] when sp.logprobs > 0, else NULL */
+    dsv4_logprobs *logprobs;                   /* [n_tokens] when sp.logprobs > 0, else NULL; forced tokens
+                                                  after the first: token_logprob 0, n 0 (not predicted) */
     dsv4_finish finish;                        /* != NONE on the last event of a request */
     char error[256];                           /* finish == ERROR (or MALFORMED): what went wrong */
     /* usage, valid on every event (running totals) */
