@@ -3,7 +3,7 @@
  * response bodies and SSE streams. Responses' input items and flat tools are converted to chat messages
  * and function tools first, so one renderer (dsv4_chat_render) makes every prompt.
  *
- * Decisions (docs/SERVER.md would repeat them; they are here, beside the code):
+ * Decisions (kept here, beside the code):
  * - thinking is on when the request says so in any dialect: reasoning_effort (other than "none"),
  *   thinking {"type":"enabled"}, chat_template_kwargs {"thinking"|"enable_thinking": true}, Responses'
  *   reasoning.effort. "max" / "xhigh" select the maximum-effort paragraph of the template.

@@ -69,7 +69,7 @@ out=$(curl -s "http://127.0.0.1:$PORT_A/v1/chat/completions" -H "Authorization: 
     -d '{"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}')
 echo "$out" | grep -q '"object":"chat.completion"' && ok "curl chat completion" || bad "curl: $out"
 
-timeout 170 python3 tests/server/test_sdk.py "http://127.0.0.1:$PORT_A" "http://127.0.0.1:$PORT_B" "$KEY" "$DSV4" \
+timeout 240 python3 tests/server/test_sdk.py "http://127.0.0.1:$PORT_A" "http://127.0.0.1:$PORT_B" "$KEY" "$DSV4" \
     "$TOK" >"$tmp/sdk.out" 2>&1
 rc=$?
 cat "$tmp/sdk.out"
