@@ -100,7 +100,7 @@ static void unknown_option(const cli_command_help *h, const cli_option *opts, in
     }
     cand[nc++] = "--help";
     char key[NAME_LEN];
-    snprintf(key, sizeof key, "%.*s", (int)strcspn(arg, "="), arg);
+    snprintf(key, sizeof key, "%.*s", !strncmp(arg, "--", 2) ? (int)strcspn(arg, "=") : (int)strlen(arg), arg);
     const char *s = cli_did_you_mean(key, cand, nc);
     if (s)
         fprintf(stderr, "dsv4 %s: unknown option '%s'; did you mean '%s'? (see dsv4 %s --help)\n", h->cmd, key, s,
