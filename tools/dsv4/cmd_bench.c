@@ -477,6 +477,7 @@ int dsv4_cmd_bench(int argc, char **argv) {
         fprintf(stderr, "bench: wrote %s checkpoint (%d layers, %d experts) to %s in %.1f s\n", synthetic,
                 cfg.n_layers, cfg.n_routed_experts, dir, dsv4_bench_now_s() - t0);
         snprintf(label, sizeof label, "synthetic:%s", synthetic);
+        cli_model_notice_if_random(dir);
     } else {
         snprintf(label, sizeof label, "%s/config.json", model);
         if (dsv4_config_load(label, &cfg, &err) != DSV4_OK) {

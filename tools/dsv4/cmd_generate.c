@@ -332,11 +332,12 @@ int dsv4_cmd_generate(int argc, char **argv) {
     struct sigaction sa = {0}, old_sa;
     sa.sa_handler = on_sigint;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_sa);
     interrupted = 0;
-    rc = cli_textgen_open(&g, "generate", &o, text != NULL);
-    g.interrupt = &interrupted;
     cli_textgen_result r = {0};
+    /* Ctrl-C while loading keeps its default (the process ends; nothing was printed to stdout yet) */
+    rc = cli_textgen_open(&g, "generate", &o, text != NULL);
+    sigaction(SIGINT, &sa, &old_sa);
+    g.interrupt = &interrupted;
     if (rc) goto done;
     if (ids_spec) {
         rc = run_ids(&g, &o, ids, T, seed, !json, &r);
