@@ -86,7 +86,7 @@ int dsv4_cmd_logits(int argc, char **argv) {
         CLI_OPT_ENTRY_THREADS(&threads),
         CLI_OPT_ENTRY_GPUS(&gpus),
         {.names = "--fault", .metavar = "NAME", .kind = CLI_OPT_STR, .dest = &fault,
-         .choices = "no-sink|no-compressed|rope-pos|no-kv-quant",
+         .choices = "none|no-sink|no-compressed|rope-pos|no-kv-quant", .def = "none",
          .help = "tests only: a deliberately broken variant, to prove that the oracle\n"
                  "comparisons discriminate (no-sink, no-compressed, rope-pos, no-kv-quant)"},
     };

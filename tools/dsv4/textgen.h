@@ -44,12 +44,12 @@ typedef struct cli_textgen_opts {
 } cli_textgen_opts;
 
 #define CLI_DEFAULT_CTX 16384          /* -c default: KV capacity of generate and chat */
-#define CLI_TEXTGEN_N_OPTS 19          /* entries cli_textgen_options writes */
+#define CLI_TEXTGEN_N_OPTS 19          /* room for the entries cli_textgen_options writes (17 today) */
 
 /* Sets every option to its default; --temperature and -n are decided by cli_textgen_check (a command's
  * default may depend on other options); def_temp and def_n are how --help shows those two defaults. */
 void cli_textgen_opts_init(cli_textgen_opts *o, const char *def_temp, const char *def_n);
-/* Writes the shared options' table entries (CLI_TEXTGEN_N_OPTS of them, pointing into o) to opts. */
+/* Writes the shared options' table entries (pointing into o) to opts[CLI_TEXTGEN_N_OPTS]; returns how many. */
 int cli_textgen_options(cli_textgen_opts *o, cli_option *opts);
 /* After parsing: fills --temperature and -n when absent, then checks the options together (sampling
  * parameters, stop strings). Returns 0, or 2 after printing what is wrong. */
