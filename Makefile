@@ -30,6 +30,15 @@ endif
 CFLAGS  += $(CFLAGS_COMMON) $(CFLAGS_V)
 LDLIBS  := -ljansson -lpcre2-8 -lmicrohttpd -ledit -lm -lpthread
 
+# `dsv4 --version`: the version and the git revision at build time ("-dirty" with uncommitted changes to
+# tracked files), baked into tools/dsv4/main.c only; a stamp file rewritten when the revision changes makes
+# main.o rebuild then.
+DSV4_VERSION := 0.1.0
+GIT_REV := $(shell r=$$(git rev-parse --short=12 HEAD 2>/dev/null) || r=unknown; \
+             [ $$r = unknown ] || [ -z "$$(git status --porcelain -uno 2>/dev/null)" ] || r=$$r-dirty; echo $$r)
+REV_STAMP := $(BUILD)/git_rev.txt
+$(shell mkdir -p $(BUILD); [ "$$(cat $(REV_STAMP) 2>/dev/null)" = "$(GIT_REV)" ] || echo "$(GIT_REV)" > $(REV_STAMP))
+
 LIB_SRC  := $(wildcard src/*/*.c src/*/*/*.c)
 TOOL_SRC := $(wildcard tools/dsv4/*.c)
 TEST_SRC := $(wildcard tests/unit/*.c tests/model/*.c)
@@ -62,6 +71,9 @@ all: $(DSV4) $(TESTS) $(BENCHES)
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/tools/dsv4/main.o: $(REV_STAMP)
+$(BUILD)/tools/dsv4/main.o: CFLAGS += -DDSV4_VERSION='"$(DSV4_VERSION)"' -DDSV4_GIT_REV='"$(GIT_REV)"'
 
 $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)

@@ -66,7 +66,7 @@ dsv4_status dsv4_threadpool_create(int n_threads, dsv4_threadpool **out, dsv4_er
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         n_threads = n > 0 ? (int)n : 1;
     }
-    if (n_threads > 1024) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "threadpool: %d threads", n_threads);
+    if (n_threads > DSV4_THREADS_MAX) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "threadpool: %d threads", n_threads);
     struct dsv4_threadpool *p = calloc(1, sizeof *p);
     if (!p) return dsv4_err_set(err, DSV4_ERR_NOMEM, "threadpool: out of memory");
     p->n_threads = n_threads;

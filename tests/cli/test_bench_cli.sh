@@ -69,12 +69,22 @@ usage_err() {
     "$DSV4" bench "$@" >"$TMP/out" 2>"$TMP/err"; local rc=$?
     if [ $rc -eq 2 ] && grep -q '^dsv4 bench: ' "$TMP/err"; then ok "$name"; else bad "$name" "rc=$rc $(head -2 "$TMP/err")"; fi
 }
-usage_err "no model" --backend cpu
 usage_err "model and synthetic" --model tests/data/tiny-flash --synthetic tiny
 usage_err "bad list" --model tests/data/tiny-flash --batches 1,x
 usage_err "bad backend" --model tests/data/tiny-flash --backend tpu
 usage_err "unknown option" --model tests/data/tiny-flash --frobnicate 1
 usage_err "bad gpus" --model tests/data/tiny-flash --gpus 0
+usage_err "repeated option" --model tests/data/tiny-flash --repeats 1 --repeats 2
+usage_err "did you mean" --model tests/data/tiny-flash --batch 1
+grep -q "did you mean '--batches'" "$TMP/err" && ok "did you mean names --batches" || bad "did you mean" "$(cat "$TMP/err")"
+
+# 5b. no --model: the embedded default checkpoint (written into a temporary cache); no --backend: cpu here
+# unless a GPU is visible (then cuda).
+XDG_CACHE_HOME="$TMP/cache" "$DSV4" bench "${TINY[@]}" >"$TMP/out" 2>"$TMP/err"
+rc=$?
+if [ $rc -eq 0 ] && grep -q "embedded default model" "$TMP/err" && grep -q "roofline" "$TMP/out"; then
+    ok "no --model: the embedded default ($(grep -o 'backend [a-z]*' "$TMP/out" | head -1))"
+else bad "no --model" "rc=$rc $(tail -3 "$TMP/err")"; fi
 
 # 6. --backend cuda: runs where a GPU is, else one error line and exit 1 (never a crash).
 "$DSV4" bench --model tests/data/tiny-flash --backend cuda "${TINY[@]}" >"$TMP/out" 2>"$TMP/err"

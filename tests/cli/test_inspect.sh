@@ -58,10 +58,13 @@ expect_ok config-pro "CSA   30 layers|HCA   31 layers|MTP block: SWA|official BF
     --config "$CFG/deepseek-v4-pro.config.json"
 expect_ok config-tiny "hash-routed layers: 0..1" --config tests/data/tiny-flash/config.json
 
-"$DSV4" inspect >/dev/null 2>&1; [ $? -eq 2 ] && ok usage-no-args || bad usage-no-args "want exit 2"
-"$DSV4" inspect --help | grep -q "dsv4 inspect --model" && ok usage-help || bad usage-help "no usage text"
+# no --model: the embedded default checkpoint (written into a temporary cache), announced as random weights
+XDG_CACHE_HOME="$TMP/cache" "$DSV4" inspect >"$TMP/out" 2>"$TMP/err" && grep -q "all .* tensors valid" "$TMP/out" &&
+    grep -q "deepseek-ai/DeepSeek-V4-Flash" "$TMP/err" && ok default-model || bad default-model "$(head -c 300 "$TMP/err")"
+"$DSV4" inspect --model a --config b >/dev/null 2>&1; [ $? -eq 2 ] && ok usage-model-and-config || bad usage-model-and-config "want exit 2"
+"$DSV4" inspect --help | grep -q "usage: dsv4 inspect \[--model DIR\]" && ok usage-help || bad usage-help "no usage text"
 
-expect_fail missing-dir "no-such-dir/config.json" "$TMP/no-such-dir"
+expect_fail missing-dir "no-such-dir: no such directory" "$TMP/no-such-dir"
 
 d=$(copy badcfg tiny-flash); rm "$d/config.json"; echo '{"hidden_size": 256,' >"$d/config.json"
 expect_fail bad-config-json "config.json: bad JSON" "$d"

@@ -40,7 +40,7 @@ mkdir -p "$TMP/cfgonly" && [ -f "$FLASH" ] && cp "$FLASH" "$TMP/cfgonly/config.j
     expect model-dir-too-few 1 "needs at least 4 GPUs" inspect --model "$TMP/cfgonly" --gpus 2
 expect tiny-2 0 "1 groups" inspect --model tests/data/tiny-flash --gpus 2
 expect tiny-4 1 "o_groups = 2 is not divisible by 4" inspect --model tests/data/tiny-flash --gpus 4
-expect bad-gpus 2 "--gpus wants an integer" inspect --model tests/data/tiny-flash --gpus 0
+expect bad-gpus 2 "--gpus needs an integer" inspect --model tests/data/tiny-flash --gpus 0
 expect logits-gpus-2 0 "" logits --model tests/data/tiny-pro --tokens 5,6,7,8 --prefill 2 --gpus 2 --threads 2 \
     --out "$TMP/l.npy"
 expect logits-gpus-4-bad 1 "not divisible by 4" logits --model tests/data/tiny-pro --tokens 5,6 --prefill 1 --gpus 4 \

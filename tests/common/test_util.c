@@ -7,7 +7,7 @@
 #include "core/numfmt.h"
 
 int test_case_failed;
-static int n_passed, n_failed;
+static int n_passed, n_failed, n_skipped;
 
 void test_run(const char *name, test_fn fn) {
     struct timespec a, b;
@@ -26,8 +26,15 @@ void test_run(const char *name, test_fn fn) {
     fflush(stdout);
 }
 
+void test_skip(const char *name, const char *why) {
+    n_skipped++;
+    printf("SKIP %s: %s\n", name, why);
+    fflush(stdout);
+}
+
 int test_finish(void) {
-    printf("%d passed, %d failed\n", n_passed, n_failed);
+    if (n_skipped) printf("%d passed, %d failed, %d skipped\n", n_passed, n_failed, n_skipped);
+    else printf("%d passed, %d failed\n", n_passed, n_failed);
     return n_failed ? 1 : 0;
 }
 

@@ -1,6 +1,7 @@
 /* test_util.h — the tiny test harness every C test binary uses: named test cases, checks that record
  * (not abort), a seeded RNG for random inputs (never zeros), fp64 comparison helpers, and the closing
- * line "N passed, N failed" that tests/run_tests.sh sums. A test case passes when none of its checks failed. */
+ * line "N passed, N failed" (", N skipped" appended when a case was skipped) that tests/run_tests.sh sums.
+ * A test case passes when none of its checks failed. */
 #ifndef DSV4_TEST_UTIL_H
 #define DSV4_TEST_UTIL_H
 
@@ -24,7 +25,9 @@ typedef void (*test_fn)(void);
 /* Runs fn as one named case and records pass/fail. */
 void test_run(const char *name, test_fn fn);
 #define RUN(fn) test_run(#fn, fn)
-/* Prints "N passed, N failed" and returns the process exit code. */
+/* Records a case that cannot run here (no GPU, no tokenizer.json) as skipped, with a "SKIP name: why" line. */
+void test_skip(const char *name, const char *why);
+/* Prints "N passed, N failed[, N skipped]" and returns the process exit code. */
 int test_finish(void);
 
 /* ---- random inputs ---------------------------------------------------------------------------- */

@@ -699,6 +699,7 @@ static void test_nccl_one_rank(void) {
 
 int main(void) {
     RUN(test_logits_vs_cpu);
+    if (skipped) test_skip("test_cuda_forward", "no CUDA device (the remaining cases need one)");
     if (!skipped) {
         RUN(test_greedy_64);
         RUN(test_graph_vs_eager);

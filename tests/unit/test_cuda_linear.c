@@ -9,7 +9,7 @@
  * plus a whole-tensor relative L2 bound; every output element (all rows) must have been written (the
  * output is poisoned with NaN first) and be finite; two runs must agree bitwise (deterministic split-K).
  *
- * Without a CUDA build or without a device it prints "SKIP: no CUDA device" and passes, so CI (no GPU)
+ * Without a CUDA build or without a device it reports the case as skipped ("SKIP ..."), so CI (no GPU)
  * stays green. Set DSV4_TEST_QUICK=1 to run only M = 1, 8, 128 at the real shapes.
  *
  * M <= 16 runs the decode GEMV (gemv.h): every M = 1..16 at odd block counts and tiny layers, M = 12..16 at
@@ -31,9 +31,8 @@
 #include "test_util.h"
 
 #ifndef DSV4_HAVE_CUDA
-static void test_cuda_linear_skipped(void) { printf("SKIP: no CUDA device (built without CUDA)\n"); }
 int main(void) {
-    RUN(test_cuda_linear_skipped);
+    test_skip("test_cuda_linear", "no CUDA device (built without CUDA)");
     return test_finish();
 }
 #else
@@ -747,18 +746,17 @@ done:
     free(wsc);
 }
 
-static void test_cuda_linear_skipped(void) { printf("SKIP: no CUDA device\n"); }
-
 int main(void) {
     if (dsv4_cuda_device_count() == 0) {
-        RUN(test_cuda_linear_skipped);
+        test_skip("test_cuda_linear", "no CUDA device");
         return test_finish();
     }
     dsv4_err err;
     dsv4_status st = dsv4_cuda_ctx_create(0, 0, &ctx, &err);
     if (st != DSV4_OK) {
-        printf("SKIP: no usable CUDA device (%s: %s)\n", dsv4_status_name(st), err.msg);
-        RUN(test_cuda_linear_skipped);
+        char why[600];
+        snprintf(why, sizeof why, "no usable CUDA device (%s: %s)", dsv4_status_name(st), err.msg);
+        test_skip("test_cuda_linear", why);
         return test_finish();
     }
     if (dsv4_threadpool_create(0, &pool, &err) != DSV4_OK) pool = NULL;

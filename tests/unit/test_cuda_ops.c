@@ -9,7 +9,7 @@
  * elements printed and expected to be 0); top-k, router ids, argmax must be identical; attention within
  * the FP32-accumulation tolerance stated there; indexer scores bitwise on FP4-quantized inputs.
  *
- * Without a CUDA build or without a device it prints "SKIP: no CUDA device" and passes (CI has no GPU). */
+ * Without a CUDA build or without a device it reports the case as skipped ("SKIP ...") (CI has no GPU). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,9 +21,8 @@
 #include "test_util.h"
 
 #ifndef DSV4_HAVE_CUDA
-static void test_cuda_ops_skipped(void) { printf("SKIP: no CUDA device (built without CUDA)\n"); }
 int main(void) {
-    RUN(test_cuda_ops_skipped);
+    test_skip("test_cuda_ops", "no CUDA device (built without CUDA)");
     return test_finish();
 }
 #else
@@ -742,18 +741,17 @@ static void time_ops(void) {
     dev_free_all();
 }
 
-static void test_cuda_ops_skipped(void) { printf("SKIP: no CUDA device\n"); }
-
 int main(void) {
     if (dsv4_cuda_device_count() == 0) {
-        RUN(test_cuda_ops_skipped);
+        test_skip("test_cuda_ops", "no CUDA device");
         return test_finish();
     }
     dsv4_err err;
     dsv4_status st = dsv4_cuda_ctx_create(0, 0, &ctx, &err);
     if (st != DSV4_OK) {
-        printf("SKIP: no usable CUDA device (%s: %s)\n", dsv4_status_name(st), err.msg);
-        RUN(test_cuda_ops_skipped);
+        char why[600];
+        snprintf(why, sizeof why, "no usable CUDA device (%s: %s)", dsv4_status_name(st), err.msg);
+        test_skip("test_cuda_ops", why);
         return test_finish();
     }
     char desc[256];

@@ -1,4 +1,4 @@
-/* cli_util.c — option and token-list helpers for the dsv4 subcommands (see cli_util.h). */
+/* cli_util.c — token-list parsing and legacy argv scanning for the dsv4 subcommands (see cli_util.h). */
 #include "cli_util.h"
 
 #include <ctype.h>
@@ -9,6 +9,7 @@
 
 #include "core/files.h"
 #include "model/limits.h"
+/* ---- legacy argv scanning (see cli_util.h: for a command not yet on an option table) ---- */
 
 const char *cli_opt(int argc, char **argv, const char *name) {
     for (int i = 1; i + 1 < argc; i++)

@@ -1,10 +1,11 @@
 /* cmd_bench.c — `dsv4 bench`: prefill tokens/s at several prompt lengths and decode tokens/s at every
  * batch x context length, each figure with its ratio to a ceiling measured in the same run (engine/bench.h):
  *
- *   dsv4 bench (--model DIR | --synthetic PRESET [--layers N] [--experts N] [--keep] [--synth-dir DIR])
+ *   dsv4 bench [--model DIR | --synthetic PRESET [--layers N] [--experts N] [--keep] [--synth-dir DIR]]
  *              [--backend cuda|cpu] [--prompt-lens 128,1024,4096] [--batches 1,8,32]
  *              [--contexts 128,4096,32768] [--decode-steps N] [--repeats N] [--warmup N]
  *              [--max-fill N] [--threads N] [--csv FILE]
+ * (no model: the embedded default checkpoint; no --backend: cuda when a GPU is visible, else cpu)
  *
  * Prefill: one sequence, the whole prompt in one engine step (the step returns after the logits are on the
  * host, so the host clock around it is the step's time); one warm-up then --repeats timed runs, median.
@@ -26,7 +27,8 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "cli_util.h"
+#include "cli_opts.h"
+#include "textgen.h"
 #include "core/status.h"
 #include "dsv4.h"
 #include "engine/bench.h"
@@ -37,32 +39,12 @@
 #define MAX_LIST 16
 #define MAX_ROWS 128
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: dsv4 bench (--model DIR | --synthetic PRESET) [options]\n"
-            "  --model DIR            checkpoint directory\n"
-            "  --synthetic PRESET     write a random-weight checkpoint first: flash-shapes (V4-Flash dims) or tiny\n"
-            "  --layers N             synthetic: main layers                          [flash-shapes: 8]\n"
-            "  --experts N            synthetic: routed experts                       [flash-shapes: 64]\n"
-            "  --seed S               synthetic: RNG seed                             [0]\n"
-            "  --synth-dir DIR        synthetic: write here (default: a new dir under $TMPDIR or /tmp)\n"
-            "  --keep                 synthetic: keep the checkpoint afterwards\n"
-            "  --backend cuda|cpu     [cuda]\n"
-            "  --prompt-lens LIST     prefill prompt lengths                          [128,1024,4096]\n"
-            "  --batches LIST         decode batch sizes                              [1,8,32]\n"
-            "  --contexts LIST        decode context lengths (KV filled by prefill)   [128,4096,32768]\n"
-            "  --decode-steps N       greedy steps per timed call                     [64]\n"
-            "  --repeats N            timed calls (median)                            [3]\n"
-            "  --warmup N             untimed greedy steps first (graph capture)      [8]\n"
-            "  --max-fill N           skip (batch, context) pairs with batch*context > N tokens   [131072]\n"
-            "  --threads N            cpu backend threads (0 = all)                   [0]\n"
-            "  --gpus N               tensor/expert-parallel ranks (engine option gpus); the ceilings are\n"
-            "                         measured on one GPU and multiplied by N for the ratios   [1]\n"
-            "  --csv FILE             write every row as CSV\n"
-            "  --no-prefill / --no-decode   skip a phase\n"
-            "  --profile              cuda: per-op device-time table of one prefill (largest --prompt-lens) and one\n"
-            "                         decode step (first --batches at first --contexts), eager (engine/profile.h)\n");
-}
+static const cli_command_help help = {
+    .cmd = "bench",
+    .usage = "usage: dsv4 bench [--model DIR | --synthetic PRESET] [options]\n"
+             "  Without either, the embedded default checkpoint (random weights, tiny) is measured.\n",
+    .footer = NULL,
+};
 
 static int parse_list(const char *s, long lo, long hi, long *out, int *n) {
     *n = 0;
@@ -388,62 +370,60 @@ static void remove_synth(const char *dir) {
 }
 
 int dsv4_cmd_bench(int argc, char **argv) {
-    const char *model = NULL, *synthetic = NULL, *synth_dir = NULL, *csv = NULL, *backend = "cuda";
+    const char *model = NULL, *synthetic = NULL, *synth_dir = NULL, *csv = NULL, *backend = NULL;
     const char *s_prompt = "128,1024,4096", *s_batch = "1,8,32", *s_ctx = "128,4096,32768";
-    long long layers = 0, experts = 0, seed = 0, steps = 64, repeats = 3, warmup = 8, max_fill = 131072;
-    long long threads = 0, gpus = 1;
+    int layers = 0, experts = 0, steps = 64, repeats = 3, warmup = 8, threads = 0, gpus = 1;
+    uint64_t seed = 0;
+    long max_fill = 131072;
     int keep = 0, no_prefill = 0, no_decode = 0;
     int profile = 0; /* --profile */
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
-        if (!strcmp(a, "--keep")) { keep = 1; continue; }
-        if (!strcmp(a, "--no-prefill")) { no_prefill = 1; continue; }
-        if (!strcmp(a, "--no-decode")) { no_decode = 1; continue; }
-        if (!strcmp(a, "--profile")) { profile = 1; continue; }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "dsv4 bench: %s needs a value (or is unknown)\n", a);
-            usage(stderr);
-            return 2;
-        }
-        const char *v = argv[++i];
-        int bad = 0;
-        if (!strcmp(a, "--model")) model = v;
-        else if (!strcmp(a, "--synthetic")) synthetic = v;
-        else if (!strcmp(a, "--synth-dir")) synth_dir = v;
-        else if (!strcmp(a, "--csv")) csv = v;
-        else if (!strcmp(a, "--backend")) backend = v;
-        else if (!strcmp(a, "--prompt-lens")) s_prompt = v;
-        else if (!strcmp(a, "--batches")) s_batch = v;
-        else if (!strcmp(a, "--contexts")) s_ctx = v;
-        else if (!strcmp(a, "--layers")) bad = cli_parse_ll(v, 0, 128, &layers);
-        else if (!strcmp(a, "--experts")) bad = cli_parse_ll(v, 0, 1024, &experts);
-        else if (!strcmp(a, "--seed")) bad = cli_parse_ll(v, 0, INT64_MAX, &seed);
-        else if (!strcmp(a, "--decode-steps")) bad = cli_parse_ll(v, 1, 4096, &steps);
-        else if (!strcmp(a, "--repeats")) bad = cli_parse_ll(v, 1, 31, &repeats);
-        else if (!strcmp(a, "--warmup")) bad = cli_parse_ll(v, 0, 4096, &warmup);
-        else if (!strcmp(a, "--max-fill")) bad = cli_parse_ll(v, 1, 1LL << 40, &max_fill);
-        else if (!strcmp(a, "--threads")) bad = cli_parse_ll(v, 0, 4096, &threads);
-        else if (!strcmp(a, "--gpus")) bad = cli_parse_ll(v, 1, 64, &gpus);
-        else {
-            fprintf(stderr, "dsv4 bench: unknown option '%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
-        if (bad) {
-            fprintf(stderr, "dsv4 bench: bad value '%s' for %s\n", v, a);
-            return 2;
-        }
-    }
-    if (!model == !synthetic) {
-        fprintf(stderr, "dsv4 bench: give exactly one of --model DIR and --synthetic PRESET\n");
-        usage(stderr);
+    char def_backend[64];
+    snprintf(def_backend, sizeof def_backend, "cuda when a GPU is visible, else cpu: %s", cli_auto_backend());
+    const cli_option opts[] = {
+        CLI_OPT_ENTRY_MODEL(&model, "checkpoint directory (default: the embedded random-weight default)"),
+        {.names = "--synthetic", .metavar = "PRESET", .kind = CLI_OPT_STR, .dest = &synthetic,
+         .choices = "flash-shapes|tiny",
+         .help = "write a random-weight checkpoint first: flash-shapes (V4-Flash dims) or tiny"},
+        {.names = "--layers", .metavar = "N", .kind = CLI_OPT_INT, .dest = &layers, .lo = 0, .hi = 128,
+         .help = "synthetic: main layers", .def = "flash-shapes: 8"},
+        {.names = "--experts", .metavar = "N", .kind = CLI_OPT_INT, .dest = &experts, .lo = 0, .hi = 1024,
+         .help = "synthetic: routed experts", .def = "flash-shapes: 64"},
+        {.names = "--seed", .metavar = "S", .kind = CLI_OPT_U64, .dest = &seed, .help = "synthetic: RNG seed",
+         .def = "0"},
+        {.names = "--synth-dir", .metavar = "DIR", .kind = CLI_OPT_STR, .dest = &synth_dir,
+         .help = "synthetic: write here (default: a new dir under $TMPDIR or /tmp)"},
+        {.names = "--keep", .kind = CLI_OPT_FLAG, .dest = &keep, .help = "synthetic: keep the checkpoint afterwards"},
+        CLI_OPT_ENTRY_BACKEND(&backend, def_backend),
+        {.names = "--prompt-lens", .metavar = "LIST", .kind = CLI_OPT_STR, .dest = &s_prompt,
+         .help = "prefill prompt lengths", .def = "128,1024,4096"},
+        {.names = "--batches", .metavar = "LIST", .kind = CLI_OPT_STR, .dest = &s_batch, .help = "decode batch sizes",
+         .def = "1,8,32"},
+        {.names = "--contexts", .metavar = "LIST", .kind = CLI_OPT_STR, .dest = &s_ctx,
+         .help = "decode context lengths (KV filled by prefill)", .def = "128,4096,32768"},
+        {.names = "--decode-steps", .metavar = "N", .kind = CLI_OPT_INT, .dest = &steps, .lo = 1, .hi = 4096,
+         .help = "greedy steps per timed call", .def = "64"},
+        {.names = "--repeats", .metavar = "N", .kind = CLI_OPT_INT, .dest = &repeats, .lo = 1, .hi = 31,
+         .help = "timed calls (median)", .def = "3"},
+        {.names = "--warmup", .metavar = "N", .kind = CLI_OPT_INT, .dest = &warmup, .lo = 0, .hi = 4096,
+         .help = "untimed greedy steps first (graph capture)", .def = "8"},
+        {.names = "--max-fill", .metavar = "N", .kind = CLI_OPT_LONG, .dest = &max_fill, .lo = 1, .hi = 1L << 40,
+         .help = "skip (batch, context) pairs with batch*context > N tokens", .def = "131072"},
+        CLI_OPT_ENTRY_THREADS(&threads),
+        CLI_OPT_ENTRY_GPUS(&gpus),
+        {.names = "--csv", .metavar = "FILE", .kind = CLI_OPT_STR, .dest = &csv, .help = "write every row as CSV"},
+        {.names = "--no-prefill", .kind = CLI_OPT_FLAG, .dest = &no_prefill, .help = "skip the prefill phase"},
+        {.names = "--no-decode", .kind = CLI_OPT_FLAG, .dest = &no_decode, .help = "skip the decode phase"},
+        {.names = "--profile", .kind = CLI_OPT_FLAG, .dest = &profile,
+         .help = "cuda: per-op device-time table of one prefill (largest --prompt-lens) and one decode step (first "
+                 "--batches at first --contexts), eager (engine/profile.h)"},
+    };
+    int rc = cli_opts_parse(&help, opts, (int)(sizeof opts / sizeof opts[0]), argc, argv);
+    if (rc) return rc == CLI_HELP_SHOWN ? 0 : rc;
+    if (model && synthetic) {
+        fprintf(stderr, "dsv4 bench: give at most one of --model DIR and --synthetic PRESET\n");
         return 2;
     }
-    if (strcmp(backend, "cuda") && strcmp(backend, "cpu")) {
-        fprintf(stderr, "dsv4 bench: unknown backend '%s' (cuda, cpu)\n", backend);
-        return 2;
-    }
+    if (!backend) backend = cli_auto_backend();
     long prompt[MAX_LIST], batch[MAX_LIST], ctx[MAX_LIST];
     int n_prompt, n_batch, n_ctx;
     if (parse_list(s_prompt, 1, 1L << 20, prompt, &n_prompt) || parse_list(s_batch, 1, 4096, batch, &n_batch) ||
@@ -455,20 +435,25 @@ int dsv4_cmd_bench(int argc, char **argv) {
     static bench b;
     memset(&b, 0, sizeof b);
     b.backend = backend;
-    b.threads = (int)threads;
-    b.gpus = (int)gpus;
-    b.steps = (int)steps;
-    b.repeats = (int)repeats;
-    b.warmup = (int)warmup;
-    b.max_fill = (long)max_fill;
+    b.threads = threads;
+    b.gpus = gpus;
+    b.steps = steps;
+    b.repeats = repeats;
+    b.warmup = warmup;
+    b.max_fill = max_fill;
     dsv4_err err = {{0}};
     dsv4_config cfg;
     char dir_buf[4096], label[4200];
+    char *model_dir = NULL;   /* --model or the embedded default, checked (cli_model_resolve) */
+    if (!synthetic) {
+        if (cli_model_resolve("bench", model, NULL, 0, &model_dir)) return 1;
+        model = model_dir;
+    }
     const char *dir = model;
-    int made_dir = 0, rc = 0;
+    int made_dir = 0;
     if (synthetic) {
         int dl = !strcmp(synthetic, "flash-shapes") ? 8 : 0, de = !strcmp(synthetic, "flash-shapes") ? 64 : 0;
-        if (dsv4_synth_config_preset(synthetic, layers ? (int)layers : dl, experts ? (int)experts : de, &cfg, &err) !=
+        if (dsv4_synth_config_preset(synthetic, layers ? layers : dl, experts ? experts : de, &cfg, &err) !=
             DSV4_OK) {
             fprintf(stderr, "dsv4 bench: %s\n", err.msg);
             return 2;
@@ -497,10 +482,12 @@ int dsv4_cmd_bench(int argc, char **argv) {
         fprintf(stderr, "bench: wrote %s checkpoint (%d layers, %d experts) to %s in %.1f s\n", synthetic,
                 cfg.n_layers, cfg.n_routed_experts, dir, dsv4_bench_now_s() - t0);
         snprintf(label, sizeof label, "synthetic:%s", synthetic);
+        cli_model_notice_if_random(dir);
     } else {
         snprintf(label, sizeof label, "%s/config.json", model);
         if (dsv4_config_load(label, &cfg, &err) != DSV4_OK) {
             fprintf(stderr, "dsv4 bench: %s\n", err.msg);
+            free(model_dir);
             return 1;
         }
         snprintf(label, sizeof label, "%s", model);
@@ -532,7 +519,7 @@ int dsv4_cmd_bench(int argc, char **argv) {
     } else {
         long nc = sysconf(_SC_NPROCESSORS_ONLN);
         b.copy_gbps = dsv4_bench_host_copy_gbps();
-        snprintf(b.device, sizeof b.device, "cpu (%lld of %ld threads)", threads > 0 ? threads : (long long)nc, nc);
+        snprintf(b.device, sizeof b.device, "cpu (%ld of %ld threads)", threads > 0 ? (long)threads : nc, nc);
         fprintf(stderr, "bench: host memcpy %.1f GB/s (read+write, one thread)\n", b.copy_gbps);
     }
     fprintf(stderr, "bench: per decode step: dense weights %.1f MB + head %.1f MB + %.2f MB per routed expert per "
@@ -560,6 +547,7 @@ int dsv4_cmd_bench(int argc, char **argv) {
     if (csv_close(&b, csv)) rc = 1;
 done:
     if (b.csv) (void)csv_close(&b, csv);
+    free(model_dir);
     if (synthetic && !keep) {
         remove_synth(dir);
         if (made_dir) (void)rmdir(dir);

@@ -6,6 +6,9 @@
  * The conversation is kept as an OpenAI-style messages array; every turn re-renders it (chat.h) and
  * re-tokenizes it, and the KV cache is reused when the new prompt extends the tokens it already holds
  * (otherwise, e.g. after a thinking turn whose reasoning the format drops, the sequence is reset).
+ * A full context (-c) is never cut silently: the answer that reaches it stops with "[context full ...]",
+ * and a message that no longer fits is refused with a hint to /reset (oldest turns are not dropped:
+ * the user decides what to forget).
  * Shared machinery: textgen.{h,c}. */
 #include <editline/readline.h>
 #include <jansson.h>
@@ -17,17 +20,19 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "cli_util.h"
+#include "cli_opts.h"
 #include "textgen.h"
 #include "tokenizer/chat.h"
 
 #define CHAT_MAX_NEW 512
 
-static void usage(FILE *f) {
-    fprintf(f, "usage: dsv4 chat [options]   interactive chat (one message per line when stdin is not a terminal)\n"
-               "  commands: /think  /nothink  /reset (forget the conversation)  /quit (or Ctrl-D)  /help\n");
-    cli_textgen_usage(f, CHAT_MAX_NEW);
-}
+static const cli_command_help help = {
+    .cmd = "chat",
+    .usage = "usage: dsv4 chat [options]   interactive chat (one message per line when stdin is not a terminal)\n"
+             "  commands: /think  /nothink  /reset (forget the conversation)  /quit (or Ctrl-D)  /help\n",
+    .footer = "When the conversation fills the context (-c), the answer stops with \"context full\" and the next\n"
+              "message is refused until /reset (the conversation is never cut silently).\n",
+};
 
 static volatile sig_atomic_t interrupted;
 static void on_sigint(int sig) {
@@ -72,6 +77,11 @@ static int turn(cli_textgen *g, const cli_textgen_opts *o, json_t *msgs, const c
         goto out;
     }
     interrupted = 0;
+    if ((long)ids.n >= g->ctx) {   /* refused before any compute; the conversation is kept */
+        fprintf(stderr, "dsv4 chat: context full: the conversation with this message is %zu tokens, --ctx %ld; "
+                        "/reset to start a new one (or restart with a larger -c)\n", ids.n, g->ctx);
+        goto out;
+    }
     if (cli_textgen_generate(g, o, ids.ids, ids.n, thinking, seed, 1, &r)) goto out;
     printf("\n");
     fflush(stdout);
@@ -81,6 +91,7 @@ static int turn(cli_textgen *g, const cli_textgen_opts *o, json_t *msgs, const c
                                                                                 r.reasoning.len));
     if (!a || json_array_append_new(msgs, a)) goto out;
     if (r.end == CLI_END_INTERRUPT) fprintf(stderr, "[interrupted]\n");
+    if (r.end == CLI_END_CONTEXT) fprintf(stderr, "[context full: /reset to start a new conversation]\n");
     if (o->stats) cli_textgen_print_stats(g, seed);
     rc = 0;
 out:
@@ -92,13 +103,15 @@ out:
 }
 
 int dsv4_cmd_chat(int argc, char **argv) {
-    static const char *const known[] = {CLI_TEXTGEN_VALUE_OPTS, NULL};
-    static const char *const flags[] = {CLI_TEXTGEN_FLAG_OPTS, "--help", "-h", NULL};
-    if (cli_flag(argc, argv, "--help") || cli_flag(argc, argv, "-h")) { usage(stdout); return 0; }
-    if (!cli_check_options("chat", argc, argv, known, flags)) return 2;
     cli_textgen_opts o;
-    int rc = cli_textgen_parse("chat", argc, argv, 1.0, CHAT_MAX_NEW, &o);
-    if (rc) return rc;
+    char def_n[16];
+    snprintf(def_n, sizeof def_n, "%d", CHAT_MAX_NEW);
+    cli_textgen_opts_init(&o, "1.0", def_n);
+    cli_option opts[CLI_TEXTGEN_N_OPTS];
+    int n = cli_textgen_options(&o, opts);
+    int rc = cli_opts_parse(&help, opts, n, argc, argv);
+    if (rc) return rc == CLI_HELP_SHOWN ? 0 : rc;
+    if ((rc = cli_textgen_check("chat", &o, 1.0, CHAT_MAX_NEW))) return rc;
     uint64_t seed = o.sp.seed;
     if (!o.seed_given) {
         struct timespec t;

@@ -8,41 +8,42 @@
 #include "core/files.h"
 #include "model/limits.h"
 #include "cli.h"
+#include "cli_opts.h"
 #include "tokenizer/chat.h"
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: dsv4 chat-template --messages FILE.json [--thinking] [--reasoning-effort max|high]\n"
-            "                          [--keep-thinking] [--no-bos]\n"
-            "  FILE holds a messages array or an object {\"messages\": [...], \"tools\": [...]}\n"
-            "  --thinking          thinking mode (default: chat mode)\n"
-            "  --reasoning-effort  'max' prepends the maximum-effort paragraph (thinking mode)\n"
-            "  --keep-thinking     do not drop reasoning of earlier turns (drop_thinking off)\n"
-            "  --no-bos            do not start with <｜begin▁of▁sentence｜>\n");
-}
+static const cli_command_help help = {
+    .cmd = "chat-template",
+    .usage = "usage: dsv4 chat-template --messages FILE.json [options]\n"
+             "  FILE holds a messages array or an object {\"messages\": [...], \"tools\": [...]}\n",
+    .footer = NULL,
+};
 
 int dsv4_cmd_chat_template(int argc, char **argv) {
-    const char *path = NULL;
-    dsv4_chat_opts o;
-    dsv4_chat_opts_default(&o);
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
-        else if (!strcmp(argv[i], "--messages") && i + 1 < argc) path = argv[++i];
-        else if (!strcmp(argv[i], "--thinking")) o.thinking = true;
-        else if (!strcmp(argv[i], "--reasoning-effort") && i + 1 < argc) o.reasoning_effort = argv[++i];
-        else if (!strcmp(argv[i], "--keep-thinking")) o.drop_thinking = false;
-        else if (!strcmp(argv[i], "--no-bos")) o.add_bos = false;
-        else {
-            fprintf(stderr, "dsv4 chat-template: unknown or incomplete option '%s'\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
-    }
+    const char *path = NULL, *effort = NULL;
+    int thinking = 0, keep_thinking = 0, no_bos = 0;
+    const cli_option opts[] = {
+        {.names = "--messages", .metavar = "FILE.json", .kind = CLI_OPT_STR, .dest = &path,
+         .help = "the conversation (OpenAI-style messages)"},
+        {.names = "--thinking", .kind = CLI_OPT_FLAG, .dest = &thinking, .help = "thinking mode (default: chat mode)"},
+        {.names = "--reasoning-effort", .metavar = "max|high", .kind = CLI_OPT_STR, .dest = &effort,
+         .help = "'max' prepends the maximum-effort paragraph (thinking mode)"},
+        {.names = "--keep-thinking", .kind = CLI_OPT_FLAG, .dest = &keep_thinking,
+         .help = "do not drop reasoning of earlier turns (drop_thinking off)"},
+        {.names = "--no-bos", .kind = CLI_OPT_FLAG, .dest = &no_bos,
+         .help = "do not start with <｜begin▁of▁sentence｜>"},
+    };
+    int rc = cli_opts_parse(&help, opts, (int)(sizeof opts / sizeof opts[0]), argc, argv);
+    if (rc) return rc == CLI_HELP_SHOWN ? 0 : rc;
     if (!path) {
-        fprintf(stderr, "dsv4 chat-template: --messages FILE is required\n");
-        usage(stderr);
+        fprintf(stderr, "dsv4 chat-template: --messages FILE is required (see dsv4 chat-template --help)\n");
         return 2;
     }
+    dsv4_chat_opts o;
+    dsv4_chat_opts_default(&o);
+    o.thinking = thinking != 0;
+    if (effort) o.reasoning_effort = effort;
+    if (keep_thinking) o.drop_thinking = false;
+    if (no_bos) o.add_bos = false;
     json_error_t je;
     char *text;
     size_t len;

