@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_serve.sh — `dsv4 serve` end to end on loopback: writes a tiny random-weight checkpoint with the real
 # vocabulary (`dsv4 synth --preset tiny --layers 2`), starts two servers on free ports (A: prefix cache, API
-# key, small limits; B: no prefix cache, the cold reference and the 64-client burst), waits for /health and
+# key, small limits; B: no prefix cache, the cold reference and the 64-client burst; C: a queue of one, for
+# the 429), waits for /health and
 # runs tests/server/test_sdk.py (the real openai and anthropic SDKs) against them; also the CLI's own
 # errors. Needs $DSV4, python3 with openai + anthropic, and tokenizer.json ($DSV4_TOKENIZER or
 # tools/tokenizer/find_tokenizer.py); skipped with a SKIP line without them. Servers are killed on exit.
@@ -80,12 +81,33 @@ else
     bad "test_sdk.py ended without its closing line (rc=$rc)"
 fi
 
+# a full queue: server C runs one request and queues one; the rest of a simultaneous burst gets 429
+start C --ctx 512 --max-batch 1 --max-queue 1
+if [ -n "$PORT_C" ]; then
+    qpids=()
+    for i in 1 2 3 4 5; do
+        curl -s -o "$tmp/q$i.json" -w '%{http_code}' "http://127.0.0.1:$PORT_C/v1/chat/completions" \
+            -H "Content-Type: application/json" \
+            -d '{"messages": [{"role": "user", "content": "Queue test."}], "max_tokens": 3}' >"$tmp/q$i.code" &
+        qpids+=($!)
+    done
+    for p in "${qpids[@]}"; do wait "$p"; done
+    n429=0; n200=0
+    for i in 1 2 3 4 5; do
+        c=$(cat "$tmp/q$i.code")
+        [ "$c" = 429 ] && grep -q '"error":{"message":"' "$tmp/q$i.json" && n429=$((n429 + 1))
+        [ "$c" = 200 ] && n200=$((n200 + 1))
+    done
+    [ "$n429" -ge 1 ] && [ "$n200" -ge 1 ] && [ $((n429 + n200)) = 5 ] && ok "queue full: 429 with a JSON error ($n429 of 5)" ||
+        bad "queue full: $n200 answered, $n429 refused with 429 (codes: $(cat "$tmp"/q*.code))"
+fi
+
 # clean shutdown on SIGTERM, no sanitizer report in the server logs
-for i in 0 1; do kill -TERM "${pids[$i]}" 2>/dev/null; done
-for i in 0 1; do wait "${pids[$i]}"; rc=$?; [ "$rc" = 0 ] && ok "server $i exits 0 on SIGTERM" || bad "server $i exit $rc"; done
+for i in "${!pids[@]}"; do kill -TERM "${pids[$i]}" 2>/dev/null; done
+for i in "${!pids[@]}"; do wait "${pids[$i]}"; rc=$?; [ "$rc" = 0 ] && ok "server $i exits 0 on SIGTERM" || bad "server $i exit $rc"; done
 pids=()
-if grep -q "ERROR: AddressSanitizer\|runtime error:\|LeakSanitizer" "$tmp/A.log" "$tmp/B.log"; then
-    bad "sanitizer report in a server log: $(grep -h -A5 "Sanitizer\|runtime error" "$tmp/A.log" "$tmp/B.log" | head -20)"
+if grep -q "ERROR: AddressSanitizer\|runtime error:\|LeakSanitizer" "$tmp"/[ABC].log; then
+    bad "sanitizer report in a server log: $(grep -h -A5 "Sanitizer\|runtime error" "$tmp"/[ABC].log | head -20)"
 else ok "no sanitizer report in the server logs"; fi
 grep -q "client-gone\|cancelled" "$tmp/B.log" && ok "server B logged the vanished clients" || bad "no vanished client logged"
 echo "$pass passed, $fail failed"

@@ -1,12 +1,14 @@
 /* test_api.c — the API dialects of `dsv4 serve` without an engine (src/server/api.h): requests of each
  * dialect render the same prompt as dsv4_chat_render on the equivalent OpenAI messages; thinking
  * switches; tool_choice forcing text; errors name the field (400) in each dialect's error shape; answers
- * and SSE streams built from hand-made scheduler events have the fields and event order clients expect. */
+ * and SSE streams built from hand-made scheduler events have the fields and event order clients expect;
+ * the /metrics text. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "server/api.h"
+#include "server/http.h"
 #include "test_util.h"
 #include "tokenizer/chat.h"
 
@@ -333,6 +335,29 @@ static void test_answers(void) {
     dsv4_api_request_free(&r);
 }
 
+/* /metrics text: every metric of the issue, cumulative histogram buckets ending in +Inf == count. */
+static void test_metrics(void) {
+    dsv4_sched_stats st;
+    memset(&st, 0, sizeof st);
+    st.requests_running = 2;
+    st.kv_blocks_free = 7;
+    for (int i = 0; i < DSV4_SCHED_HIST_N; i++) st.ttft_bucket[i] = i < 3 ? 1 : 4;
+    st.ttft_count = 5;
+    st.ttft_sum = 1.5;
+    dsv4_tok_buf out = {0};
+    CHECK(dsv4_metrics_text(&st, 10, 3, &out) == 0 && out.data, "render");
+    static const char *want[] = {"dsv4_requests_running 2\n", "dsv4_requests_waiting 0\n", "dsv4_kv_blocks_used 0\n",
+                                 "dsv4_kv_blocks_free 7\n", "dsv4_prompt_tokens_total 0\n",
+                                 "dsv4_generation_tokens_total 0\n", "dsv4_prefix_cache_hit_tokens_total 0\n",
+                                 "# TYPE dsv4_time_to_first_token_seconds histogram\n",
+                                 "dsv4_time_to_first_token_seconds_bucket{le=\"+Inf\"} 5\n",
+                                 "dsv4_time_to_first_token_seconds_sum 1.5\n", "dsv4_time_to_first_token_seconds_count 5\n",
+                                 "# TYPE dsv4_time_per_output_token_seconds histogram\n", "dsv4_http_errors_total 3\n"};
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        CHECK(out.data && strstr(out.data, want[i]), "missing: %s", want[i]);
+    dsv4_tok_buf_free(&out);
+}
+
 int main(void) {
     RUN(test_chat_basic);
     RUN(test_thinking_dialects);
@@ -340,5 +365,6 @@ int main(void) {
     RUN(test_errors);
     RUN(test_dialects_agree);
     RUN(test_answers);
+    RUN(test_metrics);
     return test_finish();
 }
