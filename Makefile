@@ -120,7 +120,7 @@ fuzz:
 	  src/tokenizer/chat.c src/tokenizer/pyjson.c src/engine/sampler.c $(FUZZ_TOK) src/core/status.c \
 	  -o build/fuzz/fuzz_request -ljansson -lpcre2-8 -lm
 	$(FUZZ_CC) -pthread -ffp-contract=off tests/fuzz/fuzz_checkpoint.c $(LIB_SRC) \
-	  -o build/fuzz/fuzz_checkpoint -ljansson -lpcre2-8 -lm -lpthread -ldl
+	  -o build/fuzz/fuzz_checkpoint -ljansson -lpcre2-8 -lmicrohttpd -lm -lpthread -ldl
 
 clean:
 	rm -rf build
