@@ -13,6 +13,7 @@
 #include "engine/forward_cuda.h"
 #include "engine/kv_access.h"
 #include "engine/model.h"
+#include "engine/spec.h"
 
 struct dsv4_engine {
     dsv4_model *model;        /* owned */
@@ -22,6 +23,9 @@ struct dsv4_engine {
     dsv4_forward_cuda *cfwd;  /* owned; cuda backend only (it then owns kv, whose arenas are on the device) */
     dsv4_tp_group *tp;        /* owned; gpus > 1: ranks 1..N-1 (this engine is rank 0): threads on the cpu
                                  backend, GPUs 1..N-1 on the cuda backend (cfwd is then GPU 0's) */
+    int max_seqs;
+    float *mtp_h;             /* owned [max_seqs, hc*D] (allocated on first MTP use): per sequence, the main
+                                 model's final HC state at its last position (spec.h "in sync") */
 };
 
 void dsv4_engine_destroy(dsv4_engine *e) {
@@ -32,6 +36,7 @@ void dsv4_engine_destroy(dsv4_engine *e) {
     dsv4_tp_group_destroy(e->tp);
     dsv4_threadpool_destroy(e->pool);
     dsv4_model_free(e->model);
+    free(e->mtp_h);
     free(e);
 }
 
@@ -74,6 +79,7 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
     dsv4_engine *e = calloc(1, sizeof *e);
     if (!e) return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
     int max_seqs = opt->max_seqs > 0 ? opt->max_seqs : 8;
+    e->max_seqs = max_seqs;
     long max_tokens = opt->max_tokens > 0 ? opt->max_tokens : (long)max_seqs * 4096;
     if (opt->progress) opt->progress(opt->progress_user, "checkpoint", 0, 1);
     if ((st = dsv4_model_load_shard(opt->model_dir, 0, world, &e->model, err)) == DSV4_OK && opt->progress) {
@@ -189,6 +195,50 @@ dsv4_status dsv4_engine_decode_greedy(dsv4_engine *e, const int *seqs, int n_seq
     free(logits);
     free(items);
     free(cur);
+    return st;
+}
+
+/* ---- MTP / speculative decoding (cpu backend, one rank) ---- */
+
+static dsv4_status mtp_ready(dsv4_engine *e, dsv4_err *err) {
+    if (!e->fwd || e->tp)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: the MTP block runs on the cpu backend with one rank");
+    if (!e->model->w.mtp)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: the checkpoint has no MTP block (mtp.0.*)");
+    if (!e->mtp_h) {
+        size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
+        if (!(e->mtp_h = calloc((size_t)e->max_seqs * hd, sizeof(float))))
+            return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
+    }
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, int n_items, float *logits,
+                                 float *mtp_logits, int *n_mtp_rows, dsv4_err *err) {
+    DSV4_TRY(mtp_ready(e, err));
+    if (n_items <= 0) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: empty step");
+    dsv4_seq_step steps[n_items];
+    float *last_h[n_items];
+    size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
+    for (int i = 0; i < n_items; i++) {
+        if (!dsv4_kv_access_slot_valid(e->kv, items[i].seq))
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", items[i].seq);
+        steps[i] = (dsv4_seq_step){items[i].seq, items[i].tokens, items[i].n_tokens, items[i].want_logits != 0};
+        last_h[i] = e->mtp_h + (size_t)items[i].seq * hd;
+    }
+    return dsv4_spec_step(e->fwd, e->kv, steps, n_items, last_h, logits, mtp_logits, n_mtp_rows, err);
+}
+
+dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, int seq, int32_t first, int n_steps, int k,
+                                           int32_t *out, dsv4_spec_info *info, dsv4_err *err) {
+    DSV4_TRY(mtp_ready(e, err));
+    if (!dsv4_kv_access_slot_valid(e->kv, seq))
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", seq);
+    size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
+    dsv4_spec_stats s;
+    dsv4_status st = dsv4_spec_decode_greedy(e->fwd, e->kv, seq, e->mtp_h + (size_t)seq * hd, first, n_steps, k,
+                                             out, &s, NULL, NULL, err);
+    if (info) *info = (dsv4_spec_info){s.steps, s.drafted, s.accepted};
     return st;
 }
 

@@ -1,7 +1,9 @@
 /* cmd_logits.c — `dsv4 logits`: teacher-forced logits of a token list, for comparisons with oracles.
  * Prefills the first N tokens, then decodes the rest one by one; writes float32 logits [T-N+1, vocab]
  * (row 0 = after the prefill, at position N-1; row i = after decoding position N-1+i). With --dump-dir,
- * writes hc_L.npy = the hyper-connection state after layer L at every position, [T, hc, hidden]. */
+ * writes hc_L.npy = the hyper-connection state after layer L at every position, [T, hc, hidden]. With
+ * --mtp-out, every token goes through the MTP step too and the MTP block's logits are written as float32
+ * [T-1, vocab]: row i = position i (h_i with the embedding of token i+1), predicting token i+2. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,17 +59,20 @@ static void usage(void) {
     fprintf(stderr,
             "usage: dsv4 logits --model DIR --tokens IDS --prefill N --out FILE.npy [--dump-dir DIR]\n"
             "                   [--backend cpu|cuda] [--threads N] [--gpus N] [--fault NAME] [--teacher-dir DIR]\n"
+            "                   [--mtp-out FILE.npy]\n"
             "  IDS: comma-separated token ids, or a file of them (T tokens). 1 <= N <= T.\n"
             "  --fault: tests only, a deliberately broken variant (no-sink, no-compressed, rope-pos,\n"
-            "           no-kv-quant) to prove the oracle comparisons discriminate.\n"
+            "           no-kv-quant, mtp-shift) to prove the oracle comparisons discriminate.\n"
             "  --teacher-dir DIR: teacher forcing: the input of layer L+1 is DIR/hc_L.npy ([T, hc, hidden], an\n"
             "           oracle's dump) instead of this engine's layer-L output; with --dump-dir, hc_L.npy then\n"
-            "           holds each layer's output from the oracle's input (a per-layer comparison).\n");
+            "           holds each layer's output from the oracle's input (a per-layer comparison).\n"
+            "  --mtp-out FILE.npy: also the MTP draft head's logits, float32 [T-1, vocab]; row i combines\n"
+            "           position i's final state with token i+1 and predicts token i+2 (cpu backend).\n");
 }
 
 int dsv4_cmd_logits(int argc, char **argv) {
     static const char *const known[] = {"--model", "--tokens", "--prefill", "--out", "--dump-dir", "--backend",
-                                        "--threads", "--gpus", "--fault", "--teacher-dir", NULL};
+                                        "--threads", "--gpus", "--fault", "--teacher-dir", "--mtp-out", NULL};
     static const char *const flags[] = {"--help", NULL};
     if (cli_flag(argc, argv, "--help")) { usage(); return 0; }
     if (!cli_check_options("logits", argc, argv, known, flags)) return 2;
@@ -75,6 +80,9 @@ int dsv4_cmd_logits(int argc, char **argv) {
     const char *prefill_s = cli_opt(argc, argv, "--prefill"), *out = cli_opt(argc, argv, "--out");
     const char *dump_dir = cli_opt(argc, argv, "--dump-dir");
     const char *teacher_dir = cli_opt(argc, argv, "--teacher-dir");
+    const char *mtp_out = cli_opt(argc, argv, "--mtp-out");
+    float *mtp_logits = NULL;
+    int mtp_rows = 0;
     if (!model || !tokens || !prefill_s || !out) { usage(); return 2; }
     int32_t *ids = NULL;
     int T = 0;
@@ -118,6 +126,10 @@ int dsv4_cmd_logits(int argc, char **argv) {
     long rows = T - N + 1;
     logits = malloc(sizeof(float) * (size_t)rows * (size_t)vocab);
     if (!logits) { fprintf(stderr, "dsv4 logits: out of memory\n"); goto done; }
+    if (mtp_out && !(mtp_logits = malloc(sizeof(float) * (size_t)T * (size_t)vocab))) {
+        fprintf(stderr, "dsv4 logits: out of memory\n");
+        goto done;
+    }
     if (dump_dir) {
         if (mkdir(dump_dir, 0755) != 0) {
             struct stat sb;
@@ -157,7 +169,12 @@ int dsv4_cmd_logits(int argc, char **argv) {
     for (long i = 0; i < rows; i++) {
         dsv4_batch_item it = {seq, ids + (i == 0 ? 0 : N - 1 + i), i == 0 ? (int)N : 1, 1};
         dump.step_row0 = i == 0 ? 0 : N - 1 + i;
-        if (dsv4_engine_step(e, &it, 1, logits + (size_t)i * vocab, &err) != DSV4_OK) {
+        int got = 0;
+        dsv4_status st = mtp_out ? dsv4_engine_step_mtp(e, &it, 1, logits + (size_t)i * vocab,
+                                                        mtp_logits + (size_t)mtp_rows * vocab, &got, &err)
+                                 : dsv4_engine_step(e, &it, 1, logits + (size_t)i * vocab, &err);
+        mtp_rows += got;
+        if (st != DSV4_OK) {
             fprintf(stderr, "dsv4 logits: step %ld: %s\n", i, err.msg);
             goto done;
         }
@@ -170,6 +187,17 @@ int dsv4_cmd_logits(int argc, char **argv) {
     if (dsv4_npy_write_f32(out, logits, shape, 2, &err) != DSV4_OK) {
         fprintf(stderr, "dsv4 logits: %s\n", err.msg);
         goto done;
+    }
+    if (mtp_out) {
+        long mshape[2] = {mtp_rows, vocab};
+        if (mtp_rows != T - 1) {
+            fprintf(stderr, "dsv4 logits: --mtp-out: %d MTP rows for %d tokens (internal error)\n", mtp_rows, T);
+            goto done;
+        }
+        if (dsv4_npy_write_f32(mtp_out, mtp_logits, mshape, 2, &err) != DSV4_OK) {
+            fprintf(stderr, "dsv4 logits: %s\n", err.msg);
+            goto done;
+        }
     }
     if (dump_dir) {
         for (int l = 0; l < dump.n_layers; l++) {
@@ -197,6 +225,7 @@ done:
         free(dump.teacher);
     }
     free(logits);
+    free(mtp_logits);
     free(ids);
     dsv4_engine_destroy(e);
     return rc;
