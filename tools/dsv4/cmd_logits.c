@@ -23,10 +23,28 @@ typedef struct dump_state {
     float **teacher;        /* [n_layers] oracle state after layer L, [positions, hc, hidden], or NULL */
     long teacher_row;       /* hc * hidden of the teacher files */
     int teacher_mismatch;   /* set when the engine's hc * hidden differs from the files' */
+    float *final_teacher;   /* --mtp-teacher: [positions, hc, hidden] replaces the last layer's output, or NULL */
+    long final_row;         /* hc * hidden of that file */
 } dump_state;
 
 static void dump_hook(void *user, int layer, float *X, int n_rows, int hc, int hidden) {
     dump_state *d = user;
+    /* --mtp-teacher: the state after the last layer (what the head and the MTP block read) is the file's. */
+    if (d->final_teacher && layer == d->n_layers - 1) {
+        size_t row = (size_t)hc * hidden;
+        if ((long)row != d->final_row) {
+            d->teacher_mismatch = 1;
+            return;
+        }
+        if (d->per_layer) {
+            if (!d->per_layer[layer]) d->per_layer[layer] = calloc((size_t)d->positions * row, sizeof(float));
+            if (d->per_layer[layer]) memcpy(d->per_layer[layer] + (size_t)d->step_row0 * row, X, sizeof(float) * row * (size_t)n_rows);
+            d->hc = hc;
+            d->hidden = hidden;
+        }
+        memcpy(X, d->final_teacher + (size_t)d->step_row0 * row, sizeof(float) * row * (size_t)n_rows);
+        return;
+    }
     /* Teacher forcing: after recording this layer's own output, replace it by the oracle's so the next
      * layer sees exactly the oracle's input. */
     if (d->teacher && layer + 1 < d->n_layers && d->teacher[layer]) {
@@ -59,7 +77,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: dsv4 logits --model DIR --tokens IDS --prefill N --out FILE.npy [--dump-dir DIR]\n"
             "                   [--backend cpu|cuda] [--threads N] [--gpus N] [--fault NAME] [--teacher-dir DIR]\n"
-            "                   [--mtp-out FILE.npy]\n"
+            "                   [--mtp-out FILE.npy] [--mtp-teacher FILE.npy]\n"
             "  IDS: comma-separated token ids, or a file of them (T tokens). 1 <= N <= T.\n"
             "  --fault: tests only, a deliberately broken variant (no-sink, no-compressed, rope-pos,\n"
             "           no-kv-quant, mtp-shift) to prove the oracle comparisons discriminate.\n"
@@ -67,12 +85,14 @@ static void usage(void) {
             "           oracle's dump) instead of this engine's layer-L output; with --dump-dir, hc_L.npy then\n"
             "           holds each layer's output from the oracle's input (a per-layer comparison).\n"
             "  --mtp-out FILE.npy: also the MTP draft head's logits, float32 [T-1, vocab]; row i combines\n"
-            "           position i's final state with token i+1 and predicts token i+2 (cpu backend).\n");
+            "           position i's final state with token i+1 and predicts token i+2 (cpu backend).\n"
+            "  --mtp-teacher FILE.npy: the state after the last layer is FILE's ([T, hc, hidden], an oracle's\n"
+            "           final state), so --mtp-out compares the MTP block alone.\n");
 }
 
 int dsv4_cmd_logits(int argc, char **argv) {
     static const char *const known[] = {"--model", "--tokens", "--prefill", "--out", "--dump-dir", "--backend",
-                                        "--threads", "--gpus", "--fault", "--teacher-dir", "--mtp-out", NULL};
+                                        "--threads", "--gpus", "--fault", "--teacher-dir", "--mtp-out", "--mtp-teacher", NULL};
     static const char *const flags[] = {"--help", NULL};
     if (cli_flag(argc, argv, "--help")) { usage(); return 0; }
     if (!cli_check_options("logits", argc, argv, known, flags)) return 2;
@@ -81,6 +101,7 @@ int dsv4_cmd_logits(int argc, char **argv) {
     const char *dump_dir = cli_opt(argc, argv, "--dump-dir");
     const char *teacher_dir = cli_opt(argc, argv, "--teacher-dir");
     const char *mtp_out = cli_opt(argc, argv, "--mtp-out");
+    const char *mtp_teacher = cli_opt(argc, argv, "--mtp-teacher");
     float *mtp_logits = NULL;
     int mtp_rows = 0;
     if (!model || !tokens || !prefill_s || !out) { usage(); return 2; }
@@ -163,7 +184,22 @@ int dsv4_cmd_logits(int argc, char **argv) {
             dump.teacher_row = shape[1] * shape[2];
         }
     }
-    if (dump_dir || teacher_dir) dsv4_engine_set_layer_dump(e, dump_hook, &dump);
+    if (mtp_teacher) {
+        long shape[3];
+        int nd = 0;
+        dump.n_layers = dsv4_engine_n_layers(e);
+        dump.positions = T;
+        if (dsv4_npy_read_f32(mtp_teacher, &dump.final_teacher, shape, 3, &nd, &err) != DSV4_OK) {
+            fprintf(stderr, "dsv4 logits: --mtp-teacher: %s\n", err.msg);
+            goto done;
+        }
+        if (nd != 3 || shape[0] != T) {
+            fprintf(stderr, "dsv4 logits: --mtp-teacher: %s must be [%d, hc, hidden]\n", mtp_teacher, T);
+            goto done;
+        }
+        dump.final_row = shape[1] * shape[2];
+    }
+    if (dump_dir || teacher_dir || mtp_teacher) dsv4_engine_set_layer_dump(e, dump_hook, &dump);
     int seq;
     if (dsv4_engine_seq_open(e, &seq, &err) != DSV4_OK) { fprintf(stderr, "dsv4 logits: %s\n", err.msg); goto done; }
     for (long i = 0; i < rows; i++) {
@@ -180,7 +216,7 @@ int dsv4_cmd_logits(int argc, char **argv) {
         }
     }
     if (dump.teacher_mismatch) {
-        fprintf(stderr, "dsv4 logits: --teacher-dir: the files' [hc, hidden] do not match this model\n");
+        fprintf(stderr, "dsv4 logits: --teacher-dir / --mtp-teacher: the files' [hc, hidden] do not match this model\n");
         goto done;
     }
     long shape[2] = {rows, vocab};
@@ -224,6 +260,7 @@ done:
         for (int l = 0; l < dump.n_layers; l++) free(dump.teacher[l]);
         free(dump.teacher);
     }
+    free(dump.final_teacher);
     free(logits);
     free(mtp_logits);
     free(ids);
