@@ -20,14 +20,12 @@
 
 #include "core/status.h"
 #include "engine/kv_access.h"
+#include "engine/sampler.h"
 #include "kv/kv_rollback.h"
 
-static int argmax(const float *l, int V) {
-    int best = 0;
-    for (int v = 1; v < V; v++)
-        if (l[v] > l[best]) best = v;
-    return best;
-}
+/* The sampler's greedy rule (larger logit, then lower id; NaN never wins), so speculative and plain
+ * greedy decoding pick the same token from the same logits. */
+static int argmax(const float *l, int V) { return dsv4_sample_greedy(l, V); }
 
 static dsv4_status check_sync(dsv4_kv_manager *kv, int slot, dsv4_err *err) {
     if (!dsv4_kv_access_slot_valid(kv, slot))

@@ -26,7 +26,10 @@ static void usage(FILE *f) {
                "                          dimmed on a terminal, else between <think> and </think>)\n"
                "  --raw                   tokenize TEXT as-is (no chat format)\n"
                "  --prompt-ids IDS        comma-separated ids (or a file of them); prints the generated ids,\n"
-               "                          greedy unless --temperature is given, -n default %d\n",
+               "                          greedy unless --temperature is given, -n default %d\n"
+               "  --spec K                with --prompt-ids, greedy: speculative decoding with the checkpoint's\n"
+               "                          MTP block drafting K (1..3) tokens per forward; the same ids as without\n"
+               "                          (cpu backend, one rank; no penalties) [off]\n",
             IDS_MAX_NEW);
     cli_textgen_usage(f, TEXT_MAX_NEW);
 }
@@ -66,8 +69,64 @@ static int prompt_tokens(cli_textgen *g, const char *text, int raw, int thinking
     return 0;
 }
 
+/* --prompt-ids with --spec K: the prompt goes through the MTP step (dsv4_engine_step_mtp keeps the draft
+ * head in sync), the first id is the sampler's greedy pick, then dsv4_engine_decode_greedy_spec produces
+ * the rest in pieces of at most K+1 ids (printed as they come; EOS stops the output). */
+static int run_ids_spec(cli_textgen *g, const cli_textgen_opts *o, const int32_t *ids, int T, int K,
+                        dsv4_sampler *s) {
+    dsv4_err err = {{0}};
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (int off = 0; off < T; off += CLI_PREFILL_CHUNK) {
+        int k = T - off < CLI_PREFILL_CHUNK ? T - off : CLI_PREFILL_CHUNK;
+        dsv4_batch_item it = {g->seq, ids + off, k, off + k == T};
+        if (dsv4_engine_step_mtp(g->e, &it, 1, g->logits, NULL, NULL, &err) != DSV4_OK) {
+            fprintf(stderr, "dsv4 generate: --spec: %s\n", err.msg);
+            return 1;
+        }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    g->st_prompt = T;
+    g->st_prefill_s = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
+    g->st_gen = 0;
+    dsv4_sample_out so;
+    if (dsv4_sampler_next(s, &g->ws, g->logits, &so, &err) != DSV4_OK) {
+        fprintf(stderr, "dsv4 generate: %s\n", err.msg);
+        return 1;
+    }
+    printf("%d", so.token);
+    fflush(stdout);
+    g->st_gen = 1;
+    int32_t cur = so.token, piece[4];
+    dsv4_spec_info info = {0}, sum = {0};
+    while (cur != g->eos && g->st_gen < o->max_new) {
+        int n = o->max_new - (int)g->st_gen < K + 1 ? o->max_new - (int)g->st_gen : K + 1;
+        if (dsv4_engine_decode_greedy_spec(g->e, g->seq, cur, n, K, piece, &info, &err) != DSV4_OK) {
+            fprintf(stderr, "dsv4 generate: --spec: %s\n", err.msg);
+            return 1;
+        }
+        sum.rounds += info.rounds;
+        sum.drafted += info.drafted;
+        sum.accepted += info.accepted;
+        for (int j = 0; j < n && cur != g->eos; j++) {
+            printf(",%d", piece[j]);
+            cur = piece[j];
+            g->st_gen++;
+        }
+        fflush(stdout);
+    }
+    printf("\n");
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    g->st_decode_s = (a.tv_sec - b.tv_sec) + (a.tv_nsec - b.tv_nsec) * 1e-9;
+    if (o->stats)
+        fprintf(stderr, "speculative decoding: K %d, %ld verification forwards, %ld drafted, %ld accepted (%.2f ids "
+                        "per forward)\n", K, sum.rounds, sum.drafted, sum.accepted,
+                sum.rounds ? (double)(g->st_gen - 1) / (double)sum.rounds : 0.0);
+    return 0;
+}
+
 /* --prompt-ids: ids in, generated ids out (the EOS id is printed too, then generation stops). */
-static int run_ids(cli_textgen *g, const cli_textgen_opts *o, const int32_t *ids, int T, uint64_t seed) {
+static int run_ids(cli_textgen *g, const cli_textgen_opts *o, const int32_t *ids, int T, uint64_t seed, int spec) {
     dsv4_err err = {{0}};
     int rc = 1;
     dsv4_sampling_params sp = o->sp;
@@ -76,6 +135,10 @@ static int run_ids(cli_textgen *g, const cli_textgen_opts *o, const int32_t *ids
     if (dsv4_sampler_init(&s, &sp, g->vocab, &err) != DSV4_OK ||
         dsv4_sampler_add_prompt(&s, ids, (size_t)T, &err) != DSV4_OK) {
         fprintf(stderr, "dsv4 generate: %s\n", err.msg);
+        goto done;
+    }
+    if (spec) {
+        rc = o->max_new > 0 ? run_ids_spec(g, o, ids, T, spec, &s) : 0;
         goto done;
     }
     struct timespec a, b;
@@ -111,7 +174,7 @@ done:
 }
 
 int dsv4_cmd_generate(int argc, char **argv) {
-    static const char *const known[] = {CLI_TEXTGEN_VALUE_OPTS, "-p", "--prompt-ids", NULL};
+    static const char *const known[] = {CLI_TEXTGEN_VALUE_OPTS, "-p", "--prompt-ids", "--spec", NULL};
     static const char *const flags[] = {CLI_TEXTGEN_FLAG_OPTS, "--help", "-h", "--raw", NULL};
     if (cli_flag(argc, argv, "--help") || cli_flag(argc, argv, "-h")) { usage(stdout); return 0; }
     if (!cli_check_options("generate", argc, argv, known, flags)) return 2;
@@ -132,6 +195,23 @@ int dsv4_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "dsv4 generate: --stop applies to -p TEXT only\n");
         return 2;
     }
+    int spec = 0;
+    if (cli_opt(argc, argv, "--spec")) {
+        const char *v = cli_opt(argc, argv, "--spec");
+        char *end;
+        long k = strtol(v, &end, 10);
+        if (*end || k < 0 || k > 3) {
+            fprintf(stderr, "dsv4 generate: --spec must be 0..3 (draft tokens per forward), got '%s'\n", v);
+            return 2;
+        }
+        spec = (int)k;
+        if (spec && (!ids_spec || o.sp.temperature > 1e-5f || o.sp.repetition_penalty != 1.0f ||
+                     o.sp.presence_penalty != 0.0f || o.sp.frequency_penalty != 0.0f)) {
+            fprintf(stderr, "dsv4 generate: --spec works with --prompt-ids and greedy decoding only (temperature "
+                            "0, no penalties) for now\n");
+            return 2;
+        }
+    }
     int32_t *ids = NULL;
     int T = 0;
     if (ids_spec && cli_parse_ids("generate", ids_spec, &ids, &T)) return 2;
@@ -148,7 +228,7 @@ int dsv4_cmd_generate(int argc, char **argv) {
     rc = cli_textgen_open(&g, "generate", &o, text != NULL);
     if (rc) goto done;
     if (ids_spec) {
-        rc = run_ids(&g, &o, ids, T, seed);
+        rc = run_ids(&g, &o, ids, T, seed, spec);
     } else {
         dsv4_token_list prompt = {0};
         rc = prompt_tokens(&g, text, cli_flag(argc, argv, "--raw"), o.thinking, &prompt);
