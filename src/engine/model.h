@@ -24,7 +24,8 @@ typedef struct dsv4_model {
     dsv4_model_weights w;           /* owned bindings (views into ckpt mappings) */
     dsv4_rope rope_swa;             /* θ = rope_theta, no YaRN (ratio-0 layers, MTP) */
     dsv4_rope rope_compressed;      /* θ = compress_rope_theta with YaRN (ratio != 0 layers) */
-    uint16_t **wo_a_bf16;           /* [n_layers + n_mtp_layers] (entry n_layers: the MTP block's) each [ng*R, (H/G)*hd] bf16, owned: the rank's groups
+    uint16_t **wo_a_bf16;           /* [n_layers + n_mtp_layers] (entry n_layers: the MTP block's), each
+                                       [ng*R, (H/G)*hd] bf16, owned: the rank's groups
                                        [g0, g0+ng) of shard (all G groups when world = 1) */
     dsv4_shard shard;               /* the part of the model this rank owns (whole model when world = 1) */
     dsv4_fp8_linear *wo_b_local;    /* world > 1: [n_layers] owned copies of wo_b's input columns
