@@ -116,15 +116,16 @@ dsv4_status dsv4_engine_decode_greedy(dsv4_engine *e, const int *seqs, int n_seq
 dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, int n_items, float *logits,
                                  float *mtp_logits, int *n_mtp_rows, dsv4_err *err);
 typedef struct dsv4_spec_info {
-    long rounds;     /* verification forwards */
+    long rounds;     /* verification rounds, summed over the sequences (one forward verifies them all) */
     long drafted;    /* tokens drafted by the MTP block */
     long accepted;   /* of those, accepted */
 } dsv4_spec_info;
-/* Greedy speculative decoding of one sequence: the same tokens (bitwise, same KV state) as
- * dsv4_engine_decode_greedy with n_seqs = 1, drafting up to k (1..3) tokens per forward with the MTP block.
- * info (optional) gets the acceptance counts. */
-dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, int seq, int32_t first, int n_steps, int k,
-                                           int32_t *out, dsv4_spec_info *info, dsv4_err *err);
+/* Greedy speculative decoding: the same tokens (bitwise, and the same KV state) as
+ * dsv4_engine_decode_greedy with the same arguments (out [n_steps, n_seqs]), drafting up to k (1..3) tokens
+ * per sequence and forward with the MTP block; sequences accept different counts. info (optional) gets the
+ * totals over the sequences. */
+dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *first,
+                                           int n_steps, int k, int32_t *out, dsv4_spec_info *info, dsv4_err *err);
 
 /* Layer dumps exist on the cpu backend only (ignored on cuda). */
 void dsv4_engine_set_layer_dump(dsv4_engine *e, dsv4_layer_dump_fn fn, void *user);

@@ -229,16 +229,28 @@ dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, i
     return dsv4_spec_step(e->fwd, e->kv, steps, n_items, last_h, logits, mtp_logits, n_mtp_rows, err);
 }
 
-dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, int seq, int32_t first, int n_steps, int k,
-                                           int32_t *out, dsv4_spec_info *info, dsv4_err *err) {
+dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *first,
+                                           int n_steps, int k, int32_t *out, dsv4_spec_info *info, dsv4_err *err) {
     DSV4_TRY(mtp_ready(e, err));
-    if (!dsv4_kv_access_slot_valid(e->kv, seq))
-        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", seq);
+    if (n_seqs <= 0 || !seqs) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: empty greedy decode");
     size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
-    dsv4_spec_stats s;
-    dsv4_status st = dsv4_spec_decode_greedy(e->fwd, e->kv, seq, e->mtp_h + (size_t)seq * hd, first, n_steps, k,
-                                             out, &s, NULL, NULL, err);
-    if (info) *info = (dsv4_spec_info){s.steps, s.drafted, s.accepted};
+    float *last_h[n_seqs];
+    dsv4_spec_stats s[n_seqs];
+    for (int i = 0; i < n_seqs; i++) {
+        if (!dsv4_kv_access_slot_valid(e->kv, seqs[i]))
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", seqs[i]);
+        last_h[i] = e->mtp_h + (size_t)seqs[i] * hd;
+    }
+    dsv4_status st = dsv4_spec_decode_greedy(e->fwd, e->kv, n_seqs, seqs, last_h, first, n_steps, k, out, s, NULL,
+                                             NULL, err);
+    if (info) {
+        *info = (dsv4_spec_info){0, 0, 0};
+        for (int i = 0; i < n_seqs; i++) {
+            info->rounds += s[i].steps;
+            info->drafted += s[i].drafted;
+            info->accepted += s[i].accepted;
+        }
+    }
     return st;
 }
 

@@ -36,20 +36,23 @@ typedef struct dsv4_spec_stats {
     long accepted;   /* draft tokens accepted */
 } dsv4_spec_stats;
 
-/* Tests only: replaces the MTP's drafts (d[0..k-1], the tokens it proposed after `first`) before
- * verification, to drive every acceptance count; the MTP block still runs as usual. */
-typedef void (*dsv4_spec_draft_fn)(void *user, long pos, int32_t first, int k, int32_t *d);
+/* Tests only: replaces the MTP's drafts of a sequence (d[0..k-1], the tokens it proposed after `first` at
+ * position pos) before verification, to drive every acceptance count; the MTP block still runs as usual. */
+typedef void (*dsv4_spec_draft_fn)(void *user, int slot, long pos, int32_t first, int k, int32_t *d);
 
-/* Greedy speculative decoding of one in-sync sequence (slot; last_h its state): feeds `first`, and
- * produces n_steps tokens, each the argmax (ties: lower id) of the main model's logits, exactly the tokens
- * and the KV state of plain greedy decoding (one token per forward). Each round drafts up to k (1..3)
- * tokens with the MTP block (chained: a draft row's own HC state is the h of the next), verifies them in
- * one forward of k+1 rows, keeps the longest agreeing prefix plus the main model's token after it and
- * rolls the rest back. One rank only. On failure the sequence may be left part-way (its KV state then
- * matches the tokens fed so far, but it may be out of MTP sync). */
-dsv4_status dsv4_spec_decode_greedy(dsv4_forward *f, dsv4_kv_manager *kv, int slot, float *last_h, int32_t first,
-                                    int n_steps, int k, int32_t *out, dsv4_spec_stats *stats,
-                                    dsv4_spec_draft_fn draft_hook, void *hook_user, dsv4_err *err);
+/* Greedy speculative decoding of n_seqs in-sync sequences (slots[i], last_h[i] its state): feeds first[i]
+ * to each, and produces n_steps tokens per sequence, out [n_steps, n_seqs] (as dsv4_engine_decode_greedy),
+ * each the argmax (ties: lower id) of the main model's logits: exactly the tokens and the KV state of plain
+ * greedy decoding (one token per forward). Each round drafts up to k (1..3) tokens per sequence with the MTP
+ * block (chained: a draft row's own HC state is the h of the next), verifies all sequences' drafts in one
+ * forward of k+1 rows each, keeps per sequence the longest agreeing prefix plus the main model's token
+ * after it and rolls the rest back; sequences accept different counts and finish when they have n_steps
+ * tokens. stats (optional): [n_seqs]. One rank only. On failure a sequence may be left part-way (its KV
+ * state then matches the tokens fed so far, but it may be out of MTP sync). */
+dsv4_status dsv4_spec_decode_greedy(dsv4_forward *f, dsv4_kv_manager *kv, int n_seqs, const int *slots,
+                                    float *const *last_h, const int32_t *first, int n_steps, int k, int32_t *out,
+                                    dsv4_spec_stats *stats, dsv4_spec_draft_fn draft_hook, void *hook_user,
+                                    dsv4_err *err);
 
 #ifdef __cplusplus
 }

@@ -6,6 +6,7 @@
  *    point (every acceptance count 0..k occurs);
  *  - after it, the KV state (position, MTP position, block table, every byte of the slot and of the held
  *    blocks, the saved last hidden state) is bitwise that of a run that fed only the accepted tokens;
+ *  - two sequences decoded together (different lengths and acceptance) get the same tokens and states;
  *  - the public engine calls agree with plain greedy decoding and refuse a sequence fed without the MTP. */
 #include <stdlib.h>
 #include <string.h>
@@ -68,15 +69,16 @@ static int argmax(const float *l, int V) {
 
 /* Feeds tokens through the MTP step in chunks (cycling sizes); mtp [T-1, V] gets every MTP row, logits
  * [V] the main logits of the last token. */
-static int feed(rig *r, const int32_t *tok, int T, const int *chunks, int n_chunks, float *mtp, float *logits) {
+static int feed_slot(rig *r, int slot, float *last_h, const int32_t *tok, int T, const int *chunks, int n_chunks,
+                     float *mtp, float *logits) {
     const int V = r->m->cfg->vocab_size;
     float *main_l = malloc(sizeof(float) * (size_t)V);
     int pos = 0, ci = 0, rows = 0, ok = 1;
     while (pos < T && ok) {
         int n = chunks[ci++ % n_chunks];
         if (n > T - pos) n = T - pos;
-        dsv4_seq_step s = {r->slot, tok + pos, n, 1};
-        float *lh[1] = {r->last_h};
+        dsv4_seq_step s = {slot, tok + pos, n, 1};
+        float *lh[1] = {last_h};
         int got = 0;
         dsv4_err err = {{0}};
         dsv4_status st = dsv4_spec_step(r->f, r->kv, &s, 1, lh, main_l, mtp ? mtp + (size_t)rows * V : NULL, &got, &err);
@@ -89,6 +91,10 @@ static int feed(rig *r, const int32_t *tok, int T, const int *chunks, int n_chun
     if (logits) memcpy(logits, main_l, sizeof(float) * (size_t)V);
     free(main_l);
     return ok;
+}
+
+static int feed(rig *r, const int32_t *tok, int T, const int *chunks, int n_chunks, float *mtp, float *logits) {
+    return feed_slot(r, r->slot, r->last_h, tok, T, chunks, n_chunks, mtp, logits);
 }
 
 static void test_mtp_chunk_invariance(void) {
@@ -111,33 +117,43 @@ static void test_mtp_chunk_invariance(void) {
 }
 
 /* Every byte of a sequence's state, compared between two managers. */
+/* same_ids = 0: blocks are compared by content in table order (their ids depend on the order in which
+ * sequences sharing a pool took them). */
+static void check_slot_state(rig *x, int xs, const float *xh, rig *y, int ys, const float *yh, int same_ids,
+                             const char *what);
+
 static void check_same_state(rig *x, rig *y, const char *what) {
-    CHECK(dsv4_kv_manager_pos(x->kv, x->slot) == dsv4_kv_manager_pos(y->kv, y->slot), "%s: position %lld vs %lld",
-          what, (long long)dsv4_kv_manager_pos(x->kv, x->slot), (long long)dsv4_kv_manager_pos(y->kv, y->slot));
-    CHECK(dsv4_kv_manager_mtp_pos(x->kv, x->slot) == dsv4_kv_manager_mtp_pos(y->kv, y->slot), "%s: MTP position", what);
-    CHECK(dsv4_kv_manager_seq_blocks(x->kv, x->slot) == dsv4_kv_manager_seq_blocks(y->kv, y->slot), "%s: blocks", what);
+    check_slot_state(x, x->slot, x->last_h, y, y->slot, y->last_h, 1, what);
+}
+
+static void check_slot_state(rig *x, int xs, const float *xh, rig *y, int ys, const float *yh, int same_ids,
+                             const char *what) {
+    CHECK(dsv4_kv_manager_pos(x->kv, xs) == dsv4_kv_manager_pos(y->kv, ys), "%s: position %lld vs %lld",
+          what, (long long)dsv4_kv_manager_pos(x->kv, xs), (long long)dsv4_kv_manager_pos(y->kv, ys));
+    CHECK(dsv4_kv_manager_mtp_pos(x->kv, xs) == dsv4_kv_manager_mtp_pos(y->kv, ys), "%s: MTP position", what);
+    CHECK(dsv4_kv_manager_seq_blocks(x->kv, xs) == dsv4_kv_manager_seq_blocks(y->kv, ys), "%s: blocks", what);
     CHECK(dsv4_kv_manager_free_blocks(x->kv) == dsv4_kv_manager_free_blocks(y->kv), "%s: free blocks", what);
     const dsv4_kv_schema *s = dsv4_kv_manager_schema(x->kv);
     dsv4_kv_layer_view vx, vy;
-    dsv4_kv_manager_view(x->kv, x->slot, 0, &vx, NULL);
-    dsv4_kv_manager_view(y->kv, y->slot, 0, &vy, NULL);
+    dsv4_kv_manager_view(x->kv, xs, 0, &vx, NULL);
+    dsv4_kv_manager_view(y->kv, ys, 0, &vy, NULL);
     CHECK(memcmp(vx.ring - s->layer[0].ring_off, vy.ring - s->layer[0].ring_off, s->slot_bytes) == 0,
           "%s: slot bytes (rings, compressor state) differ", what);
     int ratio_layer = -1;
     for (int l = 0; l < s->n_layers; l++)
         if (s->layer[l].ratio) ratio_layer = l;
     if (ratio_layer >= 0) {
-        dsv4_kv_manager_view(x->kv, x->slot, ratio_layer, &vx, NULL);
-        dsv4_kv_manager_view(y->kv, y->slot, ratio_layer, &vy, NULL);
+        dsv4_kv_manager_view(x->kv, xs, ratio_layer, &vx, NULL);
+        dsv4_kv_manager_view(y->kv, ys, ratio_layer, &vy, NULL);
         int same = vx.n_blocks == vy.n_blocks;
         for (int64_t b = 0; same && b < vx.n_blocks; b++)
-            same = vx.block_table[b] == vy.block_table[b] &&
+            same = (!same_ids || vx.block_table[b] == vy.block_table[b]) &&
                    memcmp(vx.block_arena + (size_t)vx.block_table[b] * vx.block_bytes,
                           vy.block_arena + (size_t)vy.block_table[b] * vy.block_bytes, vx.block_bytes) == 0;
         CHECK(same, "%s: block table or block bytes differ", what);
     }
     size_t hd = (size_t)x->m->cfg->hc_mult * x->m->cfg->dim;
-    CHECK(memcmp(x->last_h, y->last_h, sizeof(float) * hd) == 0, "%s: saved last hidden state", what);
+    CHECK(memcmp(xh, yh, sizeof(float) * hd) == 0, "%s: saved last hidden state", what);
 }
 
 typedef struct forced {
@@ -149,8 +165,8 @@ typedef struct forced {
 } forced;
 
 /* Drafts right up to a random point, then one wrong token. */
-static void force_drafts(void *user, long pos, int32_t first, int k, int32_t *d) {
-    forced *fd = user;
+static void force_drafts(void *user, int slot, long pos, int32_t first, int k, int32_t *d) {
+    forced *fd = (forced *)user + slot;
     (void)first;
     int good = (int)(test_rng_u64(&fd->rng) % (uint64_t)(k + 1));
     for (int j = 0; j < k; j++) {
@@ -194,7 +210,8 @@ static void test_spec_equals_plain(void) {
                 forced fd = {all, Tp + n + 1, V, {0}, {0}};
                 test_rng_seed(&fd.rng, 7 + (uint64_t)k);
                 dsv4_spec_stats st;
-                dsv4_status rc = dsv4_spec_decode_greedy(spec.f, spec.kv, spec.slot, spec.last_h, first, n, k, got, &st,
+                float *lh[1] = {spec.last_h};
+                dsv4_status rc = dsv4_spec_decode_greedy(spec.f, spec.kv, 1, &spec.slot, lh, &first, n, k, got, &st,
                                                         mode ? force_drafts : NULL, &fd, &err);
                 CHECK(rc == DSV4_OK, "spec decode: %s", err.msg);
                 CHECK(memcmp(want, got, sizeof(int32_t) * n) == 0, "%s k=%d mode %d: speculative tokens differ from "
@@ -213,6 +230,62 @@ static void test_spec_equals_plain(void) {
         }
         free(all); free(lg); free(want); free(got);
         rig_close(&plain); rig_close(&base);
+    }
+}
+
+/* Two sequences of different lengths decoded together, drafts forced right up to a random point chosen
+ * per sequence: each gets its plain greedy tokens and ends in the state of a run that fed only its
+ * accepted tokens. */
+static void test_spec_batch(void) {
+    for (size_t mi = 0; mi < 2; mi++) {
+        rig plain, base, spec;
+        if (!rig_open(&plain, models[mi]) || !rig_open(&base, models[mi]) || !rig_open(&spec, models[mi])) return;
+        const int V = plain.m->cfg->vocab_size, n = 30, Tp[2] = {100, 37};
+        const size_t hd = (size_t)plain.m->cfg->hc_mult * plain.m->cfg->dim;
+        dsv4_err err = {{0}};
+        int slots[2] = {spec.slot, -1}, bslot1 = -1, pslot1 = -1;
+        CHECK(dsv4_kv_access_admit(spec.kv, &slots[1], &err) == DSV4_OK && dsv4_kv_access_admit(base.kv, &bslot1, &err) ==
+              DSV4_OK && dsv4_kv_access_admit(plain.kv, &pslot1, &err) == DSV4_OK, "%s", err.msg);
+        float *lh_spec[2] = {spec.last_h, calloc(hd, sizeof(float))}, *lh_base1 = calloc(hd, sizeof(float));
+        float *lg = malloc(sizeof(float) * (size_t)V);
+        int32_t *all[2], first[2], want[2][30], got[2 * 30];
+        forced fd[2];
+        for (int q = 0; q < 2; q++) {
+            int ps = q ? pslot1 : plain.slot;
+            all[q] = random_tokens(500 + mi * 2 + q, Tp[q] + n + 1, V);
+            dsv4_seq_step s = {ps, all[q], Tp[q], 1};
+            CHECK(dsv4_forward_step(plain.f, plain.kv, &s, 1, lg, &err) == DSV4_OK, "%s", err.msg);
+            int32_t cur = first[q] = argmax(lg, V);
+            all[q][Tp[q]] = cur;
+            for (int i = 0; i < n; i++) {
+                s = (dsv4_seq_step){ps, &cur, 1, 1};
+                CHECK(dsv4_forward_step(plain.f, plain.kv, &s, 1, lg, &err) == DSV4_OK, "%s", err.msg);
+                want[q][i] = all[q][Tp[q] + 1 + i] = cur = argmax(lg, V);
+            }
+            fd[q] = (forced){all[q], Tp[q] + n + 1, V, {0}, {0}};
+            test_rng_seed(&fd[q].rng, 31 + (uint64_t)q);
+            int whole[] = {Tp[q]};
+            feed_slot(&spec, slots[q], lh_spec[q], all[q], Tp[q], whole, 1, NULL, lg);
+            CHECK(argmax(lg, V) == first[q], "prefill through the MTP step changes the logits");
+        }
+        int ones[] = {7, 1, 3};
+        feed_slot(&base, base.slot, base.last_h, all[0], Tp[0] + n, ones, 3, NULL, NULL);
+        feed_slot(&base, bslot1, lh_base1, all[1], Tp[1] + n, ones, 3, NULL, NULL);
+        dsv4_spec_stats st[2];
+        CHECK(dsv4_spec_decode_greedy(spec.f, spec.kv, 2, slots, lh_spec, first, n, 3, got, st, force_drafts, fd,
+                                      &err) == DSV4_OK, "%s", err.msg);
+        for (int q = 0; q < 2; q++) {
+            int same = 1;
+            for (int i = 0; i < n; i++) same &= got[i * 2 + q] == want[q][i];
+            CHECK(same, "%s: batched sequence %d differs from its plain greedy tokens", models[mi], q);
+            CHECK(st[q].accepted > 0, "%s: sequence %d accepted nothing", models[mi], q);
+        }
+        CHECK(st[0].steps != st[1].steps || st[0].accepted != st[1].accepted, "both sequences accepted alike");
+        check_slot_state(&spec, slots[0], lh_spec[0], &base, base.slot, base.last_h, 0, "batch sequence 0");
+        check_slot_state(&spec, slots[1], lh_spec[1], &base, bslot1, lh_base1, 0, "batch sequence 1");
+        for (int q = 0; q < 2; q++) free(all[q]);
+        free(lh_spec[1]); free(lh_base1); free(lg);
+        rig_close(&plain); rig_close(&base); rig_close(&spec);
     }
 }
 
@@ -237,16 +310,16 @@ static void test_engine_api(void) {
     it = (dsv4_batch_item){b, tok, Tp, 1};
     CHECK(dsv4_engine_step_mtp(e, &it, 1, lg, mtp, &rows, &err) == DSV4_OK && rows == Tp - 1, "%s rows %d", err.msg, rows);
     dsv4_spec_info info;
-    CHECK(dsv4_engine_decode_greedy_spec(e, b, first, n, 2, got, &info, &err) == DSV4_OK, "%s", err.msg);
+    CHECK(dsv4_engine_decode_greedy_spec(e, &b, 1, &first, n, 2, got, &info, &err) == DSV4_OK, "%s", err.msg);
     CHECK(memcmp(want, got, sizeof want) == 0, "engine: speculative tokens differ from plain greedy");
     CHECK(info.rounds > 0 && info.drafted >= info.accepted, "engine: info %ld %ld %ld", info.rounds, info.drafted,
           info.accepted);
     /* Sequence a was fed without the MTP: refused, nothing changed. */
     long len = dsv4_engine_seq_len(e, a);
-    CHECK(dsv4_engine_decode_greedy_spec(e, a, first, 2, 1, got, NULL, &err) == DSV4_ERR_INVALID_ARG,
+    CHECK(dsv4_engine_decode_greedy_spec(e, &a, 1, &first, 2, 1, got, NULL, &err) == DSV4_ERR_INVALID_ARG,
           "out-of-sync sequence accepted");
     CHECK(dsv4_engine_seq_len(e, a) == len, "refused call changed the sequence");
-    CHECK(dsv4_engine_decode_greedy_spec(e, b, first, 2, 4, got, NULL, &err) == DSV4_ERR_INVALID_ARG, "k = 4 accepted");
+    CHECK(dsv4_engine_decode_greedy_spec(e, &b, 1, &first, 2, 4, got, NULL, &err) == DSV4_ERR_INVALID_ARG, "k = 4 accepted");
     free(tok); free(lg); free(mtp);
     dsv4_engine_destroy(e);
 }
@@ -254,6 +327,7 @@ static void test_engine_api(void) {
 int main(void) {
     RUN(test_mtp_chunk_invariance);
     RUN(test_spec_equals_plain);
+    RUN(test_spec_batch);
     RUN(test_engine_api);
     return test_finish();
 }

@@ -101,7 +101,7 @@ static int run_ids_spec(cli_textgen *g, const cli_textgen_opts *o, const int32_t
     dsv4_spec_info info = {0}, sum = {0};
     while (cur != g->eos && g->st_gen < o->max_new) {
         int n = o->max_new - (int)g->st_gen < K + 1 ? o->max_new - (int)g->st_gen : K + 1;
-        if (dsv4_engine_decode_greedy_spec(g->e, g->seq, cur, n, K, piece, &info, &err) != DSV4_OK) {
+        if (dsv4_engine_decode_greedy_spec(g->e, &g->seq, 1, &cur, n, K, piece, &info, &err) != DSV4_OK) {
             fprintf(stderr, "dsv4 generate: --spec: %s\n", err.msg);
             return 1;
         }
