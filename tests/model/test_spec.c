@@ -320,6 +320,17 @@ static void test_engine_api(void) {
           "out-of-sync sequence accepted");
     CHECK(dsv4_engine_seq_len(e, a) == len, "refused call changed the sequence");
     CHECK(dsv4_engine_decode_greedy_spec(e, &b, 1, &first, 2, 4, got, NULL, &err) == DSV4_ERR_INVALID_ARG, "k = 4 accepted");
+    /* A bad token in an MTP step fails without changing the sequence (main or MTP state). */
+    len = dsv4_engine_seq_len(e, b);
+    int32_t bad_tok[2] = {1, V};
+    it = (dsv4_batch_item){b, bad_tok, 2, 1};
+    CHECK(dsv4_engine_step_mtp(e, &it, 1, lg, mtp, &rows, &err) == DSV4_ERR_INVALID_ARG, "bad token accepted");
+    CHECK(dsv4_engine_seq_len(e, b) == len, "failed MTP step changed the sequence");
+    CHECK(dsv4_engine_decode_greedy_spec(e, &b, 1, &first, 2, 1, got, NULL, &err) == DSV4_OK,
+          "sequence unusable after a refused step: %s", err.msg);
+    /* Sequence a is out of MTP sync: the MTP step refuses it too. */
+    it = (dsv4_batch_item){a, tok, 1, 1};
+    CHECK(dsv4_engine_step_mtp(e, &it, 1, lg, mtp, &rows, &err) == DSV4_ERR_INVALID_ARG, "out-of-sync MTP step");
     free(tok); free(lg); free(mtp);
     dsv4_engine_destroy(e);
 }
