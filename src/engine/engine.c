@@ -216,7 +216,8 @@ static dsv4_status mtp_ready(dsv4_engine *e, dsv4_err *err) {
 dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, int n_items, float *logits,
                                  float *mtp_logits, int *n_mtp_rows, dsv4_err *err) {
     DSV4_TRY(mtp_ready(e, err));
-    if (n_items <= 0) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: empty step");
+    if (n_items <= 0 || n_items > e->max_seqs)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: %d items in one step (1..%d)", n_items, e->max_seqs);
     dsv4_seq_step steps[n_items];
     float *last_h[n_items];
     size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
@@ -232,10 +233,12 @@ dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, i
 dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *first,
                                            int n_steps, int k, int32_t *out, dsv4_spec_info *info, dsv4_err *err) {
     DSV4_TRY(mtp_ready(e, err));
-    if (n_seqs <= 0 || !seqs) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: empty greedy decode");
+    if (n_seqs <= 0 || n_seqs > e->max_seqs || !seqs)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: %d sequences (1..%d)", n_seqs, e->max_seqs);
     size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
     float *last_h[n_seqs];
     dsv4_spec_stats s[n_seqs];
+    memset(s, 0, sizeof s);
     for (int i = 0; i < n_seqs; i++) {
         if (!dsv4_kv_access_slot_valid(e->kv, seqs[i]))
             return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", seqs[i]);
