@@ -66,6 +66,7 @@ typedef enum dsv4_fault {
     DSV4_FAULT_NO_COMPRESSED,    /* compressed entries ignored (window only) */
     DSV4_FAULT_ROPE_POS,         /* RoPE of queries at position t+1 instead of t */
     DSV4_FAULT_NO_KV_QUANT,      /* window KV not FP8 fake-quantized */
+    DSV4_FAULT_MTP_SHIFT,        /* MTP rows take the previous row's hidden state (off-by-one alignment) */
     DSV4_FAULT_COUNT
 } dsv4_fault;
 const char *dsv4_fault_name(int fault);   /* "none", "no-sink", ...; NULL if out of range */
@@ -119,6 +120,29 @@ void dsv4_engine_get_kv_stats(const dsv4_engine *e, dsv4_engine_kv_stats *out);
 /* Blocks a sequence holds once it has n_tokens tokens (a step growing a sequence from a to b tokens needs
  * dsv4_engine_kv_blocks_for(e, b) - dsv4_engine_kv_blocks_for(e, a) free blocks). */
 long dsv4_engine_kv_blocks_for(const dsv4_engine *e, long n_tokens);
+/* ---- MTP draft head and speculative decoding (spec §4.10, issue 15; cpu backend, one rank) -------
+ * The checkpoint's MTP block predicts the token after next from the main model's final hyper-connection
+ * state and the next token. Its state (own window ring) lives with the sequence; to use it, feed EVERY
+ * token of the sequence through dsv4_engine_step_mtp or dsv4_engine_decode_greedy_spec (a sequence fed
+ * through dsv4_engine_step is refused by both with DSV4_ERR_INVALID_ARG). DSV4_ERR_UNSUPPORTED on the
+ * cuda backend, with gpus > 1, or for a checkpoint without mtp.0.*. */
+/* As dsv4_engine_step, then the MTP block runs over every position whose next token became known:
+ * pos0-1 (when the sequence already had tokens) .. pos0+n-2. mtp_logits (optional, else NULL): up to
+ * [sum of n_tokens, vocab] FP32, *n_mtp_rows rows written in item order then position order; row of
+ * position p = the MTP's logits for the token at p+2. */
+dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, int n_items, float *logits,
+                                 float *mtp_logits, int *n_mtp_rows, dsv4_err *err);
+typedef struct dsv4_spec_info {
+    long rounds;     /* verification rounds, summed over the sequences (one forward verifies them all) */
+    long drafted;    /* tokens drafted by the MTP block */
+    long accepted;   /* of those, accepted */
+} dsv4_spec_info;
+/* Greedy speculative decoding: the same tokens (bitwise, and the same KV state) as
+ * dsv4_engine_decode_greedy with the same arguments (out [n_steps, n_seqs]), drafting up to k (1..3) tokens
+ * per sequence and forward with the MTP block; sequences accept different counts. info (optional) gets the
+ * totals over the sequences. */
+dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *first,
+                                           int n_steps, int k, int32_t *out, dsv4_spec_info *info, dsv4_err *err);
 
 /* Layer dumps exist on the cpu backend only (ignored on cuda). */
 void dsv4_engine_set_layer_dump(dsv4_engine *e, dsv4_layer_dump_fn fn, void *user);

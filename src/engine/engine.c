@@ -16,6 +16,7 @@
 #include "engine/model.h"
 #include "engine/profile.h"
 #include "model/limits.h"
+#include "engine/spec.h"
 
 struct dsv4_engine {
     dsv4_model *model;        /* owned */
@@ -26,6 +27,9 @@ struct dsv4_engine {
     long max_tokens;          /* KV capacity in tokens (also the longest sequence) */
     dsv4_tp_group *tp;        /* owned; gpus > 1: ranks 1..N-1 (this engine is rank 0): threads on the cpu
                                  backend, GPUs 1..N-1 on the cuda backend (cfwd is then GPU 0's) */
+    int max_seqs;
+    float *mtp_h;             /* owned [max_seqs, hc*D] (allocated on first MTP use): per sequence, the main
+                                 model's final HC state at its last position (spec.h "in sync") */
 };
 
 void dsv4_engine_destroy(dsv4_engine *e) {
@@ -36,6 +40,7 @@ void dsv4_engine_destroy(dsv4_engine *e) {
     dsv4_tp_group_destroy(e->tp);
     dsv4_threadpool_destroy(e->pool);
     dsv4_model_free(e->model);
+    free(e->mtp_h);
     free(e);
 }
 
@@ -78,6 +83,7 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
     dsv4_engine *e = calloc(1, sizeof *e);
     if (!e) return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
     int max_seqs = opt->max_seqs > 0 ? opt->max_seqs : 8;
+    e->max_seqs = max_seqs;
     long max_tokens = opt->max_tokens > 0 ? opt->max_tokens : (long)max_seqs * 4096;
     e->max_tokens = max_tokens;
     if (max_tokens > DSV4_LIMIT_CTX_TOKENS || max_seqs > DSV4_LIMIT_SEQS) {
@@ -246,6 +252,65 @@ dsv4_status dsv4_engine_decode_greedy(dsv4_engine *e, const int *seqs, int n_seq
     free(logits);
     free(items);
     free(cur);
+    return st;
+}
+
+/* ---- MTP / speculative decoding (cpu backend, one rank) ---- */
+
+static dsv4_status mtp_ready(dsv4_engine *e, dsv4_err *err) {
+    if (!e->fwd || e->tp)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: the MTP block runs on the cpu backend with one rank");
+    if (!e->model->w.mtp)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: the checkpoint has no MTP block (mtp.0.*)");
+    if (!e->mtp_h) {
+        size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
+        if (!(e->mtp_h = calloc((size_t)e->max_seqs * hd, sizeof(float))))
+            return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
+    }
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, int n_items, float *logits,
+                                 float *mtp_logits, int *n_mtp_rows, dsv4_err *err) {
+    DSV4_TRY(mtp_ready(e, err));
+    if (n_items <= 0 || n_items > e->max_seqs)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: %d items in one step (1..%d)", n_items, e->max_seqs);
+    dsv4_seq_step steps[n_items];
+    float *last_h[n_items];
+    size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
+    for (int i = 0; i < n_items; i++) {
+        if (!dsv4_kv_access_slot_valid(e->kv, items[i].seq))
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", items[i].seq);
+        steps[i] = (dsv4_seq_step){items[i].seq, items[i].tokens, items[i].n_tokens, items[i].want_logits != 0};
+        last_h[i] = e->mtp_h + (size_t)items[i].seq * hd;
+    }
+    return dsv4_spec_step(e->fwd, e->kv, steps, n_items, last_h, logits, mtp_logits, n_mtp_rows, err);
+}
+
+dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *first,
+                                           int n_steps, int k, int32_t *out, dsv4_spec_info *info, dsv4_err *err) {
+    DSV4_TRY(mtp_ready(e, err));
+    if (n_seqs <= 0 || n_seqs > e->max_seqs || !seqs)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: %d sequences (1..%d)", n_seqs, e->max_seqs);
+    size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
+    float *last_h[n_seqs];
+    dsv4_spec_stats s[n_seqs];
+    memset(s, 0, sizeof s);
+    for (int i = 0; i < n_seqs; i++) {
+        if (!dsv4_kv_access_slot_valid(e->kv, seqs[i]))
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", seqs[i]);
+        last_h[i] = e->mtp_h + (size_t)seqs[i] * hd;
+    }
+    dsv4_status st = dsv4_spec_decode_greedy(e->fwd, e->kv, n_seqs, seqs, last_h, first, n_steps, k, out, s, NULL,
+                                             NULL, err);
+    if (info) {
+        *info = (dsv4_spec_info){0, 0, 0};
+        for (int i = 0; i < n_seqs; i++) {
+            info->rounds += s[i].steps;
+            info->drafted += s[i].drafted;
+            info->accepted += s[i].accepted;
+        }
+    }
     return st;
 }
 

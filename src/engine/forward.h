@@ -27,8 +27,11 @@ typedef struct dsv4_seq_step {
     int slot;               /* KV manager slot of the sequence (admitted) */
     const int32_t *tokens;  /* [n_tokens] borrowed; positions are slot's current length onward */
     int n_tokens;           /* >= 1 */
-    int want_logits;        /* 1: write logits of the chunk's last position */
+    int want_logits;        /* 1: write logits of the chunk's last position; DSV4_LOGITS_ALL: of every position
+                               (n_tokens rows; speculative verification, one rank only) */
 } dsv4_seq_step;
+
+enum { DSV4_LOGITS_ALL = 2 };
 
 /* Called after every layer with the hyper-connection state of every row of the step
  * (X [n_rows, hc, D], float32 holding bf16 values); rows are the batch's tokens in order. Optional. */
@@ -39,6 +42,7 @@ typedef struct dsv4_forward dsv4_forward;
 dsv4_status dsv4_forward_create(const dsv4_model *model, dsv4_threadpool *pool, dsv4_forward **out,
                                 dsv4_err *err);
 void dsv4_forward_destroy(dsv4_forward *f);
+const dsv4_model *dsv4_forward_model(const dsv4_forward *f);
 void dsv4_forward_set_hook(dsv4_forward *f, dsv4_layer_hook hook, void *user);
 /* Tensor/expert parallelism: the model was loaded for one rank (dsv4_model_load_shard, world > 1) and comm
  * (borrowed; its rank/world must equal the model's shard) joins the forwards of the other ranks. Every rank
@@ -55,6 +59,38 @@ void dsv4_forward_set_fault(dsv4_forward *f, int fault);
  * On success every sequence's length advances by its n_tokens. */
 dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_seq_step *steps, int n_steps,
                               float *logits, dsv4_err *err);
+
+/* The final hyper-connection state (after the last layer, before hc_head) of rows [row0, row0+n) of the
+ * last dsv4_forward_step, [n, hc, D] float32 holding bf16 values, copied to dst. Valid until the next
+ * step or MTP call on f. Rows are the step's tokens in order (sequence by sequence). */
+void dsv4_forward_hidden(const dsv4_forward *f, int row0, int n, float *dst);
+
+/* ---- MTP block (spec §4.10) -------------------------------------------------------------------------
+ * The checkpoint's draft head. Row at position p of a sequence combines the main model's final HC state
+ * at p (h) with the token at p+1 (next) and predicts the token at p+2; it runs its own SWA block (layer
+ * n_layers of the KV schema: its own window ring, θ = rope_theta without YaRN, learned-routing MoE) and
+ * the logits come from its hc_head, its norm and the shared head. RoPE position of the row: p (the same
+ * start position as the main model, as the official block is called). Rows of a sequence are consecutive
+ * positions pos0 .. pos0+n-1; positions below pos0 are read from the MTP ring. */
+typedef struct dsv4_mtp_step {
+    int slot;               /* KV manager slot (admitted) */
+    long pos0;              /* position of the first row */
+    const float *h;         /* [n, hc, D] borrowed: main (or, chained drafting, MTP) final HC state per row */
+    const int32_t *next;    /* [n] borrowed: token at position p+1 of each row */
+    int n;                  /* >= 1 */
+    int want_logits;        /* 0, 1 (last row) or DSV4_LOGITS_ALL */
+    int commit;             /* 1: the rows are final: pos0 must equal the slot's MTP position, which then
+                               advances by n (and may not pass the committed tokens). 0: draft rows; they
+                               write the ring like any row (save / restore it with kv_rollback.h), and the
+                               caller makes sure the ring holds every position below pos0 they read */
+} dsv4_mtp_step;
+
+/* Runs the MTP block over the rows of the steps (one rank only: DSV4_ERR_UNSUPPORTED on a partitioned
+ * model or a checkpoint without mtp.0.*). logits: [rows wanted, vocab] FP32 in step order. h_out
+ * (optional): [total rows, hc, D] the block's own final HC state (the h of a chained draft row). Fails
+ * with INVALID_ARG (nothing changed) on bad input. Does not touch the main model's state. */
+dsv4_status dsv4_forward_mtp(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_mtp_step *steps, int n_steps,
+                             float *logits, float *h_out, dsv4_err *err);
 
 #ifdef __cplusplus
 }

@@ -166,7 +166,7 @@ void dsv4_forward_destroy(dsv4_forward *f) {
 
 const char *dsv4_fault_name(int fault) {
     static const char *const names[DSV4_FAULT_COUNT] = {"none", "no-sink", "no-compressed", "rope-pos",
-                                                         "no-kv-quant"};
+                                                         "no-kv-quant", "mtp-shift"};
     return fault >= 0 && fault < DSV4_FAULT_COUNT ? names[fault] : NULL;
 }
 
@@ -345,7 +345,7 @@ static dsv4_status attend_sequence(dsv4_forward *f, dsv4_kv_manager *kv, const s
 static dsv4_status attention_layer(dsv4_forward *f, dsv4_kv_manager *kv, const seq_rows *seqs, int n_seqs,
                                    int rows, int layer, const float *x, float *out, dsv4_err *err) {
     const dsv4_config *c = f->m->cfg;
-    const dsv4_layer_weights *lw = &f->m->w.layers[layer];
+    const dsv4_layer_weights *lw = dsv4_model_block(f->m, layer);
     const dsv4_shard *sh = &f->m->shard;
     workspace *ws = &f->ws;
     /* H, G: this rank's heads and groups (all of them on one rank); H/G heads per group either way. */
@@ -450,7 +450,7 @@ static void swiglu_ffn(dsv4_forward *f, const float *x, int M, const dsv4_expert
 static dsv4_status moe_layer(dsv4_forward *f, const seq_rows *seqs, int n_seqs, int rows, int layer,
                              const float *x, float *out, dsv4_err *err) {
     const dsv4_config *c = f->m->cfg;
-    const dsv4_layer_weights *lw = &f->m->w.layers[layer];
+    const dsv4_layer_weights *lw = dsv4_model_block(f->m, layer);
     const dsv4_shard *sh = &f->m->shard;
     workspace *ws = &f->ws;
     const int D = c->dim, E = c->n_routed_experts, k = c->n_activated_experts;
@@ -548,6 +548,9 @@ dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_s
     if (sh->world > 1 && (dsv4_comm_world(f->comm) != sh->world || dsv4_comm_rank(f->comm) != sh->rank))
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "forward: model is rank %d of %d but the communicator is "
                             "rank %d of %d", sh->rank, sh->world, dsv4_comm_rank(f->comm), dsv4_comm_world(f->comm));
+    for (int i = 0; i < n_steps; i++)
+        if (steps[i].want_logits == DSV4_LOGITS_ALL && sh->world > 1)
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "forward: logits of every position need one rank");
     int collective = 0;     /* set once this rank may be inside the group's collectives: failures then abort */
     float *head_part = NULL;
     seq_rows *seqs = calloc((size_t)n_steps, sizeof *seqs);
@@ -650,16 +653,17 @@ dsv4_status dsv4_forward_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_s
         if ((st = check_finite(ws->X, rows, hc, D, layer, "moe", err)) != DSV4_OK) goto done;
         if (f->hook) f->hook(f->hook_user, layer, ws->X, rows, hc, D);
     }
-    /* Head on the last position of every sequence that wants logits. */
+    /* Head on the last position of every sequence that wants logits (every position: DSV4_LOGITS_ALL). */
     int n_want = 0;
-    for (const seq_rows *s = seqs; s < seqs + n_steps; s++) {
-        if (!steps[s - seqs].want_logits) continue;
-        int r = s->row0 + s->n - 1;
-        dsv4_cpu_hc_head(ws->X + (size_t)r * hc * D, hc, D, m->w.hc_head.fn, m->w.hc_head.base, m->w.hc_head.scale,
-                         hc_eps, eps, ws->head_in + (size_t)n_want * D);
-        dsv4_cpu_rmsnorm(ws->head_in + (size_t)n_want * D, m->w.norm, D, eps, ws->head_in + (size_t)n_want * D);
-        n_want++;
-    }
+    for (const seq_rows *s = seqs; s < seqs + n_steps; s++)
+        for (int r = s->row0; r < s->row0 + s->n; r++) {
+            int want = steps[s - seqs].want_logits;
+            if (!want || (want != DSV4_LOGITS_ALL && r != s->row0 + s->n - 1)) continue;
+            dsv4_cpu_hc_head(ws->X + (size_t)r * hc * D, hc, D, m->w.hc_head.fn, m->w.hc_head.base,
+                             m->w.hc_head.scale, hc_eps, eps, ws->head_in + (size_t)n_want * D);
+            dsv4_cpu_rmsnorm(ws->head_in + (size_t)n_want * D, m->w.norm, D, eps, ws->head_in + (size_t)n_want * D);
+            n_want++;
+        }
     if (n_want && sh->world == 1)
         dsv4_cpu_linear_bf16(f->pool, ws->head_in, n_want, D, m->w.head, c->vocab_size, logits, DSV4_OUT_F32);
     if (sh->world > 1) {
@@ -692,4 +696,134 @@ done:
     free(head_part);
     free(seqs);
     return st;
+}
+
+const dsv4_model *dsv4_forward_model(const dsv4_forward *f) { return f->m; }
+
+void dsv4_forward_hidden(const dsv4_forward *f, int row0, int n, float *dst) {
+    const size_t row = (size_t)f->m->cfg->hc_mult * f->m->cfg->dim;
+    DSV4_ASSERT(row0 >= 0 && n >= 0 && row0 + n <= f->ws.cap_rows);
+    memcpy(dst, f->ws.X + (size_t)row0 * row, sizeof(float) * row * (size_t)n);
+}
+
+/* ==== MTP block (spec §4.10) ============================================================================ */
+
+/* One block (attention + MoE sub-layers with their hyper-connections) over ws->X, in place. The main
+ * step inlines the same sequence for its layers. */
+static dsv4_status run_block(dsv4_forward *f, dsv4_kv_manager *kv, const seq_rows *seqs, int n_seqs, int rows,
+                             int layer, dsv4_err *err) {
+    const dsv4_config *c = f->m->cfg;
+    const dsv4_layer_weights *lw = dsv4_model_block(f->m, layer);
+    workspace *ws = &f->ws;
+    const int D = c->dim, hc = c->hc_mult;
+    const float eps = (float)c->norm_eps, hc_eps = (float)c->hc_eps;
+    for (int r = 0; r < rows; r++) {
+        dsv4_cpu_hc_pre(ws->X + (size_t)r * hc * D, hc, D, lw->hc_attn.fn, lw->hc_attn.base, lw->hc_attn.scale,
+                        c->hc_sinkhorn_iters, hc_eps, eps, ws->x + (size_t)r * D, ws->post + (size_t)r * hc,
+                        ws->comb + (size_t)r * hc * hc);
+        dsv4_cpu_rmsnorm(ws->x + (size_t)r * D, lw->attn_norm, D, eps, ws->x + (size_t)r * D);
+    }
+    DSV4_TRY(attention_layer(f, kv, seqs, n_seqs, rows, layer, ws->x, ws->a, err));
+    for (int r = 0; r < rows; r++)
+        dsv4_cpu_hc_post(ws->a + (size_t)r * D, ws->X + (size_t)r * hc * D, ws->post + (size_t)r * hc,
+                         ws->comb + (size_t)r * hc * hc, hc, D, ws->X2 + (size_t)r * hc * D);
+    for (int r = 0; r < rows; r++) {
+        dsv4_cpu_hc_pre(ws->X2 + (size_t)r * hc * D, hc, D, lw->hc_ffn.fn, lw->hc_ffn.base, lw->hc_ffn.scale,
+                        c->hc_sinkhorn_iters, hc_eps, eps, ws->x + (size_t)r * D, ws->post + (size_t)r * hc,
+                        ws->comb + (size_t)r * hc * hc);
+        dsv4_cpu_rmsnorm(ws->x + (size_t)r * D, lw->ffn_norm, D, eps, ws->x + (size_t)r * D);
+    }
+    DSV4_TRY(moe_layer(f, seqs, n_seqs, rows, layer, ws->x, ws->a, err));
+    for (int r = 0; r < rows; r++)
+        dsv4_cpu_hc_post(ws->a + (size_t)r * D, ws->X2 + (size_t)r * hc * D, ws->post + (size_t)r * hc,
+                         ws->comb + (size_t)r * hc * hc, hc, D, ws->X + (size_t)r * hc * D);
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_forward_mtp(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_mtp_step *steps, int n_steps,
+                             float *logits, float *h_out, dsv4_err *err) {
+    const dsv4_model *m = f->m;
+    const dsv4_config *c = m->cfg;
+    const dsv4_mtp_weights *mw = m->w.mtp;
+    const int D = c->dim, hc = c->hc_mult, layer = c->n_layers;
+    if (!mw) return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "mtp: the checkpoint has no MTP block (mtp.0.*)");
+    if (m->shard.world > 1)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "mtp: the MTP block runs on one rank only (no --gpus)");
+    if (n_steps <= 0) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: empty batch");
+    int rows = 0;
+    for (int i = 0; i < n_steps; i++) {
+        const dsv4_mtp_step *s = &steps[i];
+        if (!dsv4_kv_access_slot_valid(kv, s->slot))
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d is not admitted", s->slot);
+        long len = dsv4_kv_access_seq_len(kv, s->slot);
+        if (s->n <= 0 || !s->h || !s->next || s->pos0 < 0)
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: step %d has no rows", i);
+        for (int j = 0; j < s->n; j++)
+            if (s->next[j] < 0 || s->next[j] >= c->vocab_size)
+                return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: token id %d out of range [0, %d)", s->next[j],
+                                    c->vocab_size);
+        for (int j = 0; j < i; j++)
+            if (steps[j].slot == s->slot)
+                return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d appears twice in one step", s->slot);
+        long mpos = (long)dsv4_kv_manager_mtp_pos(kv, s->slot);
+        if (s->commit && (s->pos0 != mpos || s->pos0 + s->n > len))
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d: committed rows %ld..%ld, but the MTP "
+                                "position is %ld and %ld tokens are committed", s->slot, s->pos0, s->pos0 + s->n - 1,
+                                mpos, len);
+        rows += s->n;
+    }
+    seq_rows *seqs = calloc((size_t)n_steps, sizeof *seqs);
+    if (!seqs) return dsv4_err_set(err, DSV4_ERR_NOMEM, "mtp: out of memory");
+    dsv4_status st;
+    if ((st = ws_reserve_rows(&f->ws, c, rows, err)) != DSV4_OK || (st = ws_reserve_entries(&f->ws, c, 1, err)) != DSV4_OK) {
+        free(seqs);
+        return st;
+    }
+    workspace *ws = &f->ws;
+    const float eps = (float)c->norm_eps, hc_eps = (float)c->hc_eps;
+    /* Input: e = enorm(embed[next]); Z[h] = bf16(e_proj(e) + h_proj(hnorm(h[h]))) (both BF16-rounded first). */
+    int row = 0;
+    for (int i = 0; i < n_steps; i++) {
+        const dsv4_mtp_step *s = &steps[i];
+        seqs[i] = (seq_rows){s->slot, row, s->n, s->pos0, s->next};
+        for (int j = 0; j < s->n; j++, row++) {
+            float *e = ws->x + (size_t)row * D;
+            dsv4_cpu_embed(m->w.embed, D, s->next[j], e);
+            dsv4_cpu_rmsnorm(e, mw->enorm, D, eps, e);
+            int hj = f->fault == DSV4_FAULT_MTP_SHIFT && j > 0 ? j - 1 : j; /* test-only misalignment */
+            for (int h = 0; h < hc; h++)
+                dsv4_cpu_rmsnorm(s->h + ((size_t)hj * hc + h) * D, mw->hnorm, D, eps, ws->X2 + ((size_t)row * hc + h) * D);
+        }
+    }
+    fp8_linear(f, ws->x, rows, &mw->e_proj, ws->a);
+    fp8_linear(f, ws->X2, rows * hc, &mw->h_proj, ws->X);
+    for (int r = 0; r < rows; r++)
+        for (int h = 0; h < hc; h++) {
+            float *z = ws->X + ((size_t)r * hc + h) * D;
+            const float *ep = ws->a + (size_t)r * D;
+            for (int d = 0; d < D; d++) z[d] = dsv4_bf16_round(z[d] + ep[d]);
+        }
+    if ((st = run_block(f, kv, seqs, n_steps, rows, layer, err)) != DSV4_OK) {
+        free(seqs);
+        return st;
+    }
+    if (h_out) memcpy(h_out, ws->X, sizeof(float) * (size_t)rows * hc * D);
+    int n_want = 0;
+    for (int i = 0; i < n_steps; i++)
+        for (int r = seqs[i].row0; r < seqs[i].row0 + seqs[i].n; r++) {
+            int want = steps[i].want_logits;
+            if (!want || (want != DSV4_LOGITS_ALL && r != seqs[i].row0 + seqs[i].n - 1)) continue;
+            dsv4_cpu_hc_head(ws->X + (size_t)r * hc * D, hc, D, mw->hc_head.fn, mw->hc_head.base, mw->hc_head.scale,
+                             hc_eps, eps, ws->head_in + (size_t)n_want * D);
+            dsv4_cpu_rmsnorm(ws->head_in + (size_t)n_want * D, mw->norm, D, eps, ws->head_in + (size_t)n_want * D);
+            n_want++;
+        }
+    if (n_want) dsv4_cpu_linear_bf16(f->pool, ws->head_in, n_want, D, m->w.head, c->vocab_size, logits, DSV4_OUT_F32);
+    for (int i = 0; i < n_steps; i++)
+        if (steps[i].commit) {
+            st = dsv4_kv_manager_mtp_commit(kv, steps[i].slot, steps[i].n, NULL);
+            DSV4_ASSERT(st == DSV4_OK);
+        }
+    free(seqs);
+    return DSV4_OK;
 }

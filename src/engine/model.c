@@ -12,7 +12,7 @@
 void dsv4_model_free(dsv4_model *m) {
     if (!m) return;
     if (m->wo_a_bf16) {
-        for (int l = 0; l < m->cfg->n_layers; l++) free(m->wo_a_bf16[l]);
+        for (int l = 0; l < m->cfg->n_layers + m->cfg->n_mtp_layers; l++) free(m->wo_a_bf16[l]);
         free(m->wo_a_bf16);
     }
     if (m->wo_b_local) {
@@ -76,7 +76,7 @@ dsv4_status dsv4_model_load_shard(const char *dir, int rank, int world, dsv4_mod
                    c->beta_slow);
     dsv4_rope_init(&m->rope_compressed, c->rope_head_dim, c->compress_rope_theta, 1, c->rope_factor,
                    c->original_seq_len, c->beta_fast, c->beta_slow);
-    m->wo_a_bf16 = calloc((size_t)c->n_layers, sizeof *m->wo_a_bf16);
+    m->wo_a_bf16 = calloc((size_t)(c->n_layers + c->n_mtp_layers), sizeof *m->wo_a_bf16);
     if (!m->wo_a_bf16) { dsv4_model_free(m); return dsv4_err_set(err, DSV4_ERR_NOMEM, "model: out of memory"); }
     const int R = c->o_lora_rank;
     for (int l = 0; l < c->n_layers; l++)
@@ -84,6 +84,12 @@ dsv4_status dsv4_model_load_shard(const char *dir, int rank, int world, dsv4_mod
             dsv4_model_free(m);
             return dsv4_err_set(err, DSV4_ERR_NOMEM, "model: out of memory dequantizing layers.%d.attn.wo_a", l);
         }
+    /* The MTP block's wo_a (entry n_layers), for the draft head (spec §4.10). */
+    if (m->w.mtp && !(m->wo_a_bf16[c->n_layers] = dequant_fp8_to_bf16(&m->w.mtp->block.wo_a, m->shard.g0 * R,
+                                                                         m->shard.ng * R))) {
+        dsv4_model_free(m);
+        return dsv4_err_set(err, DSV4_ERR_NOMEM, "model: out of memory dequantizing mtp.0.attn.wo_a");
+    }
     if (world > 1) {
         if (!(m->wo_b_local = calloc((size_t)c->n_layers, sizeof *m->wo_b_local))) {
             dsv4_model_free(m);

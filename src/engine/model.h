@@ -24,7 +24,8 @@ typedef struct dsv4_model {
     dsv4_model_weights w;           /* owned bindings (views into ckpt mappings) */
     dsv4_rope rope_swa;             /* θ = rope_theta, no YaRN (ratio-0 layers, MTP) */
     dsv4_rope rope_compressed;      /* θ = compress_rope_theta with YaRN (ratio != 0 layers) */
-    uint16_t **wo_a_bf16;           /* [n_layers] each [ng*R, (H/G)*hd] bf16, owned: the rank's groups
+    uint16_t **wo_a_bf16;           /* [n_layers + n_mtp_layers] (entry n_layers: the MTP block's), each
+                                       [ng*R, (H/G)*hd] bf16, owned: the rank's groups
                                        [g0, g0+ng) of shard (all G groups when world = 1) */
     dsv4_shard shard;               /* the part of the model this rank owns (whole model when world = 1) */
     dsv4_fp8_linear *wo_b_local;    /* world > 1: [n_layers] owned copies of wo_b's input columns
@@ -39,6 +40,11 @@ dsv4_status dsv4_model_load(const char *dir, dsv4_model **out, dsv4_err *err);
  * offsets them); only the rank's wo_a groups are dequantized and only its wo_b input columns copied. */
 dsv4_status dsv4_model_load_shard(const char *dir, int rank, int world, dsv4_model **out, dsv4_err *err);
 void dsv4_model_free(dsv4_model *m);
+
+/* Weights of block `layer`: a main layer (< n_layers) or the MTP block (== n_layers, spec §4.10). */
+static inline const dsv4_layer_weights *dsv4_model_block(const dsv4_model *m, int layer) {
+    return layer < m->cfg->n_layers ? &m->w.layers[layer] : &m->w.mtp->block;
+}
 
 static inline const dsv4_rope *dsv4_model_rope(const dsv4_model *m, int layer) {
     return m->cfg->compress_ratios[layer] ? &m->rope_compressed : &m->rope_swa;

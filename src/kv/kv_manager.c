@@ -14,6 +14,7 @@ struct dsv4_kv_manager {
     int32_t *tables;         /* owned [max_requests, max_blocks_per_seq], -1 = none */
     int64_t *pos;            /* owned [max_requests] committed tokens; -1 = slot free */
     int64_t *n_held;         /* owned [max_requests] blocks held */
+    int64_t *mtp_pos;        /* owned [max_requests] committed MTP rows (position of the MTP block's next row) */
     int *free_slots;         /* owned [max_requests] stack; [0, n_free_slots) free */
     int n_free_slots;
     uint32_t *mark;          /* owned [max_requests] duplicate detection in prepare_step (generation stamps) */
@@ -55,7 +56,8 @@ dsv4_status dsv4_kv_manager_create(const dsv4_config *cfg, const dsv4_kv_manager
     m->n_held = calloc((size_t)pr->max_requests, sizeof *m->n_held);
     m->free_slots = malloc((size_t)pr->max_requests * sizeof *m->free_slots);
     m->mark = calloc((size_t)pr->max_requests, sizeof *m->mark);
-    if (!m->tables || !m->pos || !m->n_held || !m->free_slots || !m->mark) {
+    m->mtp_pos = calloc((size_t)pr->max_requests, sizeof *m->mtp_pos);
+    if (!m->tables || !m->pos || !m->n_held || !m->free_slots || !m->mark || !m->mtp_pos) {
         dsv4_kv_manager_destroy(m);
         return dsv4_err_set(err, DSV4_ERR_NOMEM, "kv manager: host tables");
     }
@@ -82,6 +84,7 @@ void dsv4_kv_manager_destroy(dsv4_kv_manager *m) {
     free(m->n_held);
     free(m->free_slots);
     free(m->mark);
+    free(m->mtp_pos);
     free(m);
 }
 
@@ -116,6 +119,7 @@ dsv4_status dsv4_kv_manager_admit(dsv4_kv_manager *m, int64_t n_prompt_tokens, i
     }
     m->n_free_slots--;
     m->pos[s] = 0;
+    m->mtp_pos[s] = 0;
     m->n_held[s] = need;
     *slot = s;
     return DSV4_OK;
@@ -196,6 +200,40 @@ dsv4_status dsv4_kv_manager_commit(dsv4_kv_manager *m, int slot, int64_t n_token
                             "kv commit: slot %d: %lld + %lld tokens not prepared (%lld blocks held)", slot,
                             (long long)m->pos[slot], (long long)n_tokens, (long long)m->n_held[slot]);
     m->pos[slot] += n_tokens;
+    return DSV4_OK;
+}
+
+/* Rollback (speculative decoding): position back to n_tokens, and the blocks that n_tokens does not need
+ * go back to the pool, last acquired first, so the pool's free list is as it was before they were taken. */
+dsv4_status dsv4_kv_manager_truncate(dsv4_kv_manager *m, int slot, int64_t n_tokens, dsv4_err *err) {
+    if (!slot_active(m, slot)) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "kv truncate: slot %d not admitted", slot);
+    if (n_tokens < 0 || n_tokens > m->pos[slot])
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "kv truncate: slot %d: %lld tokens, position is %lld", slot,
+                            (long long)n_tokens, (long long)m->pos[slot]);
+    int64_t want = dsv4_kv_schema_blocks_for_tokens(&m->schema, n_tokens);
+    int32_t *t = table_of(m, slot);
+    while (m->n_held[slot] > want) {
+        int64_t i = --m->n_held[slot];
+        dsv4_status st = dsv4_kv_pool_release(&m->pool, 1, &t[i], NULL);
+        DSV4_ASSERT(st == DSV4_OK);
+        t[i] = -1;
+    }
+    m->pos[slot] = n_tokens;
+    if (m->mtp_pos[slot] > n_tokens) m->mtp_pos[slot] = n_tokens;
+    return DSV4_OK;
+}
+
+int64_t dsv4_kv_manager_mtp_pos(const dsv4_kv_manager *m, int slot) {
+    return slot_active(m, slot) ? m->mtp_pos[slot] : -1;
+}
+
+dsv4_status dsv4_kv_manager_mtp_commit(dsv4_kv_manager *m, int slot, int64_t n_rows, dsv4_err *err) {
+    if (!slot_active(m, slot)) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "kv mtp commit: slot %d not admitted", slot);
+    if (n_rows < 0 || m->mtp_pos[slot] + n_rows > m->pos[slot])
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "kv mtp commit: slot %d: %lld + %lld MTP rows pass the %lld "
+                            "committed tokens", slot, (long long)m->mtp_pos[slot], (long long)n_rows,
+                            (long long)m->pos[slot]);
+    m->mtp_pos[slot] += n_rows;
     return DSV4_OK;
 }
 

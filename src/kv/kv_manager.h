@@ -70,6 +70,19 @@ dsv4_status dsv4_kv_manager_prepare_step(dsv4_kv_manager *m, const dsv4_kv_step_
  * (INVALID_ARG otherwise, nothing changed). */
 dsv4_status dsv4_kv_manager_commit(dsv4_kv_manager *m, int slot, int64_t n_tokens, dsv4_err *err);
 
+/* Speculative-decoding rollback: the position goes back to n_tokens (<= position) and the blocks that
+ * n_tokens does not need are released (last acquired first: the pool's free list returns to the order it
+ * had before they were acquired). Cache bytes are not touched (kv_rollback.h restores them); the MTP
+ * position is clamped to n_tokens. INVALID_ARG (nothing changed) for a bad slot or n_tokens. */
+dsv4_status dsv4_kv_manager_truncate(dsv4_kv_manager *m, int slot, int64_t n_tokens, dsv4_err *err);
+
+/* The MTP block (spec §4.10) keeps its own window ring (layer n_layers of the schema) whose rows run one
+ * position behind the main model: the row at position i needs the token at i+1. mtp_pos = committed MTP
+ * rows (0 at admit); it never passes the sequence's position. -1 if not admitted. */
+int64_t dsv4_kv_manager_mtp_pos(const dsv4_kv_manager *m, int slot);
+/* mtp_pos += n_rows; INVALID_ARG (nothing changed) if that would pass the committed tokens. */
+dsv4_status dsv4_kv_manager_mtp_commit(dsv4_kv_manager *m, int slot, int64_t n_rows, dsv4_err *err);
+
 /* ---- views ---------------------------------------------------------------------------------------- */
 
 /* One compressor's tail state (FP32, spec §4.5; row j of *_cur holds token t with t mod ratio == j). */

@@ -367,6 +367,172 @@ def row_rel(a, b):
 
 
 # ----------------------------------------------------------------------------------------------------
+# MTP block (spec §4.10; DeepSeek-V3 convention: row i = h_i with the embedding of token i+1, RoPE
+# position i, predicts token i+2)
+# ----------------------------------------------------------------------------------------------------
+MTP_OWN = ("e_proj.weight", "h_proj.weight", "enorm.weight", "hnorm.weight")
+
+
+class MTP:
+    """The MTP block as a one-layer HF DeepSeek V4 model (sliding attention, learned routing) patched
+    like the main model; its embedding and LM head are the main model's (shared), its final norm and
+    hc_head are mtp.0.norm / mtp.0.hc_head_*. The layer's input is replaced by
+    Z[h] = e_proj(enorm(embed[next])) + h_proj(hnorm(X[h])) (both FP8 linears, BF16 outputs, BF16 sum)."""
+
+    def __init__(self, model_dir, dtype="bf16"):
+        cfg = json.load(open(os.path.join(model_dir, "config.json")))
+        n = cfg["num_hidden_layers"]
+        c1 = dict(cfg, num_hidden_layers=1, compress_ratios=[cfg["compress_ratios"][n]], num_hash_layers=0)
+        assert c1["compress_ratios"][0] == 0, "the MTP block is a sliding-window layer"
+        hcfg, rope_cfg = hf_config(c1)
+        self.eps = float(cfg.get("rms_norm_eps", 1e-6))
+        torch.manual_seed(0)
+        with torch.no_grad():
+            model = DeepseekV4ForCausalLM(hcfg).float().eval().requires_grad_(False)
+        sd = SafeDir(model_dir)
+        params = dict(model.named_parameters())
+        params.update(dict(model.named_buffers()))
+        top = {"mtp.0.norm.weight": "model.norm.weight", "mtp.0.hc_head_fn": "model.hc_head.hc_fn",
+               "mtp.0.hc_head_base": "model.hc_head.hc_base", "mtp.0.hc_head_scale": "model.hc_head.hc_scale",
+               "embed.weight": "model.embed_tokens.weight", "head.weight": "lm_head.weight"}
+        loaded, quant, self.own = set(), set(), {}
+        E, inter = hcfg.n_routed_experts, hcfg.moe_intermediate_size
+        with torch.no_grad():
+            for k in sd.names():
+                if k in top:
+                    h = top[k]
+                elif k.startswith("mtp.0."):
+                    rest = k[len("mtp.0."):]
+                    if rest in MTP_OWN:
+                        self.own[rest] = torch.from_numpy(sd.f32(k).copy())
+                        continue
+                    if rest.endswith(".scale") and rest[: -len("scale")] + "weight" in MTP_OWN:
+                        continue
+                    h = map_name("layers.0." + rest)
+                else:
+                    continue
+                if h in (None, "SCALE", "EXPERT"):
+                    continue
+                dt, _ = sd.raw(k)
+                v = torch.from_numpy(sd.f32(k).copy())
+                assert tuple(v.shape) == tuple(params[h].shape), (k, h, v.shape, params[h].shape)
+                params[h].copy_(v)
+                loaded.add(h)
+                if dt in ("F8_E4M3", "I8") and not k.endswith("attn.wo_a.weight"):
+                    quant.add(h[: -len(".weight")])
+            ex = model.model.layers[0].mlp.experts
+            for e in range(E):
+                b = f"mtp.0.ffn.experts.{e}."
+                ex.gate_up_proj[e, :inter].copy_(torch.from_numpy(sd.f32(b + "w1.weight")))
+                ex.gate_up_proj[e, inter:].copy_(torch.from_numpy(sd.f32(b + "w3.weight")))
+                ex.down_proj[e].copy_(torch.from_numpy(sd.f32(b + "w2.weight")))
+                dts = {sd.raw(b + w + ".weight")[0] for w in ("w1", "w2", "w3")}
+            ex._dsv4_actq = bool(dts & {"F8_E4M3", "I8"})
+            loaded.update({"model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj"})
+        missing = [n for n in dict(model.named_parameters()) if n not in loaded]
+        if missing or set(self.own) != set(MTP_OWN):
+            raise RuntimeError(f"MTP parameters not in checkpoint: {missing} {sorted(set(MTP_OWN) - set(self.own))}")
+        assert hasattr(model.model.layers[0].mlp.gate, "e_score_correction_bias")
+        P.prepare_model(model, quant, rope_cfg)
+        set_dtype(model, dtype)
+        self.model = model
+        self._z = None
+        model.model.layers[0].register_forward_pre_hook(self._replace_input)
+
+    def _replace_input(self, mod, args):
+        return (self._z,) + tuple(args[1:])
+
+    def inputs(self, X, next_ids):
+        """Z [1, S, hc, D] from the main final HC state X [S, hc, D] and the next tokens [S]."""
+        emb = self.model.model.embed_tokens.weight[torch.tensor(next_ids, dtype=torch.long)]
+        e = P.rms_norm(self.own["enorm.weight"], emb.unsqueeze(0), self.eps)
+        hx = P.rms_norm(self.own["hnorm.weight"], torch.from_numpy(X).unsqueeze(0).to(P.STATE.act), self.eps)
+        ep = P.qlinear(self.own["e_proj.weight"], e, True)
+        hp = P.qlinear(self.own["h_proj.weight"], hx, True)
+        return P.rb(ep.float().unsqueeze(2) + hp.float())
+
+    def run(self, X, tokens, mode="full"):
+        """MTP logits [T-1, vocab]: row i from X[i] and tokens[i+1]. mode full: one forward of all rows;
+        decode: one forward per row (incremental cache)."""
+        T = len(tokens)
+        if T < 2:
+            return np.zeros((0, self.model.config.vocab_size), np.float32)
+        Z = self.inputs(X[: T - 1], tokens[1:])
+        cache = DynamicCache(config=self.model.config)
+        rows = []
+        spans = [(0, T - 1)] if mode == "full" else [(i, i + 1) for i in range(T - 1)]
+        with torch.no_grad():
+            for a, b in spans:
+                self._z = Z[:, a:b].contiguous()
+                ids = torch.tensor([tokens[a + 1:b + 1]], dtype=torch.long)
+                pos = torch.arange(a, b).unsqueeze(0)
+                out = self.model(input_ids=ids, position_ids=pos, use_cache=True, **{_CACHE_KW: cache})
+                rows.append(out.logits[0].float())
+        return torch.cat(rows).numpy().astype(np.float32)
+
+
+def run_mtp(model, mtp, tokens, main_mode="full", mtp_mode="full"):
+    """MTP logits [T-1, vocab] for a token list: the main model's final HC state (main_mode: full = one
+    forward, decode = token by token), then the MTP block (mtp_mode)."""
+    _, hc = run(model, tokens, 1, main_mode)
+    return mtp.run(hc[-1], tokens, mtp_mode)
+
+
+MTP_CASES = ["len2_decode", "len5", "len40_hc", "len257"]
+
+
+def make_mtp_goldens(models, outdir, tol):
+    """MTP goldens next to the main ones: <case>.mtp.npy and mtp_manifest.json (same token files). The
+    golden path is a full forward of both; the noise floor is the all-decode path of both."""
+    for mdir in models:
+        name = os.path.basename(os.path.normpath(mdir))
+        od = os.path.join(outdir, name)
+        model = load_model(mdir, "bf16")
+        mtp = MTP(mdir, "bf16")
+        manifest = {"model": name, "model_dir": mdir, "checkpoint_sha256": checkpoint_sha256(mdir),
+                    "transformers": __import__("transformers").__version__, "torch": torch.__version__,
+                    "oracle": "tools/oracle/hf_oracle.py MTP (bf16, official numerics)",
+                    "rows": "row i = MTP logits at position i (final HC state h_i with the embedding of token i+1, "
+                            "RoPE position i), predicting token i+2; engine: `dsv4 logits --mtp-out` with the "
+                            "same tokens (any prefill)", "cases": []}
+        for case in MTP_CASES:
+            toks = json.load(open(os.path.join(od, f"{case}.tokens.json")))["tokens"]
+            t0 = time.time()
+            lg = run_mtp(model, mtp, toks, "full", "full")
+            alt = run_mtp(model, mtp, toks, "decode", "decode")
+            rr = row_rel(lg, alt) if len(lg) else [0.0]
+            nmax, nmean = max(rr), float(np.mean(rr))
+            t = {"logits_max_row_rel_l2": max(tol["logits_max_row_rel_l2"], 3 * nmax),
+                 "logits_mean_row_rel_l2": max(tol["logits_mean_row_rel_l2"], 3 * nmean),
+                 "hc_max_row_rel_l2": tol["hc_max_row_rel_l2"]}
+            ent = {"name": case, "tokens_file": f"{case}.tokens.json", "n_tokens": len(toks),
+                   "logits_file": f"{case}.mtp.npy", "rows": int(lg.shape[0]),
+                   "oracle_noise_floor": {"logits_max_row_rel_l2": nmax, "logits_mean_row_rel_l2": nmean,
+                                          "paths": "full forward of main model and MTP vs both token by token"},
+                   "tolerance": t}
+            np.save(os.path.join(od, ent["logits_file"]), lg)
+            manifest["cases"].append(ent)
+            print(f"{name}/{case} MTP: T={len(toks)} rows={lg.shape[0]} noise max={nmax:.2e} mean={nmean:.2e} "
+                  f"({time.time() - t0:.1f}s)", flush=True)
+        manifest["teacher_forced"] = make_mtp_tf_golden(mdir, od, mtp)
+        json.dump(manifest, open(os.path.join(od, "mtp_manifest.json"), "w"), indent=1)
+
+
+def make_mtp_tf_golden(mdir, od, mtp=None, case="len40_hc"):
+    """The MTP block alone: its logits from the golden's own final HC state (<case>.hc/hc_{n-1}.npy), to
+    compare with `dsv4 logits --mtp-teacher` (the engine's MTP fed the same state)."""
+    mtp = mtp or MTP(mdir, "bf16")
+    n = json.load(open(os.path.join(mdir, "config.json")))["num_hidden_layers"]
+    X = np.load(os.path.join(od, f"{case}.hc", f"hc_{n - 1}.npy"))
+    toks = json.load(open(os.path.join(od, f"{case}.tokens.json")))["tokens"]
+    lg = mtp.run(X, toks, "full")
+    np.save(os.path.join(od, f"{case}.mtp_tf.npy"), lg)
+    print(f"{os.path.basename(od)}/{case} MTP teacher-forced: rows={lg.shape[0]}", flush=True)
+    return {"name": case, "logits_file": f"{case}.mtp_tf.npy", "hc_file": f"{case}.hc/hc_{n - 1}.npy",
+            "rows": int(lg.shape[0]), "tolerance": {"logits_max_row_rel_l2": 1e-2, "min_rows_within_1e-6": 0.8}}
+
+
+# ----------------------------------------------------------------------------------------------------
 # Goldens
 # ----------------------------------------------------------------------------------------------------
 # (name, length, prefill N, dump hc). Lengths cross every boundary: CSA window 4 (1..5), the 128-token
@@ -488,12 +654,17 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-quant", action="store_true", help="diagnostics: disable all FP8/FP4 fake-quants")
     ap.add_argument("--make-goldens")
+    ap.add_argument("--make-mtp-goldens", help="write MTP goldens into OUTDIR/<model>/ (after --make-goldens)")
+    ap.add_argument("--mtp-out", help="also write the MTP block's logits [T-1, vocab] (full forward)")
     ap.add_argument("--noise-floor", action="store_true")
     ap.add_argument("--models", nargs="*", default=["tests/data/tiny-flash", "tests/data/tiny-pro"])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.make_goldens:
         make_goldens(a.models, a.make_goldens, DEFAULT_TOL)
+        return
+    if a.make_mtp_goldens:
+        make_mtp_goldens(a.models, a.make_mtp_goldens, DEFAULT_TOL)
         return
     if a.noise_floor:
         json.dump(noise_floor(a.models), open("/tmp/dsv4_noise_floor.json", "w"), indent=1)
@@ -517,6 +688,10 @@ def main():
         for L, h in enumerate(hc):
             np.save(os.path.join(a.dump_dir, f"hc_{L}.npy"), h.astype(np.float32))
     print(f"wrote {a.out} {lg.shape}", file=sys.stderr)
+    if a.mtp_out:
+        ml = MTP(a.model, a.dtype).run(hc[-1], toks, "full")
+        np.save(a.mtp_out, ml)
+        print(f"wrote {a.mtp_out} {ml.shape}", file=sys.stderr)
 
 
 # tolerance floors; each golden case gets max(floor, 3 x its measured oracle noise floor)
