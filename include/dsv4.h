@@ -97,8 +97,9 @@ void dsv4_engine_seq_close(dsv4_engine *e, int seq);
 long dsv4_engine_seq_len(const dsv4_engine *e, int seq);
 /* Runs one step. logits: [number of items with want_logits, vocab] FP32. On failure (bad token id,
  * KV exhausted, past max_position_embeddings) no sequence's state changes. A NaN or infinite activation
- * or logit fails the step with DSV4_ERR_FORMAT naming where it appeared (cpu: the layer and op, before
- * anything is committed; cuda: the logits, after the step's positions are committed: close the sequence). */
+ * or logit fails the step with DSV4_ERR_FORMAT naming where it appeared (cpu: the layer and op, positions
+ * not committed; cuda: the logits, positions committed); either way close the sequence, whose compressor
+ * state may have advanced. */
 dsv4_status dsv4_engine_step(dsv4_engine *e, const dsv4_batch_item *items, int n_items, float *logits,
                              dsv4_err *err);
 /* Greedy decoding of n_seqs open sequences: feeds first[i] to seqs[i], then n_steps-1 more steps each

@@ -447,6 +447,20 @@ static void swiglu_ffn(dsv4_forward *f, const float *x, int M, const dsv4_expert
     expert_linear(f, ws->eh, M, w2, y);
 }
 
+/* Runs expert e over the n gathered rows ws->erow / ws->eslot (n <= rows) and scatters the outputs to ey. */
+static void run_expert_rows(dsv4_forward *f, const dsv4_layer_weights *lw, int e, const float *x, int n, int k) {
+    workspace *ws = &f->ws;
+    const int D = f->m->cfg->dim;
+    float wts[n];
+    for (int i = 0; i < n; i++) {
+        memcpy(ws->ex + (size_t)i * D, x + (size_t)ws->erow[i] * D, sizeof(float) * D);
+        wts[i] = ws->eweights[(size_t)ws->erow[i] * k + ws->eslot[i]];
+    }
+    swiglu_ffn(f, ws->ex, n, &lw->experts_w1[e], &lw->experts_w3[e], &lw->experts_w2[e], wts, ws->eo);
+    for (int i = 0; i < n; i++)
+        memcpy(ws->ey + ((size_t)ws->erow[i] * k + ws->eslot[i]) * D, ws->eo + (size_t)i * D, sizeof(float) * D);
+}
+
 static dsv4_status moe_layer(dsv4_forward *f, const seq_rows *seqs, int n_seqs, int rows, int layer,
                              const float *x, float *out, dsv4_err *err) {
     const dsv4_config *c = f->m->cfg;
@@ -464,21 +478,22 @@ static dsv4_status moe_layer(dsv4_forward *f, const seq_rows *seqs, int n_seqs, 
             dsv4_cpu_route(ws->logits_e + (size_t)r * E, E, lw->gate_bias, hash, k, (float)c->route_scale,
                            ws->experts + (size_t)r * k, ws->eweights + (size_t)r * k);
         }
-    /* Routed experts: gather the rows of each expert, run its SwiGLU FFN, scatter to [row, slot]. */
+    /* Routed experts: gather the rows of each expert, run its SwiGLU FFN, scatter to [row, slot]. The gather
+     * list holds `rows` entries; a hash-routing table may name one expert twice for a token (the reference
+     * then adds both contributions), so a full list is run and the gather goes on (one pass otherwise). */
     for (int e = e_lo; e < e_hi; e++) {
         int n = 0;
         for (int r = 0; r < rows; r++)
-            for (int j = 0; j < k; j++)
-                if (ws->experts[(size_t)r * k + j] == e) { ws->erow[n] = r; ws->eslot[n] = j; n++; }
-        if (!n) continue;
-        float wts[n];
-        for (int i = 0; i < n; i++) {
-            memcpy(ws->ex + (size_t)i * D, x + (size_t)ws->erow[i] * D, sizeof(float) * D);
-            wts[i] = ws->eweights[(size_t)ws->erow[i] * k + ws->eslot[i]];
-        }
-        swiglu_ffn(f, ws->ex, n, &lw->experts_w1[e], &lw->experts_w3[e], &lw->experts_w2[e], wts, ws->eo);
-        for (int i = 0; i < n; i++)
-            memcpy(ws->ey + ((size_t)ws->erow[i] * k + ws->eslot[i]) * D, ws->eo + (size_t)i * D, sizeof(float) * D);
+            for (int j = 0; j < k; j++) {
+                if (ws->experts[(size_t)r * k + j] != e) continue;
+                ws->erow[n] = r;
+                ws->eslot[n] = j;
+                if (++n == rows) {
+                    run_expert_rows(f, lw, e, x, n, k);
+                    n = 0;
+                }
+            }
+        if (n) run_expert_rows(f, lw, e, x, n, k);
     }
     /* Shared expert (FP8 weights, same clamps, weight 1). */
     dsv4_expert_linear s1 = {lw->shared_w1.w, lw->shared_w1.scale, lw->shared_w1.out, lw->shared_w1.in, 0};

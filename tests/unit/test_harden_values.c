@@ -2,10 +2,12 @@
  * tensor's bytes changed. The load-time layer (model/contents.c) refuses a hash-routing table with an
  * expert id outside [0, E), an e8m0 scale code 0xFF (NaN) and a NaN in a small F32/BF16 tensor; a NaN in a
  * large weight (not scanned at load) fails the step with an error naming where it appeared (embedding,
- * layer + op, LM head) -- never an abort, never logits handed out -- and leaves the sequence unchanged. */
+ * layer + op, LM head) -- never an abort, never logits handed out -- and leaves the sequence unchanged. A
+ * table naming one expert twice for a token (valid in the reference) runs. */
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,11 +165,44 @@ static void test_nan_weights_fail_the_step(void) {
     expect_step_fails(toks, 4, "layer 1 in the attention KV", NULL);   /* the KV row, before it is stored */
 }
 
+/* A hash-routing table may name one expert twice for a token (the reference adds both contributions):
+ * the MoE gather list (one entry per row) used to overflow (ASan, found by fuzz_checkpoint). Now the step
+ * runs, logits are finite, and the second row of a duplicated token equals a lone row (same computation). */
+static void test_tid2eid_duplicate_expert(void) {
+    fresh_copy();
+    int64_t dup[2] = {3, 3};   /* k = 2 */
+    patch("layers.0.ffn.gate.tid2eid", (uint64_t)8 * 2 * 5, dup, sizeof dup);   /* token 5 */
+    dsv4_engine_options o = {0};
+    o.model_dir = dir;
+    o.n_threads = 1;
+    o.max_seqs = 1;
+    o.max_tokens = 64;
+    dsv4_engine *e = NULL;
+    dsv4_err err = {{0}};
+    CHECK(dsv4_engine_create(&o, &e, &err) == DSV4_OK, "create: %s", err.msg);
+    if (!e) return;
+    int seq;
+    dsv4_engine_seq_open(e, &seq, &err);
+    const int V = dsv4_engine_vocab_size(e);
+    float *logits = calloc((size_t)V, sizeof(float));
+    int32_t toks[6] = {5, 5, 5, 5, 5, 5};   /* 6 rows, 12 slots, all on expert 3: two gather passes */
+    dsv4_batch_item it = {seq, toks, 6, 1};
+    dsv4_status st = dsv4_engine_step(e, &it, 1, logits, &err);
+    CHECK(st == DSV4_OK, "step: %s", err.msg);
+    int finite = 1;
+    for (int v = 0; v < V; v++) finite &= isfinite(logits[v]) != 0;
+    CHECK(finite, "non-finite logits");
+    CHECK(dsv4_engine_seq_len(e, seq) == 6, "len %ld", dsv4_engine_seq_len(e, seq));
+    free(logits);
+    dsv4_engine_destroy(e);
+}
+
 int main(void) {
     RUN(test_tid2eid_out_of_range);
     RUN(test_e8m0_nan_scale);
     RUN(test_nan_in_small_tensors);
     RUN(test_nan_weights_fail_the_step);
+    RUN(test_tid2eid_duplicate_expert);
     dsv4_err err = {{0}};
     if (dir[0]) dsv4_remove_tree(dir, &err);
     return test_finish();
