@@ -126,7 +126,7 @@ rc=$?
 printf 'Hello' >"$tmp/prompt.txt"
 "$DSV4" generate -f "$tmp/prompt.txt" -n 6 --temp 0 >"$tmp/f1" 2>/dev/null
 cmp -s "$tmp/a1" "$tmp/f1" && ok "-f FILE = -p TEXT" || bad "-f: '$(cat "$tmp/f1")' != '$(cat "$tmp/a1")'"
-expect "-f missing file" 1 "-f $tmp/none.txt: No such file" -- "$DSV4" generate -f "$tmp/none.txt"
+expect "-f missing file" 1 "-f: $tmp/none.txt: cannot open: No such file" -- "$DSV4" generate -f "$tmp/none.txt"
 expect "-f and -p together" 2 "exactly one of -p TEXT, -f FILE and --prompt-ids" -- "$DSV4" generate -f "$tmp/prompt.txt" -p hi
 "$DSV4" generate -p Hello --system "You are terse." -n 6 --temp 0 --json >"$tmp/s1" 2>/dev/null
 p1=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["usage"]["prompt_tokens"])' "$tmp/s1" 2>/dev/null)

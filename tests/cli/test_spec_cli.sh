@@ -29,8 +29,8 @@ expect() { # expect RC PATTERN DESCRIPTION -- ARGS...
     if [ $rc -eq "$want" ] && echo "$out" | grep -q -- "$pat"; then ok "$what"; else bad "$what: rc $rc, '$out'"; fi
 }
 M=tests/data/tiny-flash
-expect 2 "must be 0..3" "--spec 4 is refused" -- generate --model $M --prompt-ids 1,2,3 --spec 4
-expect 2 "must be 0..3" "--spec x is refused" -- generate --model $M --prompt-ids 1,2,3 --spec x
+expect 2 "needs an integer in \\[0, 3\\]" "--spec 4 is refused" -- generate --model $M --prompt-ids 1,2,3 --spec 4
+expect 2 "needs an integer in \\[0, 3\\]" "--spec x is refused" -- generate --model $M --prompt-ids 1,2,3 --spec x
 expect 2 "greedy decoding only" "--spec with a temperature is refused" -- generate --model $M --prompt-ids 1,2,3 --spec 1 --temperature 0.7
 expect 2 "greedy decoding only" "--spec with a repetition penalty is refused" -- generate --model $M --prompt-ids 1,2,3 --spec 1 --repetition-penalty 1.2
 expect 2 "prompt-ids" "--spec with -p is refused" -- generate --model $M -p hello --spec 2

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "core/files.h"
 #include "cli_opts.h"
 #include "cli_util.h"
 #include "textgen.h"
@@ -69,44 +70,19 @@ static void on_sigint(int sig) {
 
 /* ---- prompt -------------------------------------------------------------------------------------------- */
 
-/* Reads all of path (at most PROMPT_FILE_MAX bytes) into a NUL-terminated buffer; NULL after a message. */
+/* Reads all of path ('-' = stdin; a pipe or FIFO is read to its end) through the bounded reader: at most
+ * PROMPT_FILE_MAX bytes, a directory or device refused at once. NUL-terminated; NULL after a message. */
 static char *read_prompt_file(const char *path) {
-    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-    struct stat st;
-    if (!f || fstat(fileno(f), &st) != 0) {
-        fprintf(stderr, "dsv4 generate: -f %s: %s\n", path, strerror(errno));
-        if (f && f != stdin) fclose(f);
+    char *b = NULL;
+    size_t n = 0;
+    dsv4_err err = {{0}};
+    dsv4_status st = strcmp(path, "-") ? dsv4_file_read_text(path, PROMPT_FILE_MAX, &b, &n, &err)
+                                       : dsv4_fd_read_all(0, "stdin", PROMPT_FILE_MAX, &b, &n, &err);
+    if (st != DSV4_OK) {
+        fprintf(stderr, "dsv4 generate: -f: %s\n", err.msg);
         return NULL;
     }
-    if (S_ISDIR(st.st_mode)) {
-        fprintf(stderr, "dsv4 generate: -f %s is a directory, not a prompt file\n", path);
-        if (f != stdin) fclose(f);
-        return NULL;
-    }
-    size_t cap = 1 << 16, len = 0;
-    char *b = malloc(cap + 1);
-    int err = 0;
-    while (b) {
-        size_t k = fread(b + len, 1, cap - len, f);
-        len += k;
-        if (k == 0) { err = ferror(f); break; }
-        if (len == cap) {
-            if (cap >= (size_t)PROMPT_FILE_MAX) { err = -1; break; }
-            char *nb = realloc(b, cap * 2 + 1);
-            if (!nb) { free(b); b = NULL; break; }
-            b = nb;
-            cap *= 2;
-        }
-    }
-    if (f != stdin) fclose(f);
-    if (!b || err) {
-        if (err < 0) fprintf(stderr, "dsv4 generate: -f %s is larger than %ld MiB\n", path, PROMPT_FILE_MAX >> 20);
-        else fprintf(stderr, "dsv4 generate: -f %s: %s\n", path, b ? "read error" : "out of memory");
-        free(b);
-        return NULL;
-    }
-    b[len] = 0;
-    if (strlen(b) != len) {
+    if (strlen(b) != n) {
         fprintf(stderr, "dsv4 generate: -f %s holds a NUL byte (at offset %zu); a prompt is text\n", path, strlen(b));
         free(b);
         return NULL;

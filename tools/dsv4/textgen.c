@@ -18,6 +18,7 @@
 
 #include "cli_util.h"
 #include "core/files.h"
+#include "model/limits.h"
 #include "model/synth.h"
 
 #define DEFAULT_PRESET "tiny"
@@ -349,8 +350,11 @@ int cli_model_check_dir(const char *cmd, const char *dir) {
                         CHECKPOINT_FILES "\n", cmd, dir);
         return 1;
     }
+    /* config.json present in any form: a FIFO or a directory in its place is named by the loader's bounded
+     * reader ("config.json: is a FIFO"), which never blocks on it */
     char *cfg = join(dir, "config.json");
-    int have_cfg = cfg && is_file(cfg);
+    struct stat cst;
+    int have_cfg = cfg && stat(cfg, &cst) == 0;
     free(cfg);
     if (!have_cfg || !has_safetensors(dir)) {
         fprintf(stderr, "dsv4 %s: --model %s is a directory but not a checkpoint: it has no %s. Expected " CHECKPOINT_FILES
@@ -361,8 +365,14 @@ int cli_model_check_dir(const char *cmd, const char *dir) {
 }
 
 int cli_model_notice_if_random(const char *dir) {
-    char *cfg = join(dir, "config.json");
-    json_t *root = cfg ? json_load_file(cfg, 0, NULL) : NULL;
+    /* through the bounded reader: a FIFO or a directory in place of config.json is no checkpoint of ours
+     * and must not block here (the loader names it later) */
+    char *cfg = join(dir, "config.json"), *text = NULL;
+    size_t len = 0;
+    json_t *root = NULL;
+    if (cfg && dsv4_file_read_all(cfg, DSV4_LIMIT_CONFIG_BYTES, &text, &len, NULL) == DSV4_OK)
+        root = json_loadb(text, len, 0, NULL);
+    free(text);
     free(cfg);
     int random = root && json_is_true(json_object_get(root, "dsv4_synthetic"));
     json_decref(root);
@@ -464,14 +474,6 @@ int cli_textgen_open_engine(cli_textgen *g, const cli_textgen_opts *o) {
     }
     g->vocab = dsv4_engine_vocab_size(g->e);
     g->eos = dsv4_engine_eos_id(g->e);
-    if (g->tok && dsv4_tokenizer_vocab_size(g->tok) > (size_t)g->vocab) {
-        /* text would tokenize to ids the model cannot embed (a small test checkpoint with a real tokenizer) */
-        fprintf(stderr, "dsv4 %s: the model's vocabulary (%d ids) is smaller than the tokenizer's (%zu ids), so a "
-                        "text prompt can give ids the model does not have; use `dsv4 generate --prompt-ids IDS` "
-                        "with ids below %d, or a model that matches the tokenizer\n",
-                cmd, g->vocab, dsv4_tokenizer_vocab_size(g->tok), g->vocab);
-        return 1;
-    }
     if (!(g->logits = malloc(sizeof(float) * (size_t)g->vocab)) ||
         dsv4_sampler_ws_init(&g->ws, g->vocab, &err) != DSV4_OK) {
         fprintf(stderr, "dsv4 %s: out of memory\n", cmd);
@@ -548,6 +550,23 @@ int cli_textgen_prefill(cli_textgen *g, const int32_t *prompt, size_t n) {
         fprintf(stderr, "dsv4 %s: the prompt is %zu tokens but the context holds %ld (--ctx %ld); pass a larger "
                         "-c/--ctx\n", g->cmd, n, g->ctx, g->ctx);
         return 1;
+    }
+    long max_pos = dsv4_engine_max_positions(g->e);
+    if ((long)n >= max_pos) {
+        fprintf(stderr, "dsv4 %s: the prompt is %zu tokens, beyond the model's max_position_embeddings = %ld\n",
+                g->cmd, n, max_pos);
+        return 1;
+    }
+    if (g->tok) {
+        /* text can tokenize to ids the model cannot embed (a small test checkpoint with a real tokenizer) */
+        for (size_t i = 0; i < n; i++)
+            if (prompt[i] < 0 || prompt[i] >= g->vocab) {
+                fprintf(stderr, "dsv4 %s: the prompt holds token id %d but the model's vocabulary is %d ids (the "
+                                "tokenizer's is %zu), so this text cannot be embedded; use `dsv4 generate "
+                                "--prompt-ids IDS` with ids below %d, or a model that matches the tokenizer\n",
+                        g->cmd, prompt[i], g->vocab, dsv4_tokenizer_vocab_size(g->tok), g->vocab);
+                return 1;
+            }
     }
     size_t keep = g->kv.n;
     /* reuse only a proper prefix: the last prompt token must be fed to get its logits */
