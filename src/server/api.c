@@ -117,7 +117,7 @@ int dsv4_api_get_int(json_t *o, const char *key, long lo, long hi, long *out, ds
     else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v))) d = json_real_value(v);
     else return dsv4_api_fail(e, 400, key, "'%s' must be an integer", key);
     if (d < (double)lo || d > (double)hi)
-        return dsv4_api_fail(e, 400, key, "'%s' is %.0f, outside [%ld, %ld]", key, d, lo, hi);
+        return dsv4_api_fail(e, 400, key, "'%s' is %.15g, outside [%ld, %ld]", key, d, lo, hi);
     *out = json_is_integer(v) ? (long)json_integer_value(v) : (long)d;
     return 0;
 }
@@ -261,6 +261,7 @@ int dsv4_api_answer_add(const dsv4_api_request *r, const dsv4_api_ctx *c, dsv4_a
     a->completion_tokens = ev->completion_tokens;
     if (ev->finish != DSV4_FINISH_NONE) {
         a->finish = ev->finish;
+        a->stop_string = ev->stop_string;
         snprintf(a->error, sizeof a->error, "%s", ev->error);
     }
     return 0;
@@ -288,13 +289,14 @@ const char *dsv4_api_finish_openai(dsv4_finish f) {
     }
 }
 
-const char *dsv4_api_finish_anthropic(dsv4_finish f) {
+/* Anthropic clients switch on stop_reason, and the SDKs type it as one of end_turn, max_tokens,
+ * stop_sequence, tool_use (, pause_turn, refusal): malformed DSML is a turn that ended with its raw text
+ * as content (end_turn); cancelled and failed requests never reach a stop_reason (an error event). */
+const char *dsv4_api_finish_anthropic(dsv4_finish f, int stop_string) {
     switch (f) {
     case DSV4_FINISH_LENGTH: return "max_tokens";
     case DSV4_FINISH_TOOL_CALLS: return "tool_use";
-    case DSV4_FINISH_MALFORMED: return "malformed_tool_call";
-    case DSV4_FINISH_CANCELLED: return "cancelled";
-    case DSV4_FINISH_ERROR: return "error";
+    case DSV4_FINISH_STOP: return stop_string > 0 ? "stop_sequence" : "end_turn";
     default: return "end_turn";
     }
 }
