@@ -486,6 +486,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     int found = 0;
     for (size_t i = 0; i < sizeof ROUTES / sizeof *ROUTES; i++)
         if (!strcmp(url, ROUTES[i].path)) { kind = ROUTES[i].kind; found = 1; }
+    if (!found && !strncmp(url, "/v1/responses/", 14))
+        return fail(s, c, DSV4_API_RESPONSES, 404, NULL, "this server is stateless: responses are not stored");
     if (!found) return fail(s, c, dialect_of(c), 404, NULL, "no such endpoint");
     if (strcmp(method, "POST")) return not_allowed(s, c, kind, "POST");
     if (!authorized(s, c)) return fail(s, c, kind, 401, NULL, "invalid or missing API key");
