@@ -186,6 +186,32 @@ int dsv4_api_get_stops(json_t *root, const char *key, dsv4_api_request *r, dsv4_
     return add_stop(r, key, v, e);
 }
 
+/* The text of a final assistant message that is a prefill: no tool calls, no reasoning, content a string or
+ * text parts. Appends it to out and returns 1; 0 (out untouched) when the message is not one. */
+static int prefill_text(json_t *m, dsv4_tok_buf *out) {
+    const char *role = json_string_value(json_object_get(m, "role"));
+    json_t *tc = json_object_get(m, "tool_calls"), *c = json_object_get(m, "content");
+    json_t *rc = json_object_get(m, "reasoning_content");
+    if (!role || strcmp(role, "assistant") || json_array_size(tc) || (json_is_string(rc) && json_string_length(rc)))
+        return 0;
+    if (json_is_string(c)) return !dsv4_tok_buf_append(out, json_string_value(c), json_string_length(c));
+    if (!json_is_array(c)) return 0;
+    for (size_t i = 0; i < json_array_size(c); i++) {
+        json_t *p = json_array_get(c, i);
+        const char *type = json_string_value(json_object_get(p, "type"));
+        if (!type || strcmp(type, "text") || !json_is_string(json_object_get(p, "text"))) return 0;
+    }
+    for (size_t i = 0; i < json_array_size(c); i++) {
+        json_t *t = json_object_get(json_array_get(c, i), "text");
+        if (dsv4_tok_buf_append(out, json_string_value(t), json_string_length(t))) return 0;
+    }
+    return 1;
+}
+
+/* A conversation ending with an assistant message of plain text is a prefill (Anthropic's documented
+ * feature, DeepSeek's prefix completion): the prompt is the conversation before it, with the generation
+ * prompt, followed by that text, and the answer continues it. Rendered whole, the message would be a
+ * closed turn (EOS) with no new assistant turn after it: the model would write past the end of the chat. */
 int dsv4_api_render(json_t *messages, json_t *tools, int thinking, const char *effort, dsv4_api_request *r,
                     dsv4_api_error *e) {
     dsv4_chat_opts o;
@@ -193,7 +219,26 @@ int dsv4_api_render(json_t *messages, json_t *tools, int thinking, const char *e
     o.thinking = thinking != 0;
     o.reasoning_effort = thinking ? effort : NULL;
     dsv4_err err = {{0}};
-    if (dsv4_chat_render(messages, tools, &o, &r->prompt, &err)) return dsv4_api_fail(e, 400, "messages", "%s", err.msg);
+    size_t n = json_array_size(messages);
+    dsv4_tok_buf prefill = {0};
+    json_t *head = NULL;
+    if (n >= 2 && prefill_text(json_array_get(messages, n - 1), &prefill)) {
+        if (thinking) {
+            dsv4_tok_buf_free(&prefill);
+            return dsv4_api_fail(e, 400, "messages", "a final assistant message (a prefill) cannot be combined with "
+                                                     "thinking: the answer would start inside the reasoning");
+        }
+        if (!(head = json_array())) { dsv4_tok_buf_free(&prefill); return dsv4_api_fail(e, 500, NULL, "out of memory"); }
+        for (size_t i = 0; i + 1 < n; i++) json_array_append(head, json_array_get(messages, i));
+    }
+    int st = 0;
+    if (dsv4_chat_render(head ? head : messages, tools, &o, &r->prompt, &err))
+        st = dsv4_api_fail(e, 400, "messages", "%s", err.msg);
+    else if (prefill.len && dsv4_tok_buf_append(&r->prompt, prefill.data, prefill.len))
+        st = dsv4_api_fail(e, 500, NULL, "out of memory");
+    json_decref(head);
+    dsv4_tok_buf_free(&prefill);
+    if (st) return st;
     r->chat = 1;
     r->thinking = thinking != 0;
     return 0;

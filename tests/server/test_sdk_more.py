@@ -183,8 +183,33 @@ def test_http_methods():
     check("server A healthy after the method checks", raw("GET", "/health")[0] == 200)
 
 
+def test_prefill():
+    """Defect: a conversation ending with an assistant message rendered it as a closed turn (EOS) with no new
+    assistant turn, so the model wrote past the end of the chat; it is a prefill the answer continues."""
+    u = [{"role": "user", "content": "Hello"}]
+    r = oa.chat.completions.create(model=MODEL, messages=u, max_tokens=3, temperature=0, logprobs=True)
+    toks = [bytes(x.bytes) for x in r.choices[0].logprobs.content]
+    try:
+        first, rest = toks[0].decode(), b"".join(toks[1:]).decode()
+    except UnicodeDecodeError:
+        check("prefill (the greedy answer's first token is not whole UTF-8)", True)
+        return
+    m = an.messages.create(model=MODEL, max_tokens=2, messages=u + [{"role": "assistant", "content": first}], extra_body=T0)
+    got = "".join(b.text for b in m.content if b.type == "text")
+    check("anthropic prefill: the answer continues the final assistant text", got == rest, f"{got!r} vs {rest!r}")
+    c = oa.chat.completions.create(model=MODEL, messages=u + [{"role": "assistant", "content": first}], max_tokens=2,
+                                   temperature=0)
+    check("chat prefill: the same continuation", c.choices[0].message.content == rest, f"{c.choices[0].message}")
+    try:
+        an.messages.create(model=MODEL, max_tokens=2, messages=u + [{"role": "assistant", "content": first}],
+                           thinking={"type": "enabled", "budget_tokens": 1024})
+        check("prefill with thinking -> 400", False, "accepted")
+    except anthropic.BadRequestError as e:
+        check("prefill with thinking -> 400", "prefill" in str(e))
+
+
 for group in (test_anthropic_stop_sequence, test_anthropic_stop_reason_valid, test_responses_stream_helper,
-              test_chat_stream_helper, test_refused_fields, test_http_methods):
+              test_chat_stream_helper, test_refused_fields, test_http_methods, test_prefill):
     t = time.time()
     guarded(group)
     print(f"     ({group.__name__}: {time.time() - t:.1f} s)", flush=True)
