@@ -6,8 +6,8 @@
  * A request's life here: the body is gathered (beyond max_body it is read and dropped, then 413), parsed
  * by api.c, tokenized, checked against the context, submitted; a non-streamed answer is gathered in the
  * connection thread, a stream is produced by the response's content reader. Both wait for events 100 ms
- * at a time and look at the socket between waits: a client that closed it has its request cancelled and
- * its KV blocks returned by the scheduler at the next step boundary. */
+ * at a time and look at the socket after every wait, event or not: a client that closed it has its
+ * request cancelled and its KV blocks returned by the scheduler at the next step boundary. */
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -297,13 +297,14 @@ static enum MHD_Result serve_api(dsv4_http *s, struct MHD_Connection *c, const c
     int fd = conn_fd(c), gone = 0;
     for (;;) {
         dsv4_sched_event ev;
-        if (!dsv4_sched_next_event(h, &ev, WAIT_MS)) {
-            if (!gone && (client_gone(fd) || atomic_load(&s->stopping))) {
-                gone = 1;
-                dsv4_sched_cancel(h);
-            }
-            continue;
+        int got = dsv4_sched_next_event(h, &ev, WAIT_MS);
+        /* the socket is looked at after every event too: tokens arriving faster than WAIT_MS would otherwise
+           keep a vanished client's request running to its end */
+        if (!gone && (client_gone(fd) || atomic_load(&s->stopping))) {
+            gone = 1;
+            dsv4_sched_cancel(h);
         }
+        if (!got) continue;
         int fin = ev.finish != DSV4_FINISH_NONE;
         dsv4_api_answer_add(rq, &ctx, &a, &ev);
         dsv4_sched_event_free(&ev);
@@ -340,13 +341,12 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         if (ss->gone) return MHD_CONTENT_READER_END_WITH_ERROR;
         ss->out.len = ss->out_pos = 0;
         dsv4_sched_event ev;
-        if (!dsv4_sched_next_event(ss->h, &ev, WAIT_MS)) {
-            if (client_gone(ss->fd) || atomic_load(&ss->srv->stopping)) {
-                ss->gone = 1;
-                dsv4_sched_cancel(ss->h);
-            }
-            continue;
+        int got = dsv4_sched_next_event(ss->h, &ev, WAIT_MS);
+        if (!ss->gone && (client_gone(ss->fd) || atomic_load(&ss->srv->stopping))) { /* after every event too */
+            ss->gone = 1;
+            dsv4_sched_cancel(ss->h);
         }
+        if (!got) continue;
         if (ev.finish != DSV4_FINISH_NONE) ss->done = 1;
         int rc = dsv4_api_stream_event(&ss->rq, &ss->ctx, &ss->ans, &ev, &ss->out);
         dsv4_sched_event_free(&ev);

@@ -208,8 +208,46 @@ def test_prefill():
         check("prefill with thinking -> 400", "prefill" in str(e))
 
 
+def test_vanished_client_promptly():
+    """Defect: the socket was only looked at when no token came for 100 ms, so a non-streamed client that left
+    while tokens flowed faster than that had its request run to the end (max_tokens 200: every token)."""
+    def gen():
+        return metrics_of(URL_B).get("dsv4_generation_tokens_total", 0)
+    for stream in (False, True):
+        g0 = gen()
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Long answer please."}],
+                           "max_tokens": 200, "temperature": 0, "stream": stream}).encode()
+        host, port = URL_B.split("//")[1].split(":")
+        with socket.create_connection((host, int(port))) as sk:
+            sk.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            if stream:
+                sk.recv(1)  # the headers: the request is running
+            time.sleep(0.5)
+        deadline, m = time.time() + 60, {}
+        while time.time() < deadline:
+            m = metrics_of(URL_B)
+            if m.get("dsv4_requests_running", 1) == 0:
+                break
+            time.sleep(0.1)
+        n = m.get("dsv4_generation_tokens_total", 0) - g0
+        check(f"vanished {'streaming' if stream else 'non-streamed'} client: cancelled promptly ({n:.0f} of 200 tokens)",
+              m.get("dsv4_requests_running") == 0 and n < 120, m)
+
+
+def metrics_of(url):
+    st, _, b = raw("GET", "/metrics", url=url)
+    out = {}
+    for line in b.decode().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].startswith("dsv4_"):
+            out[parts[0]] = float(parts[1])
+    return out
+
+
 for group in (test_anthropic_stop_sequence, test_anthropic_stop_reason_valid, test_responses_stream_helper,
-              test_chat_stream_helper, test_refused_fields, test_http_methods, test_prefill):
+              test_chat_stream_helper, test_refused_fields, test_http_methods, test_prefill,
+              test_vanished_client_promptly):
     t = time.time()
     guarded(group)
     print(f"     ({group.__name__}: {time.time() - t:.1f} s)", flush=True)
