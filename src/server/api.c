@@ -117,7 +117,7 @@ int dsv4_api_get_int(json_t *o, const char *key, long lo, long hi, long *out, ds
     else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v))) d = json_real_value(v);
     else return dsv4_api_fail(e, 400, key, "'%s' must be an integer", key);
     if (d < (double)lo || d > (double)hi)
-        return dsv4_api_fail(e, 400, key, "'%s' is %.0f, outside [%ld, %ld]", key, d, lo, hi);
+        return dsv4_api_fail(e, 400, key, "'%s' is %.15g, outside [%ld, %ld]", key, d, lo, hi);
     *out = json_is_integer(v) ? (long)json_integer_value(v) : (long)d;
     return 0;
 }
@@ -186,6 +186,32 @@ int dsv4_api_get_stops(json_t *root, const char *key, dsv4_api_request *r, dsv4_
     return add_stop(r, key, v, e);
 }
 
+/* The text of a final assistant message that is a prefill: no tool calls, no reasoning, content a string or
+ * text parts. Appends it to out and returns 1; 0 (out untouched) when the message is not one. */
+static int prefill_text(json_t *m, dsv4_tok_buf *out) {
+    const char *role = json_string_value(json_object_get(m, "role"));
+    json_t *tc = json_object_get(m, "tool_calls"), *c = json_object_get(m, "content");
+    json_t *rc = json_object_get(m, "reasoning_content");
+    if (!role || strcmp(role, "assistant") || json_array_size(tc) || (json_is_string(rc) && json_string_length(rc)))
+        return 0;
+    if (json_is_string(c)) return !dsv4_tok_buf_append(out, json_string_value(c), json_string_length(c));
+    if (!json_is_array(c)) return 0;
+    for (size_t i = 0; i < json_array_size(c); i++) {
+        json_t *p = json_array_get(c, i);
+        const char *type = json_string_value(json_object_get(p, "type"));
+        if (!type || strcmp(type, "text") || !json_is_string(json_object_get(p, "text"))) return 0;
+    }
+    for (size_t i = 0; i < json_array_size(c); i++) {
+        json_t *t = json_object_get(json_array_get(c, i), "text");
+        if (dsv4_tok_buf_append(out, json_string_value(t), json_string_length(t))) return 0;
+    }
+    return 1;
+}
+
+/* A conversation ending with an assistant message of plain text is a prefill (Anthropic's documented
+ * feature, DeepSeek's prefix completion): the prompt is the conversation before it, with the generation
+ * prompt, followed by that text, and the answer continues it. Rendered whole, the message would be a
+ * closed turn (EOS) with no new assistant turn after it: the model would write past the end of the chat. */
 int dsv4_api_render(json_t *messages, json_t *tools, int thinking, const char *effort, dsv4_api_request *r,
                     dsv4_api_error *e) {
     dsv4_chat_opts o;
@@ -193,7 +219,26 @@ int dsv4_api_render(json_t *messages, json_t *tools, int thinking, const char *e
     o.thinking = thinking != 0;
     o.reasoning_effort = thinking ? effort : NULL;
     dsv4_err err = {{0}};
-    if (dsv4_chat_render(messages, tools, &o, &r->prompt, &err)) return dsv4_api_fail(e, 400, "messages", "%s", err.msg);
+    size_t n = json_array_size(messages);
+    dsv4_tok_buf prefill = {0};
+    json_t *head = NULL;
+    if (n >= 2 && prefill_text(json_array_get(messages, n - 1), &prefill)) {
+        if (thinking) {
+            dsv4_tok_buf_free(&prefill);
+            return dsv4_api_fail(e, 400, "messages", "a final assistant message (a prefill) cannot be combined with "
+                                                     "thinking: the answer would start inside the reasoning");
+        }
+        if (!(head = json_array())) { dsv4_tok_buf_free(&prefill); return dsv4_api_fail(e, 500, NULL, "out of memory"); }
+        for (size_t i = 0; i + 1 < n; i++) json_array_append(head, json_array_get(messages, i));
+    }
+    int st = 0;
+    if (dsv4_chat_render(head ? head : messages, tools, &o, &r->prompt, &err))
+        st = dsv4_api_fail(e, 400, "messages", "%s", err.msg);
+    else if (prefill.len && dsv4_tok_buf_append(&r->prompt, prefill.data, prefill.len))
+        st = dsv4_api_fail(e, 500, NULL, "out of memory");
+    json_decref(head);
+    dsv4_tok_buf_free(&prefill);
+    if (st) return st;
     r->chat = 1;
     r->thinking = thinking != 0;
     return 0;
@@ -261,6 +306,7 @@ int dsv4_api_answer_add(const dsv4_api_request *r, const dsv4_api_ctx *c, dsv4_a
     a->completion_tokens = ev->completion_tokens;
     if (ev->finish != DSV4_FINISH_NONE) {
         a->finish = ev->finish;
+        a->stop_string = ev->stop_string;
         snprintf(a->error, sizeof a->error, "%s", ev->error);
     }
     return 0;
@@ -288,13 +334,14 @@ const char *dsv4_api_finish_openai(dsv4_finish f) {
     }
 }
 
-const char *dsv4_api_finish_anthropic(dsv4_finish f) {
+/* Anthropic clients switch on stop_reason, and the SDKs type it as one of end_turn, max_tokens,
+ * stop_sequence, tool_use (, pause_turn, refusal): malformed DSML is a turn that ended with its raw text
+ * as content (end_turn); cancelled and failed requests never reach a stop_reason (an error event). */
+const char *dsv4_api_finish_anthropic(dsv4_finish f, int stop_string) {
     switch (f) {
     case DSV4_FINISH_LENGTH: return "max_tokens";
     case DSV4_FINISH_TOOL_CALLS: return "tool_use";
-    case DSV4_FINISH_MALFORMED: return "malformed_tool_call";
-    case DSV4_FINISH_CANCELLED: return "cancelled";
-    case DSV4_FINISH_ERROR: return "error";
+    case DSV4_FINISH_STOP: return stop_string > 0 ? "stop_sequence" : "end_turn";
     default: return "end_turn";
     }
 }

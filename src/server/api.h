@@ -99,6 +99,7 @@ typedef struct dsv4_api_answer {
     json_t *tool_calls;         /* owned: array of {"id","name","arguments"} */
     json_t *logprobs;           /* owned: array of {"token","logprob","bytes","top_logprobs"} (OpenAI chat shape) */
     dsv4_finish finish;
+    int stop_string;            /* finish STOP by stop string k of the request: k + 1; else 0 */
     char error[256];
     long prompt_tokens, cached_tokens, completion_tokens, reasoning_tokens;
     double ttft_s;              /* submit -> first token, from the events (log line) */
@@ -124,9 +125,10 @@ json_t *dsv4_api_answer_json(const dsv4_api_request *r, const dsv4_api_ctx *c, c
 int dsv4_api_stream_event(const dsv4_api_request *r, const dsv4_api_ctx *c, dsv4_api_answer *a,
                           const dsv4_sched_event *ev, dsv4_tok_buf *out);
 
-/* Names of finish reasons per dialect. */
+/* Names of finish reasons per dialect. Anthropic's: stop_string (the answer's) turns STOP into
+ * "stop_sequence"; every value is one the Messages API defines. */
 const char *dsv4_api_finish_openai(dsv4_finish f);
-const char *dsv4_api_finish_anthropic(dsv4_finish f);
+const char *dsv4_api_finish_anthropic(dsv4_finish f, int stop_string);
 
 /* ---- internals shared by api*.c ------------------------------------------------------------------ */
 int dsv4_api_parse_openai(dsv4_api_kind kind, json_t *root, dsv4_api_request *r, dsv4_api_error *e);

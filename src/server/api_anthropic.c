@@ -240,6 +240,12 @@ static json_t *usage(const dsv4_api_answer *a) {
                      (json_int_t)a->cached_tokens, "cache_creation_input_tokens", 0);
 }
 
+/* The stop string that ended the answer (its text, as Anthropic reports it), or null. */
+static json_t *stop_sequence(const dsv4_api_request *r, const dsv4_api_answer *a) {
+    if (a->finish != DSV4_FINISH_STOP || a->stop_string <= 0 || a->stop_string > r->n_stops) return json_null();
+    return json_string(r->stops[a->stop_string - 1]);
+}
+
 static json_t *tool_use_block(json_t *t, int with_input) {
     json_t *in = with_input ? json_loads(json_string_value(json_object_get(t, "arguments")), 0, NULL) : NULL;
     if (!in) in = json_object();
@@ -256,9 +262,9 @@ json_t *dsv4_api_anthropic_json(const dsv4_api_request *r, const dsv4_api_ctx *c
         json_array_append_new(content, json_pack("{s:s,s:o}", "type", "text", "text", buf_json(&a->content)));
     for (size_t k = 0; k < json_array_size(a->tool_calls); k++)
         json_array_append_new(content, tool_use_block(json_array_get(a->tool_calls, k), 1));
-    return json_pack("{s:s,s:s,s:s,s:s,s:o,s:s,s:n,s:o}", "id", c->id, "type", "message", "role", "assistant", "model",
-                     c->model, "content", content, "stop_reason", dsv4_api_finish_anthropic(a->finish), "stop_sequence",
-                     "usage", usage(a));
+    return json_pack("{s:s,s:s,s:s,s:s,s:o,s:s,s:o,s:o}", "id", c->id, "type", "message", "role", "assistant", "model",
+                     c->model, "content", content, "stop_reason", dsv4_api_finish_anthropic(a->finish, a->stop_string),
+                     "stop_sequence", stop_sequence(r, a), "usage", usage(a));
 }
 
 /* Anthropic events carry their type both as the SSE event name and in the body. */
@@ -326,8 +332,9 @@ int dsv4_api_anthropic_stream(const dsv4_api_request *r, const dsv4_api_ctx *c, 
         if (ev->finish == DSV4_FINISH_ERROR || ev->finish == DSV4_FINISH_CANCELLED)
             return rc | aev(out, "error", json_pack("{s:{s:s,s:s}}", "error", "type", "api_error", "message",
                                                     a->error[0] ? a->error : "the request was cancelled"));
-        rc |= aev(out, "message_delta", json_pack("{s:{s:s,s:n},s:o}", "delta", "stop_reason",
-                                                  dsv4_api_finish_anthropic(ev->finish), "stop_sequence", "usage", usage(a)));
+        rc |= aev(out, "message_delta", json_pack("{s:{s:s,s:o},s:o}", "delta", "stop_reason",
+                                                  dsv4_api_finish_anthropic(ev->finish, a->stop_string), "stop_sequence",
+                                                  stop_sequence(r, a), "usage", usage(a)));
         rc |= aev(out, "message_stop", json_object());
     }
     return rc;

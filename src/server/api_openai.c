@@ -12,7 +12,12 @@
  * - response_format json_object / json_schema is attached to the system message as the template's
  *   "## Response Format" section (the released template's mechanism; decoding is not constrained).
  * - /v1/completions: text prompts get BOS prepended (the tokenizer's add_bos_token), max_tokens defaults
- *   to 16 as OpenAI documents; token-id prompts are used as given. */
+ *   to 16 as OpenAI documents; token-id prompts are used as given. echo, suffix and best_of > 1 are
+ *   refused (400), not ignored.
+ * - max_tokens / max_completion_tokens / max_output_tokens are >= 1 when given (0 would mean "up to the
+ *   context" inside, which no client means); reasoning_effort must be a known level.
+ * - Responses streams end with response.completed also when the length limit cut the answer (its status
+ *   says "incomplete"), so the SDK stream helpers' get_final_response() works; failures end response.failed. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +42,12 @@ static int get_thinking(json_t *root, int *thinking, const char **effort, dsv4_a
         if (!re) re = "medium";
     }
     if (re) {
+        static const char *const efforts[] = {"none", "minimal", "low", "medium", "high", "xhigh", "max"};
+        int known = 0;
+        for (size_t i = 0; i < sizeof efforts / sizeof *efforts; i++) known |= !strcmp(re, efforts[i]);
+        if (!known)
+            FAIL(400, reasoning ? "reasoning.effort" : "reasoning_effort", "'%s' is '%.64s', not one of: none, minimal, "
+                 "low, medium, high, xhigh, max", reasoning ? "reasoning.effort" : "reasoning_effort", re);
         *thinking = strcmp(re, "none") != 0;
         if (!strcmp(re, "max") || !strcmp(re, "xhigh")) *effort = "max";
     }
@@ -183,8 +194,8 @@ static int parse_chat(json_t *root, dsv4_api_request *r, dsv4_api_error *e) {
     if (!json_is_array(m)) FAIL(400, "messages", "'messages' must be an array");
     if (!json_array_size(m)) FAIL(400, "messages", "'messages' is empty");
     long mt = 0, mct = 0, top = 0;
-    if (dsv4_api_get_int(root, "max_tokens", 0, 1L << 30, &mt, e) ||
-        dsv4_api_get_int(root, "max_completion_tokens", 0, 1L << 30, &mct, e) ||
+    if (dsv4_api_get_int(root, "max_tokens", 1, 1L << 30, &mt, e) ||
+        dsv4_api_get_int(root, "max_completion_tokens", 1, 1L << 30, &mct, e) ||
         dsv4_api_get_bool(root, "logprobs", &r->logprobs, e) ||
         dsv4_api_get_int(root, "top_logprobs", 0, DSV4_SAMPLER_MAX_LOGPROBS, &top, e) || get_stream(root, r, e) ||
         dsv4_api_get_stops(root, "stop", r, e))
@@ -253,11 +264,21 @@ static int parse_completions(json_t *root, dsv4_api_request *r, dsv4_api_error *
         FAIL(400, "prompt", "'prompt' must be a string or an array of token ids");
     }
     long mt = 16, lp = -1;
-    if (dsv4_api_get_int(root, "max_tokens", 0, 1L << 30, &mt, e) ||
+    if (dsv4_api_get_int(root, "max_tokens", 1, 1L << 30, &mt, e) ||
         dsv4_api_get_int(root, "logprobs", 0, DSV4_SAMPLER_MAX_LOGPROBS, &lp, e) || get_stream(root, r, e) ||
         dsv4_api_get_stops(root, "stop", r, e) || dsv4_api_get_sampling(root, r, e) ||
         dsv4_api_get_bool(root, "ignore_eos", &r->ignore_eos, e))
         return e->http_status;
+    /* fields this server cannot honour are refused rather than silently ignored: the answer would not be
+       what the client asked for */
+    int echo = 0;
+    long best_of = 1;
+    const char *suffix = NULL;
+    if (dsv4_api_get_bool(root, "echo", &echo, e) || dsv4_api_get_str(root, "suffix", &suffix, e) ||
+        dsv4_api_get_int(root, "best_of", 1, 1, &best_of, e))
+        return e->http_status;
+    if (echo) FAIL(400, "echo", "'echo' is not supported (the answer holds the completion only)");
+    if (suffix && suffix[0]) FAIL(400, "suffix", "'suffix' (fill-in-the-middle) is not supported");
     r->max_tokens = (int)mt;
     if (lp >= 0) {
         r->logprobs = 1;
@@ -411,7 +432,7 @@ static int parse_responses(json_t *root, dsv4_api_request *r, dsv4_api_error *e)
         if (!json_is_object(text)) st = dsv4_api_fail(e, 400, "text", "'text' must be an object");
         else rf = json_object_get(text, "format");
     }
-    if (!st && !(st = dsv4_api_get_int(root, "max_output_tokens", 0, 1L << 30, &mt, e)) &&
+    if (!st && !(st = dsv4_api_get_int(root, "max_output_tokens", 1, 1L << 30, &mt, e)) &&
         !(st = dsv4_api_get_bool(root, "stream", &r->stream, e))) {
         r->max_tokens = (int)mt;
         st = finish_chat(root, msgs, tools, rf, "text.format", r, e);
@@ -510,6 +531,12 @@ static json_t *responses_call_item(const dsv4_api_ctx *c, json_t *t, size_t k, c
                      with_args ? json_incref(json_object_get(t, "arguments")) : json_string(""), "status", status);
 }
 
+/* Whether the answer has a message item: with content, or when nothing else came (an empty answer is
+ * still a message); the stream announces the same items as the body lists. */
+static int has_message_item(const dsv4_api_answer *a) {
+    return a->content.len || (!a->reasoning.len && !json_array_size(a->tool_calls));
+}
+
 /* The Response object; done = 0 while streaming (status in_progress, output empty). */
 static json_t *responses_object(const dsv4_api_request *r, const dsv4_api_ctx *c, const dsv4_api_answer *a, int done) {
     json_t *out = json_array();
@@ -520,8 +547,7 @@ static json_t *responses_object(const dsv4_api_request *r, const dsv4_api_ctx *c
                  : a->finish == DSV4_FINISH_ERROR || a->finish == DSV4_FINISH_CANCELLED ? "failed" : "completed";
         if (a->finish == DSV4_FINISH_LENGTH) incomplete = json_pack("{s:s}", "reason", "max_output_tokens");
         if (a->reasoning.len) json_array_append_new(out, responses_reasoning_item(c, a, "completed"));
-        if (a->content.len || !json_array_size(a->tool_calls))
-            json_array_append_new(out, responses_message_item(c, a, "completed"));
+        if (has_message_item(a)) json_array_append_new(out, responses_message_item(c, a, "completed"));
         for (size_t k = 0; k < json_array_size(a->tool_calls); k++)
             json_array_append_new(out, responses_call_item(c, json_array_get(a->tool_calls, k), k, "completed", 1));
     }
@@ -711,10 +737,23 @@ static int responses_stream(const dsv4_api_request *r, const dsv4_api_ctx *c, ds
         rc |= rev(a, out, "response.output_item.done",
                   json_pack("{s:i,s:o}", "output_index", oi, "item", responses_call_item(c, t, k, "completed", 1)));
     }
+    if (ev->finish != DSV4_FINISH_NONE && !a->block && !a->block_index && has_message_item(a)) {
+        /* nothing came: the empty message item the final response lists is announced and closed */
+        snprintf(id, sizeof id, "msg_%s", c->id);
+        a->block = 2;
+        rc |= rev(a, out, "response.output_item.added",
+                  json_pack("{s:i,s:{s:s,s:s,s:s,s:s,s:[]}}", "output_index", a->block_index, "item", "type",
+                            "message", "id", id, "role", "assistant", "status", "in_progress", "content"));
+        rc |= rev(a, out, "response.content_part.added",
+                  json_pack("{s:s,s:i,s:i,s:{s:s,s:s,s:[]}}", "item_id", id, "output_index", a->block_index,
+                            "content_index", 0, "part", "type", "output_text", "text", "", "annotations"));
+    }
     if (ev->finish != DSV4_FINISH_NONE) {
         rc |= responses_close(c, a, out);
-        const char *type = ev->finish == DSV4_FINISH_LENGTH ? "response.incomplete"
-                           : ev->finish == DSV4_FINISH_ERROR || ev->finish == DSV4_FINISH_CANCELLED ? "response.failed"
+        /* A length-limited answer ends with response.completed too (its response says status "incomplete"
+         * with incomplete_details): the SDKs' stream helpers (client.responses.stream(...).get_final_response())
+         * only finish on response.completed, and a cut answer is still a whole answer to a client. */
+        const char *type = ev->finish == DSV4_FINISH_ERROR || ev->finish == DSV4_FINISH_CANCELLED ? "response.failed"
                                                                                                   : "response.completed";
         rc |= rev(a, out, type, json_pack("{s:o}", "response", responses_object(r, c, a, 1)));
     }

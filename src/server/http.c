@@ -6,8 +6,8 @@
  * A request's life here: the body is gathered (beyond max_body it is read and dropped, then 413), parsed
  * by api.c, tokenized, checked against the context, submitted; a non-streamed answer is gathered in the
  * connection thread, a stream is produced by the response's content reader. Both wait for events 100 ms
- * at a time and look at the socket between waits: a client that closed it has its request cancelled and
- * its KV blocks returned by the scheduler at the next step boundary. */
+ * at a time and look at the socket after every wait, event or not: a client that closed it has its
+ * request cancelled and its KV blocks returned by the scheduler at the next step boundary. */
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -76,11 +76,24 @@ static double now_s(void) {
  * Responses
  * ================================================================================================ */
 
-static enum MHD_Result send_bytes(dsv4_http *s, struct MHD_Connection *c, int status, const char *type, char *data,
-                                  size_t len) {
+/* Headers an answer carries beyond Content-Type. */
+typedef struct extra_headers {
+    const char *allow;              /* 405: the methods the resource takes */
+    const char *request_id;         /* x-request-id (OpenAI SDKs) and request-id (Anthropic SDKs) */
+} extra_headers;
+
+static enum MHD_Result send_bytes_h(dsv4_http *s, struct MHD_Connection *c, int status, const char *type, char *data,
+                                    size_t len, const extra_headers *h) {
     struct MHD_Response *r = MHD_create_response_from_buffer(len, data, MHD_RESPMEM_MUST_FREE);
     if (!r) { free(data); return MHD_NO; }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+    if (h && h->allow) MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, h->allow);
+    if (h && h->request_id) {
+        MHD_add_response_header(r, "x-request-id", h->request_id);
+        MHD_add_response_header(r, "request-id", h->request_id);
+    }
+    /* the SDKs wait this long before retrying a full queue (429) or a server going down (503) */
+    if (status == 429 || status == 503) MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     enum MHD_Result ok = MHD_queue_response(c, (unsigned)status, r);
     MHD_destroy_response(r);
     atomic_fetch_add(&s->n_requests, 1);
@@ -88,16 +101,30 @@ static enum MHD_Result send_bytes(dsv4_http *s, struct MHD_Connection *c, int st
     return ok;
 }
 
-static enum MHD_Result send_json(dsv4_http *s, struct MHD_Connection *c, int status, json_t *j) {
+static enum MHD_Result send_bytes(dsv4_http *s, struct MHD_Connection *c, int status, const char *type, char *data,
+                                  size_t len) {
+    return send_bytes_h(s, c, status, type, data, len, NULL);
+}
+
+static enum MHD_Result send_json_h(dsv4_http *s, struct MHD_Connection *c, int status, json_t *j, const extra_headers *h) {
     char *txt = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (!txt) return MHD_NO;
-    return send_bytes(s, c, status, "application/json", txt, strlen(txt));
+    return send_bytes_h(s, c, status, "application/json", txt, strlen(txt), h);
+}
+
+static enum MHD_Result send_json(dsv4_http *s, struct MHD_Connection *c, int status, json_t *j) {
+    return send_json_h(s, c, status, j, NULL);
+}
+
+static enum MHD_Result send_error_h(dsv4_http *s, struct MHD_Connection *c, dsv4_api_kind kind, const dsv4_api_error *e,
+                                    const extra_headers *h) {
+    if (s->o.log_requests) fprintf(stderr, "dsv4 serve: %d %s\n", e->http_status, e->message);
+    return send_json_h(s, c, e->http_status, dsv4_api_error_json(kind, e), h);
 }
 
 static enum MHD_Result send_error(dsv4_http *s, struct MHD_Connection *c, dsv4_api_kind kind, const dsv4_api_error *e) {
-    if (s->o.log_requests) fprintf(stderr, "dsv4 serve: %d %s\n", e->http_status, e->message);
-    return send_json(s, c, e->http_status, dsv4_api_error_json(kind, e));
+    return send_error_h(s, c, kind, e, NULL);
 }
 
 static enum MHD_Result fail(dsv4_http *s, struct MHD_Connection *c, dsv4_api_kind kind, int status, const char *param,
@@ -105,6 +132,14 @@ static enum MHD_Result fail(dsv4_http *s, struct MHD_Connection *c, dsv4_api_kin
     dsv4_api_error e;
     dsv4_api_fail(&e, status, param, "%s", msg);
     return send_error(s, c, kind, &e);
+}
+
+/* 405 with the Allow header RFC 9110 asks for. */
+static enum MHD_Result not_allowed(dsv4_http *s, struct MHD_Connection *c, dsv4_api_kind kind, const char *allow) {
+    dsv4_api_error e;
+    dsv4_api_fail(&e, 405, NULL, "this endpoint takes %s", allow);
+    extra_headers h = {.allow = allow};
+    return send_error_h(s, c, kind, &e, &h);
 }
 
 /* ================================================================================================
@@ -247,6 +282,8 @@ static enum MHD_Result serve_api(dsv4_http *s, struct MHD_Connection *c, const c
         if (!r) { stream_free(ss); ret = MHD_NO; goto out; }
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
         MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        MHD_add_response_header(r, "x-request-id", id);
+        MHD_add_response_header(r, "request-id", id);
         ret = MHD_queue_response(c, MHD_HTTP_OK, r);
         MHD_destroy_response(r);
         atomic_fetch_add(&s->n_requests, 1);
@@ -260,13 +297,14 @@ static enum MHD_Result serve_api(dsv4_http *s, struct MHD_Connection *c, const c
     int fd = conn_fd(c), gone = 0;
     for (;;) {
         dsv4_sched_event ev;
-        if (!dsv4_sched_next_event(h, &ev, WAIT_MS)) {
-            if (!gone && (client_gone(fd) || atomic_load(&s->stopping))) {
-                gone = 1;
-                dsv4_sched_cancel(h);
-            }
-            continue;
+        int got = dsv4_sched_next_event(h, &ev, WAIT_MS);
+        /* the socket is looked at after every event too: tokens arriving faster than WAIT_MS would otherwise
+           keep a vanished client's request running to its end */
+        if (!gone && (client_gone(fd) || atomic_load(&s->stopping))) {
+            gone = 1;
+            dsv4_sched_cancel(h);
         }
+        if (!got) continue;
         int fin = ev.finish != DSV4_FINISH_NONE;
         dsv4_api_answer_add(rq, &ctx, &a, &ev);
         dsv4_sched_event_free(&ev);
@@ -286,7 +324,8 @@ static enum MHD_Result serve_api(dsv4_http *s, struct MHD_Connection *c, const c
     } else if (a.finish == DSV4_FINISH_CANCELLED) {
         ret = gone ? MHD_NO : fail(s, c, rq->kind, 503, NULL, "the server is shutting down");
     } else {
-        ret = send_json(s, c, 200, dsv4_api_answer_json(rq, &ctx, &a));
+        extra_headers hd = {.request_id = id};
+        ret = send_json_h(s, c, 200, dsv4_api_answer_json(rq, &ctx, &a), &hd);
     }
     dsv4_api_answer_free(&a);
 out:
@@ -308,13 +347,12 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         if (ss->gone) return MHD_CONTENT_READER_END_WITH_ERROR;
         ss->out.len = ss->out_pos = 0;
         dsv4_sched_event ev;
-        if (!dsv4_sched_next_event(ss->h, &ev, WAIT_MS)) {
-            if (client_gone(ss->fd) || atomic_load(&ss->srv->stopping)) {
-                ss->gone = 1;
-                dsv4_sched_cancel(ss->h);
-            }
-            continue;
+        int got = dsv4_sched_next_event(ss->h, &ev, WAIT_MS);
+        if (!ss->gone && (client_gone(ss->fd) || atomic_load(&ss->srv->stopping))) { /* after every event too */
+            ss->gone = 1;
+            dsv4_sched_cancel(ss->h);
         }
+        if (!got) continue;
         if (ev.finish != DSV4_FINISH_NONE) ss->done = 1;
         int rc = dsv4_api_stream_event(&ss->rq, &ss->ctx, &ss->ans, &ev, &ss->out);
         dsv4_sched_event_free(&ev);
@@ -374,9 +412,17 @@ static const struct { const char *path; dsv4_api_kind kind; } ROUTES[] = {
     {"/v1/messages/count_tokens", DSV4_API_COUNT_TOKENS},
 };
 
+/* The error dialect of a request outside the API routes (GET /v1/models, unknown paths): Anthropic's when
+ * the client says it speaks it (the Anthropic SDKs send anthropic-version), else OpenAI's. */
+static dsv4_api_kind dialect_of(struct MHD_Connection *c) {
+    return MHD_lookup_connection_value(c, MHD_HEADER_KIND, "anthropic-version") ? DSV4_API_MESSAGES : DSV4_API_CHAT;
+}
+
+/* GET (or HEAD: MHD sends the headers only) of /health, /metrics, /v1/models[/ID]. */
 static enum MHD_Result serve_get(dsv4_http *s, struct MHD_Connection *c, const char *url) {
+    dsv4_api_kind kind = dialect_of(c);
     if (!strcmp(url, "/health")) {
-        if (atomic_load(&s->stopping)) return fail(s, c, DSV4_API_CHAT, 503, NULL, "the server is shutting down");
+        if (atomic_load(&s->stopping)) return fail(s, c, kind, 503, NULL, "the server is shutting down");
         return send_json(s, c, 200, json_pack("{s:s}", "status", "ok"));
     }
     if (!strcmp(url, "/metrics")) {
@@ -389,15 +435,31 @@ static enum MHD_Result serve_get(dsv4_http *s, struct MHD_Connection *c, const c
         }
         return send_bytes(s, c, 200, "text/plain; version=0.0.4", out.data, out.len);
     }
-    if (!strncmp(url, "/v1/", 4) && !authorized(s, c))
-        return fail(s, c, DSV4_API_CHAT, 401, NULL, "invalid or missing API key");
-    if (!strcmp(url, "/v1/models") || (!strncmp(url, "/v1/models/", 11) && !strcmp(url + 11, s->model_name))) {
-        json_t *m = json_pack("{s:s,s:s,s:I,s:s,s:I}", "id", s->model_name, "object", "model", "created",
-                              (json_int_t)time(NULL), "owned_by", "dsv4", "max_model_len", (json_int_t)s->o.ctx);
-        if (url[10] == '/') return send_json(s, c, 200, m);
-        return send_json(s, c, 200, json_pack("{s:s,s:[o]}", "object", "list", "data", m));
+    if (!authorized(s, c)) return fail(s, c, kind, 401, NULL, "invalid or missing API key");
+    int one = !strncmp(url, "/v1/models/", 11);
+    if (one && strcmp(url + 11, s->model_name)) {
+        dsv4_api_error e;
+        dsv4_api_fail(&e, 404, "model", "model '%.200s' not found; this server serves '%s'", url + 11, s->model_name);
+        return send_error(s, c, kind, &e);
     }
-    return fail(s, c, DSV4_API_CHAT, 404, NULL, "no such endpoint");
+    /* both dialects' model objects: OpenAI's {id, object, created, owned_by}, Anthropic's {id, type,
+       display_name, created_at} */
+    time_t now = time(NULL);
+    struct tm tm;
+    char iso[32];
+    gmtime_r(&now, &tm);
+    strftime(iso, sizeof iso, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    json_t *m = json_pack("{s:s,s:s,s:I,s:s,s:I,s:s,s:s,s:s}", "id", s->model_name, "object", "model", "created",
+                          (json_int_t)now, "owned_by", "dsv4", "max_model_len", (json_int_t)s->o.ctx, "type", "model",
+                          "display_name", s->model_name, "created_at", iso);
+    if (one) return send_json(s, c, 200, m);
+    return send_json(s, c, 200, json_pack("{s:s,s:[o],s:b,s:s,s:s}", "object", "list", "data", m, "has_more", 0,
+                                          "first_id", s->model_name, "last_id", s->model_name));
+}
+
+static int is_get_route(const char *url) {
+    return !strcmp(url, "/health") || !strcmp(url, "/metrics") || !strcmp(url, "/v1/models") ||
+           (!strncmp(url, "/v1/models/", 11) && url[11]);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -424,13 +486,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (cs->answered) return MHD_YES;
     cs->answered = 1;
 
-    if (!strcmp(method, "GET")) return serve_get(s, c, url);
+    int get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+    if (is_get_route(url)) return get ? serve_get(s, c, url) : not_allowed(s, c, dialect_of(c), "GET, HEAD");
     dsv4_api_kind kind = DSV4_API_CHAT;
     int found = 0;
     for (size_t i = 0; i < sizeof ROUTES / sizeof *ROUTES; i++)
         if (!strcmp(url, ROUTES[i].path)) { kind = ROUTES[i].kind; found = 1; }
-    if (!found) return fail(s, c, DSV4_API_CHAT, 404, NULL, "no such endpoint");
-    if (strcmp(method, "POST")) return fail(s, c, kind, 405, NULL, "this endpoint takes POST");
+    if (!found && !strncmp(url, "/v1/responses/", 14))
+        return fail(s, c, DSV4_API_RESPONSES, 404, NULL, "this server is stateless: responses are not stored");
+    if (!found) return fail(s, c, dialect_of(c), 404, NULL, "no such endpoint");
+    if (strcmp(method, "POST")) return not_allowed(s, c, kind, "POST");
     if (!authorized(s, c)) return fail(s, c, kind, 401, NULL, "invalid or missing API key");
     if (cs->too_big) {
         char msg[128];
@@ -496,10 +561,11 @@ dsv4_status dsv4_http_start(const dsv4_http_options *o, dsv4_http **out, dsv4_er
     atomic_init(&s->next_id, 1);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    s->d = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->o.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-                            (unsigned)s->o.timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                            MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
+    /* the logger goes first: MHD reports options it meets before it through its own logger */
+    s->d = MHD_start_daemon(flags, (uint16_t)o->port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
+                            MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
+                            (unsigned)s->o.max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->o.timeout_s,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
                             MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!s->d) {

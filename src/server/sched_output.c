@@ -118,6 +118,7 @@ static void check_stops(dsv4_out *o, int final) {
         if (o->content.data) o->content.data[m.pos] = 0;
         o->stop_scan = m.pos;
         o->state = DSV4_OUT_STOP_STRING;
+        o->stop_index = m.which;
     } else {
         o->stop_scan = final ? o->content.len : m.emit_len;
     }
@@ -229,6 +230,7 @@ dsv4_status dsv4_out_take(dsv4_out *o, dsv4_sched_event *ev, int final) {
     if (!o->n_calls) free(o->calls);
     o->calls = NULL;
     o->n_calls = o->cap_calls = 0;
+    ev->stop_string = final && o->state == DSV4_OUT_STOP_STRING ? o->stop_index + 1 : 0;
     if (o->state == DSV4_OUT_MALFORMED && final)
         snprintf(ev->error, sizeof ev->error, "malformed model output, returned as content: %.200s", o->error);
     else if (final && o->error[0])

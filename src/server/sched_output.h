@@ -46,6 +46,7 @@ typedef struct dsv4_out {
     int n_calls, cap_calls;
     int calls_total;             /* calls completed over the request */
     dsv4_out_state state;
+    int stop_index;              /* STOP_STRING: index in stops of the string that matched */
     dsv4_status oom;             /* NOMEM seen inside a parser callback */
     char error[256];             /* MALFORMED: the parser's message */
 } dsv4_out;

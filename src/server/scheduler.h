@@ -98,6 +98,9 @@ typedef struct dsv4_sched_event {
     dsv4_logprobs *logprobs;                   /* [n_tokens] when sp.logprobs > 0, else NULL; forced tokens
                                                   after the first: token_logprob 0, n 0 (not predicted) */
     dsv4_finish finish;                        /* != NONE on the last event of a request */
+    int stop_string;                           /* finish == STOP because stop string k of the request
+                                                  matched: k + 1 (which one, for Anthropic's stop_sequence);
+                                                  0 otherwise (EOS, a stop id, or not finished) */
     char error[256];                           /* finish == ERROR (or MALFORMED): what went wrong */
     /* usage, valid on every event (running totals) */
     long prompt_tokens, cached_tokens, completion_tokens;

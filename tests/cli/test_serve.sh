@@ -3,7 +3,7 @@
 # vocabulary (`dsv4 synth --preset tiny --layers 2`), starts two servers on free ports (A: prefix cache, API
 # key, small limits; B: no prefix cache, the cold reference and the 64-client burst; C: a queue of one, for
 # the 429), waits for /health and
-# runs tests/server/test_sdk.py (the real openai and anthropic SDKs) against them; also the CLI's own
+# runs tests/server/test_sdk.py and test_sdk_more.py (the real openai and anthropic SDKs) against them; also the CLI's own
 # errors. Needs $DSV4, python3 with openai + anthropic, and tokenizer.json ($DSV4_TOKENIZER or
 # tools/tokenizer/find_tokenizer.py); skipped with a SKIP line without them. Servers are killed on exit.
 # Prints "N passed, N failed" last.
@@ -81,12 +81,24 @@ else
     bad "test_sdk.py ended without its closing line (rc=$rc)"
 fi
 
+# regressions of the hostile-user pass (stop_sequence, Responses stream helper, refused fields, HTTP methods)
+timeout 120 python3 tests/server/test_sdk_more.py "http://127.0.0.1:$PORT_A" "http://127.0.0.1:$PORT_B" "$KEY" \
+    >"$tmp/sdk_more.out" 2>&1
+rc=$?
+cat "$tmp/sdk_more.out"
+line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$tmp/sdk_more.out" | tail -n 1)
+if [ -n "$line" ]; then
+    pass=$((pass + $(echo "$line" | awk '{print $1}'))); fail=$((fail + $(echo "$line" | awk '{print $3}')))
+else
+    bad "test_sdk_more.py ended without its closing line (rc=$rc)"
+fi
+
 # a full queue: server C runs one request and queues one; the rest of a simultaneous burst gets 429
 start C --ctx 512 --max-batch 1 --max-queue 1
 if [ -n "$PORT_C" ]; then
     qpids=()
     for i in 1 2 3 4 5; do
-        curl -s -o "$tmp/q$i.json" -w '%{http_code}' "http://127.0.0.1:$PORT_C/v1/chat/completions" \
+        curl -s -o "$tmp/q$i.json" -D "$tmp/q$i.hdr" -w '%{http_code}' "http://127.0.0.1:$PORT_C/v1/chat/completions" \
             -H "Content-Type: application/json" \
             -d '{"messages": [{"role": "user", "content": "Queue test."}], "max_tokens": 3}' >"$tmp/q$i.code" &
         qpids+=($!)
@@ -95,10 +107,11 @@ if [ -n "$PORT_C" ]; then
     n429=0; n200=0
     for i in 1 2 3 4 5; do
         c=$(cat "$tmp/q$i.code")
-        [ "$c" = 429 ] && grep -q '"error":{"message":"' "$tmp/q$i.json" && n429=$((n429 + 1))
+        [ "$c" = 429 ] && grep -q '"error":{"message":"' "$tmp/q$i.json" && grep -qi '^retry-after: 1' "$tmp/q$i.hdr" &&
+            n429=$((n429 + 1))
         [ "$c" = 200 ] && n200=$((n200 + 1))
     done
-    [ "$n429" -ge 1 ] && [ "$n200" -ge 1 ] && [ $((n429 + n200)) = 5 ] && ok "queue full: 429 with a JSON error ($n429 of 5)" ||
+    [ "$n429" -ge 1 ] && [ "$n200" -ge 1 ] && [ $((n429 + n200)) = 5 ] && ok "queue full: 429 with a JSON error and Retry-After ($n429 of 5)" ||
         bad "queue full: $n200 answered, $n429 refused with 429 (codes: $(cat "$tmp"/q*.code))"
 fi
 

@@ -53,6 +53,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ev[2].tool_calls = &tc;
     ev[2].n_tool_calls = 1;
     ev[2].finish = (dsv4_finish)(1 + size % 6);
+    ev[2].stop_string = (int)(size % (DSV4_API_MAX_STOPS + 2)); /* any stop string index, in range or not */
     for (int s = 0; s < 2; s++) {
         dsv4_api_answer a;
         dsv4_api_answer_init(&a);

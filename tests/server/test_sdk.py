@@ -323,9 +323,12 @@ def test_anthropic():
     m = an.messages.create(model=MODEL, max_tokens=10, system="You are terse.", messages=hist[:1], tools=tools,
                            tool_choice={"type": "any"}, extra_body=T0)
     texts = "".join(b.text for b in m.content if b.type == "text")
-    check("messages: tool_choice any forces tool_use (or says it is malformed)",
-          no_dsml_leak(texts, m.stop_reason) and (m.stop_reason in ("malformed_tool_call", "max_tokens") or
-                                                  any(b.type == "tool_use" for b in m.content)), f"{m}")
+    # malformed DSML (random weights) comes back as text with stop_reason end_turn: Anthropic clients only
+    # know the Messages API's stop reasons
+    forced = "\n\n<\uff5cDSML\uff5ctool_calls>"
+    check("messages: tool_choice any forces tool_use (or returns the malformed call as text)",
+          any(b.type == "tool_use" for b in m.content) or m.stop_reason == "max_tokens" or
+          (m.stop_reason == "end_turn" and texts.startswith(forced)), f"{m}")
 
 
 def test_prefix_reuse():

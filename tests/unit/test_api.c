@@ -336,6 +336,61 @@ static void test_answers(void) {
 }
 
 /* /metrics text: every metric of the issue, cumulative histogram buckets ending in +Inf == count. */
+/* A final assistant message of text is a prefill: the prompt is the conversation before it with the
+ * generation prompt, then that text (it used to be rendered as a closed turn, EOS and no new turn). */
+static void test_prefill(void) {
+    char *head = reference("[{\"role\":\"user\",\"content\":\"q\"}]", NULL, 0);
+    size_t n = strlen(head);
+    char *want = malloc(n + 8);
+    memcpy(want, head, n);
+    memcpy(want + n, "Sure,", 6);
+    dsv4_api_request r;
+    dsv4_api_error e;
+    CHECK(parse(DSV4_API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\","
+                "\"content\":\"Sure,\"}]}", &r, &e) == 0, "%s", e.message);
+    CHECK(prompt_is(&r, want), "chat prefill");
+    dsv4_api_request_free(&r);
+    CHECK(parse(DSV4_API_MESSAGES, "{\"max_tokens\":3,\"messages\":[{\"role\":\"user\",\"content\":\"q\"},"
+                "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"Sure,\"}]}]}", &r, &e) == 0,
+          "%s", e.message);
+    CHECK(prompt_is(&r, want), "anthropic prefill");
+    dsv4_api_request_free(&r);
+    CHECK(parse(DSV4_API_MESSAGES, "{\"max_tokens\":3,\"thinking\":{\"type\":\"enabled\"},\"messages\":[{\"role\":"
+                "\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"Sure,\"}]}", &r, &e) == 400 &&
+          strstr(e.message, "prefill"), "prefill with thinking: %s", e.message);
+    dsv4_api_request_free(&r);
+    free(want);
+    free(head);
+}
+
+/* A stop string's finish is Anthropic's stop_sequence, naming the string, in the body and the stream. */
+static void test_stop_sequence(void) {
+    dsv4_api_ctx c = {.id = "msg_1", .model = "m", .created = 1, .tok = NULL};
+    dsv4_api_request r;
+    dsv4_api_error e;
+    CHECK(parse(DSV4_API_MESSAGES, "{\"max_tokens\":3,\"stop_sequences\":[\"aa\",\"END\"],\"messages\":[{\"role\":"
+                "\"user\",\"content\":\"q\"}]}", &r, &e) == 0, "%s", e.message);
+    dsv4_sched_event ev = ev_text(NULL, "Hi", DSV4_FINISH_STOP);
+    ev.stop_string = 2;
+    dsv4_api_answer a;
+    dsv4_api_answer_init(&a);
+    dsv4_tok_buf sse = {0};
+    CHECK(dsv4_api_stream_event(&r, &c, &a, &ev, &sse) == 0, "stream");
+    json_t *j = dsv4_api_answer_json(&r, &c, &a);
+    CHECK(!strcmp(json_string_value(json_object_get(j, "stop_reason")), "stop_sequence") &&
+          !strcmp(json_string_value(json_object_get(j, "stop_sequence")), "END"), "body stop_sequence");
+    CHECK(sse.data && strstr(sse.data, "\"stop_reason\":\"stop_sequence\",\"stop_sequence\":\"END\""), "stream: %s",
+          sse.data ? sse.data : "");
+    json_decref(j);
+    dsv4_api_answer_free(&a);
+    dsv4_tok_buf_free(&sse);
+    /* EOS: end_turn with a null stop_sequence; malformed DSML: end_turn too (a Messages API value) */
+    CHECK(!strcmp(dsv4_api_finish_anthropic(DSV4_FINISH_STOP, 0), "end_turn") &&
+          !strcmp(dsv4_api_finish_anthropic(DSV4_FINISH_MALFORMED, 0), "end_turn") &&
+          !strcmp(dsv4_api_finish_anthropic(DSV4_FINISH_LENGTH, 0), "max_tokens"), "anthropic finish names");
+    dsv4_api_request_free(&r);
+}
+
 static void test_metrics(void) {
     dsv4_sched_stats st;
     memset(&st, 0, sizeof st);
@@ -365,6 +420,8 @@ int main(void) {
     RUN(test_errors);
     RUN(test_dialects_agree);
     RUN(test_answers);
+    RUN(test_prefill);
+    RUN(test_stop_sequence);
     RUN(test_metrics);
     return test_finish();
 }

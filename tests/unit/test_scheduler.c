@@ -56,6 +56,7 @@ typedef struct result {
     int32_t toks[2048];
     int n;
     dsv4_finish fin;
+    int stop_string;                 /* the final event's: which stop string fired (k + 1), 0 none */
     long prompt, cached, completion;
     dsv4_tok_buf content, reasoning;
     int n_calls;
@@ -104,6 +105,8 @@ static void collect(dsv4_sched_req *h, result *res, int want_logprobs) {
         res->completion = ev.completion_tokens;
         dsv4_finish fin = ev.finish;
         if (fin != DSV4_FINISH_NONE) snprintf(res->error, sizeof res->error, "%s", ev.error);
+        if (fin != DSV4_FINISH_NONE) res->stop_string = ev.stop_string;
+        else CHECK(ev.stop_string == 0, "stop_string %d on a delta event", ev.stop_string);
         dsv4_sched_event_free(&ev);
         if (fin != DSV4_FINISH_NONE) {
             res->fin = fin;
@@ -711,6 +714,8 @@ static void test_stop_strings(void) {
         q.n_stops = 2;
         run_alone(&q, cut);
         CHECK(cut->fin == DSV4_FINISH_STOP, "finish %s", dsv4_finish_name(cut->fin));
+        CHECK(cut->stop_string == 2 && full->stop_string == 0, "the event names stop string 2 (index 1 + 1): %d, "
+              "and none without stops: %d", cut->stop_string, full->stop_string);
         CHECK(cut->content.len == pos && !memcmp(cut->content.data, full->content.data, pos),
               "content cut at %zu, want %zu (stop '%s')", cut->content.len, pos, stop);
     }
