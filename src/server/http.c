@@ -309,12 +309,6 @@ static enum MHD_Result serve_api(dsv4_http *s, struct MHD_Connection *c, const c
         dsv4_api_answer_add(rq, &ctx, &a, &ev);
         dsv4_sched_event_free(&ev);
         if (fin) break;
-        /* events can arrive faster than WAIT_MS for the whole answer: look at the client after each one too
-         * (one poll with a zero timeout), or a vanished client's request would run to its end */
-        if (!gone && (client_gone(fd) || atomic_load(&s->stopping))) {
-            gone = 1;
-            dsv4_sched_cancel(h);
-        }
     }
     dsv4_sched_release(h);
     log_line(s, id, endpoint, &a, t0, gone ? "client-gone" : finish_word(a.finish));
