@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "core/numfmt.h"
+#include "engine/bench.h"
 
 #ifndef DSV4_HAVE_CUDA
 int main(void) {
@@ -269,30 +270,6 @@ static double job_time_us_g(job *j, int batches, int graph) {
 }
 static double job_time_us(job *j, int batches) { return job_time_us_g(j, batches, 0); }
 
-static double memcpy_gbs(void) {
-    size_t bytes = (size_t)1 << 30;
-    void *a, *b, *e0, *e1;
-    TRY(dsv4_cuda_alloc(ctx, bytes, &a, ERR));
-    TRY(dsv4_cuda_alloc(ctx, bytes, &b, ERR));
-    TRY(dsv4_cuda_memset(ctx, a, 0x5a, bytes, ERR));
-    TRY(dsv4_cuda_event_create(&e0, ERR));
-    TRY(dsv4_cuda_event_create(&e1, ERR));
-    float t[11];
-    TRY(dsv4_cuda_copy(ctx, b, a, bytes, ERR));
-    for (int i = 0; i < 11; i++) {
-        TRY(dsv4_cuda_event_record(ctx, e0, ERR));
-        TRY(dsv4_cuda_copy(ctx, i & 1 ? a : b, i & 1 ? b : a, bytes, ERR));
-        TRY(dsv4_cuda_event_record(ctx, e1, ERR));
-        TRY(dsv4_cuda_event_elapsed_ms(e0, e1, &t[i], ERR));
-    }
-    qsort(t, 11, sizeof(float), cmpf);
-    dsv4_cuda_event_destroy(e0);
-    dsv4_cuda_event_destroy(e1);
-    dsv4_cuda_free(ctx, a);
-    dsv4_cuda_free(ctx, b);
-    return 2.0 * (double)bytes / (t[5] * 1e-3) / 1e9;
-}
-
 typedef struct {
     const char *name;
     enum op op;
@@ -313,7 +290,8 @@ int main(int argc, char **argv) {
     printf("device: %s\n", desc);
     int batches = quick ? 9 : 21;
 
-    double bw = memcpy_gbs();
+    double bw = 0.0;
+    TRY(dsv4_bench_cuda_copy_gbps(0, &bw, ERR));   /* the copy ceiling of dsv4 bench (engine/bench.h) */
     printf("csv,memcpy_d2d,GBps,%.1f\n", bw);
     printf("device-to-device cudaMemcpy: %.0f GB/s (read + write)\n\n", bw);
 

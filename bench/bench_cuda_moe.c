@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "core/numfmt.h"
+#include "engine/bench.h"
 
 #ifndef DSV4_HAVE_CUDA
 int main(void) {
@@ -161,28 +162,6 @@ static double time_us(bench *b, int grouped, int rows, int graph, int per, int b
     return t[batches / 2];
 }
 
-static double memcpy_gbs(void) {
-    size_t bytes = (size_t)1 << 30;
-    void *a = dalloc(bytes), *c = dalloc(bytes), *e0, *e1;
-    TRY(dsv4_cuda_memset(ctx, a, 0x5a, bytes, ERR));
-    TRY(dsv4_cuda_event_create(&e0, ERR));
-    TRY(dsv4_cuda_event_create(&e1, ERR));
-    float t[11];
-    TRY(dsv4_cuda_copy(ctx, c, a, bytes, ERR));
-    for (int i = 0; i < 11; i++) {
-        TRY(dsv4_cuda_event_record(ctx, e0, ERR));
-        TRY(dsv4_cuda_copy(ctx, i & 1 ? a : c, i & 1 ? c : a, bytes, ERR));
-        TRY(dsv4_cuda_event_record(ctx, e1, ERR));
-        TRY(dsv4_cuda_event_elapsed_ms(e0, e1, &t[i], ERR));
-    }
-    qsort(t, 11, sizeof(float), cmpf);
-    dsv4_cuda_event_destroy(e0);
-    dsv4_cuda_event_destroy(e1);
-    dsv4_cuda_free(ctx, a);
-    dsv4_cuda_free(ctx, c);
-    return 2.0 * (double)bytes / (t[5] * 1e-3) / 1e9;
-}
-
 /* rel-L2 between the two paths' y for routing set 0 at `rows` rows */
 static double agreement(bench *b, int rows) {
     const size_t n = (size_t)rows * K_ * D_;
@@ -289,7 +268,8 @@ int main(int argc, char **argv) {
     b.as2 = dalloc((size_t)RMAX * K_ * I_ / 128);
     b.ws = dalloc(dsv4_cuda_moe_layout_bytes(RMAX * K_, b.E));
 
-    const double bw = memcpy_gbs();
+    double bw = 0.0;
+    TRY(dsv4_bench_cuda_copy_gbps(0, &bw, ERR));   /* the copy ceiling of dsv4 bench (engine/bench.h) */
     printf("memcpy d2d: %.0f GB/s; experts E=%d (pool %.2f GB), k=%d, D=%d, I=%d, FP4\n", bw, b.E,
            expert_bytes * b.E / 1e9, K_, D_, I_);
     printf("csv,memcpy_d2d,GBps,%.1f\n", bw);

@@ -186,6 +186,12 @@ dsv4_status dsv4_bench_cuda_peers(int device, const dsv4_config *cfg, int gemm_m
     return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "backend cuda not compiled in (build with nvcc present)");
 }
 
+dsv4_status dsv4_bench_cuda_copy_gbps(int device, double *copy_gbps, dsv4_err *err) {
+    (void)device;
+    *copy_gbps = 0.0;
+    return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "backend cuda not compiled in (build with nvcc present)");
+}
+
 #else
 
 static uint16_t bf16_of(float f) {
@@ -238,6 +244,35 @@ static dsv4_status copy_op(void *u, dsv4_err *err) {
     return dsv4_cuda_copy(j->ctx, j->dst, j->src, j->n, err);
 }
 
+/* Copy: 1 GiB each way; the source holds random data (replicated from 64 MiB). */
+static dsv4_status copy_gbps_on(dsv4_cuda_ctx *ctx, double *copy_gbps, dsv4_err *err) {
+    const size_t n = (size_t)1 << 30, chunk = (size_t)64 << 20;
+    void *a = NULL, *b = NULL;
+    dsv4_status st;
+    if ((st = dsv4_cuda_alloc(ctx, n, &a, err)) == DSV4_OK && (st = dsv4_cuda_alloc(ctx, n, &b, err)) == DSV4_OK &&
+        (st = upload_random_bf16(ctx, a, chunk / 2, 7, err)) == DSV4_OK) {
+        for (size_t off = chunk; off < n && st == DSV4_OK; off += chunk)
+            st = dsv4_cuda_copy(ctx, (uint8_t *)a + off, a, chunk, err);
+        copy_job j = {ctx, b, a, n};
+        double ms = 0.0;
+        if (st == DSV4_OK && (st = time_op(ctx, copy_op, &j, 7, 4, &ms, err)) == DSV4_OK && ms > 0)
+            *copy_gbps = 2.0 * (double)n / (ms * 1e-3) / 1e9;
+    }
+    dsv4_cuda_free(ctx, a);
+    dsv4_cuda_free(ctx, b);
+    return st;
+}
+
+dsv4_status dsv4_bench_cuda_copy_gbps(int device, double *copy_gbps, dsv4_err *err) {
+    *copy_gbps = 0.0;
+    if (dsv4_cuda_device_count() <= 0) return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "cuda: no CUDA device visible");
+    dsv4_cuda_ctx *ctx = NULL;
+    DSV4_TRY(dsv4_cuda_ctx_create(device, 0, &ctx, err));
+    dsv4_status st = copy_gbps_on(ctx, copy_gbps, err);
+    dsv4_cuda_ctx_destroy(ctx);
+    return st;
+}
+
 typedef struct gemm_job { dsv4_cuda_ctx *ctx; const uint16_t *x, *w; uint16_t *y; int M, K, N; } gemm_job;
 static dsv4_status gemm_op(void *u, dsv4_err *err) {
     gemm_job *j = u;
@@ -251,21 +286,7 @@ dsv4_status dsv4_bench_cuda_peers(int device, const dsv4_config *cfg, int gemm_m
     dsv4_cuda_ctx *ctx = NULL;
     DSV4_TRY(dsv4_cuda_ctx_create(device, 0, &ctx, err));
     if (desc_n) dsv4_cuda_describe(ctx, desc, desc_n);
-    dsv4_status st = DSV4_OK;
-    /* Copy: 1 GiB each way; the source holds random data (replicated from 64 MiB). */
-    const size_t n = (size_t)1 << 30, chunk = (size_t)64 << 20;
-    void *a = NULL, *b = NULL;
-    if ((st = dsv4_cuda_alloc(ctx, n, &a, err)) == DSV4_OK && (st = dsv4_cuda_alloc(ctx, n, &b, err)) == DSV4_OK &&
-        (st = upload_random_bf16(ctx, a, chunk / 2, 7, err)) == DSV4_OK) {
-        for (size_t off = chunk; off < n && st == DSV4_OK; off += chunk)
-            st = dsv4_cuda_copy(ctx, (uint8_t *)a + off, a, chunk, err);
-        copy_job j = {ctx, b, a, n};
-        double ms = 0.0;
-        if (st == DSV4_OK && (st = time_op(ctx, copy_op, &j, 7, 4, &ms, err)) == DSV4_OK && ms > 0)
-            *copy_gbps = 2.0 * (double)n / (ms * 1e-3) / 1e9;
-    }
-    dsv4_cuda_free(ctx, a);
-    dsv4_cuda_free(ctx, b);
+    dsv4_status st = copy_gbps_on(ctx, copy_gbps, err);
     /* GEMM: the wo_b shape of this config, y[M, dim] = x[M, groups*lora] · Wᵀ, BF16 in, FP32 accumulate. */
     if (st == DSV4_OK) {
         const int M = gemm_m > 0 ? gemm_m : 4096, N = cfg->dim, K = cfg->o_groups * cfg->o_lora_rank;

@@ -71,6 +71,11 @@ double dsv4_bench_host_copy_gbps(void);
 double dsv4_bench_now_s(void);
 double dsv4_bench_median(double *v, int n);
 
+/* Device-to-device cudaMemcpy bandwidth on `device` ((read + write) GB/s, 1 GiB buffers of random data,
+ * median of 7 batches of 4 copies between CUDA events): the copy ceiling every CUDA benchmark divides by.
+ * UNSUPPORTED without CUDA. */
+dsv4_status dsv4_bench_cuda_copy_gbps(int device, double *copy_gbps, dsv4_err *err);
+
 /* CUDA peers on `device`: device-to-device cudaMemcpy bandwidth ((read + write) GB/s, 1 GiB buffers,
  * median of 7 batches of 4 copies, CUDA events) and a cuBLASLt BF16 GEMM (FP32 accumulate, BF16 out) of the
  * wo_b shape [N = dim, K = o_groups·o_lora] at M = gemm_m rows with random inputs (TFLOP/s, median of 7
