@@ -28,27 +28,9 @@ import urllib.request
 import anthropic
 import openai
 
+from sdk_check import check, finish, guarded
+
 URL_A, URL_B, KEY, DSV4, TOK = sys.argv[1:6]
-passed = failed = 0
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"ok   {name}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL {name} {detail}"[:2000], flush=True)
-
-
-def guarded(fn):
-    """Runs one group of checks; an exception is one failure, not the end of the run."""
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - any failure of a group is reported and the run goes on
-        check(fn.__name__, False, f"raised {type(e).__name__}: {e}")
-
 
 oa = openai.OpenAI(base_url=URL_A + "/v1", api_key=KEY, max_retries=0, timeout=120)
 an = anthropic.Anthropic(base_url=URL_A, api_key=KEY, max_retries=0, timeout=120)
@@ -472,5 +454,4 @@ for group in (test_basics, test_chat, test_thinking, test_tools, test_stop_and_l
     t = time.time()
     guarded(group)
     print(f"     ({group.__name__}: {time.time() - t:.1f} s)", flush=True)
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish()

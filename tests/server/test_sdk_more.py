@@ -13,26 +13,9 @@ import time
 import anthropic
 import openai
 
+from sdk_check import check, finish, guarded
+
 URL_A, URL_B, KEY = sys.argv[1:4]
-passed = failed = 0
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"ok   {name}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL {name} {detail}"[:2000], flush=True)
-
-
-def guarded(fn):
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - a group's failure is reported and the run goes on
-        check(fn.__name__, False, f"raised {type(e).__name__}: {e}")
-
 
 oa = openai.OpenAI(base_url=URL_A + "/v1", api_key=KEY, max_retries=0, timeout=120)
 an = anthropic.Anthropic(base_url=URL_A, api_key=KEY, max_retries=0, timeout=120)
@@ -251,5 +234,4 @@ for group in (test_anthropic_stop_sequence, test_anthropic_stop_reason_valid, te
     t = time.time()
     guarded(group)
     print(f"     ({group.__name__}: {time.time() - t:.1f} s)", flush=True)
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish()
