@@ -75,3 +75,8 @@ int cli_parse_ids(const char *cmd, const char *spec, int32_t **ids, int *n) {
     free(buf);
     return rc;
 }
+
+dsv4_status cli_read_text(const char *path, uint64_t max_bytes, char **data, size_t *len, dsv4_err *err) {
+    return strcmp(path, "-") ? dsv4_file_read_text(path, max_bytes, data, len, err)
+                             : dsv4_fd_read_all(0, "stdin", max_bytes, data, len, err);
+}

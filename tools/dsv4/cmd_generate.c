@@ -76,9 +76,7 @@ static char *read_prompt_file(const char *path) {
     char *b = NULL;
     size_t n = 0;
     dsv4_err err = {{0}};
-    dsv4_status st = strcmp(path, "-") ? dsv4_file_read_text(path, PROMPT_FILE_MAX, &b, &n, &err)
-                                       : dsv4_fd_read_all(0, "stdin", PROMPT_FILE_MAX, &b, &n, &err);
-    if (st != DSV4_OK) {
+    if (cli_read_text(path, PROMPT_FILE_MAX, &b, &n, &err) != DSV4_OK) {
         fprintf(stderr, "dsv4 generate: -f: %s\n", err.msg);
         return NULL;
     }

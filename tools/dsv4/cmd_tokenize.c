@@ -9,6 +9,7 @@
 #include "core/files.h"
 #include "model/limits.h"
 #include "cli_opts.h"
+#include "cli_util.h"
 #include "textgen.h"
 #include "tokenizer/tokenizer.h"
 
@@ -17,15 +18,6 @@ static const cli_command_help help = {
     .usage = "usage: dsv4 tokenize (--text TEXT | --file FILE) [options]   token ids, comma-separated\n",
     .footer = NULL,
 };
-
-/* The text of FILE ('-' = stdin; a pipe or FIFO is read to its end) through the bounded reader: a read error,
- * more than DSV4_LIMIT_TEXT_BYTES, a directory or a device is an error (named in err). */
-static char *read_file(const char *path, size_t *n, dsv4_err *err) {
-    char *b = NULL;
-    dsv4_status st = strcmp(path, "-") ? dsv4_file_read_text(path, DSV4_LIMIT_TEXT_BYTES, &b, n, err)
-                                       : dsv4_fd_read_all(0, "stdin", DSV4_LIMIT_TEXT_BYTES, &b, n, err);
-    return st == DSV4_OK ? b : NULL;
-}
 
 int dsv4_cmd_tokenize(int argc, char **argv) {
     const char *topt = NULL, *model = NULL, *text = NULL, *file = NULL;
@@ -54,8 +46,11 @@ int dsv4_cmd_tokenize(int argc, char **argv) {
     char *owned = NULL;
     if (file) {
         dsv4_err ferr = {{0}};
-        owned = read_file(file, &n, &ferr);
-        if (!owned) { fprintf(stderr, "dsv4 tokenize: cannot read %s: %s\n", file, ferr.msg); free(tpath); return 1; }
+        if (cli_read_text(file, DSV4_LIMIT_TEXT_BYTES, &owned, &n, &ferr) != DSV4_OK) {
+            fprintf(stderr, "dsv4 tokenize: cannot read %s: %s\n", file, ferr.msg);
+            free(tpath);
+            return 1;
+        }
         text = owned;
     } else {
         n = strlen(text);
