@@ -5,7 +5,7 @@
 
 #include <stddef.h>
 
-#include "dsv4.h"
+#include "core/status.h"
 
 #ifdef __cplusplus
 extern "C" {

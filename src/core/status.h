@@ -3,7 +3,7 @@
 #ifndef DSV4_CORE_STATUS_H
 #define DSV4_CORE_STATUS_H
 
-#include "dsv4.h"
+#include "dsv4_status.h"
 
 #ifdef __cplusplus
 extern "C" {

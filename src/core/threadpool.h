@@ -3,7 +3,7 @@
 #ifndef DSV4_CORE_THREADPOOL_H
 #define DSV4_CORE_THREADPOOL_H
 
-#include "dsv4.h"
+#include "core/status.h"
 
 #ifdef __cplusplus
 extern "C" {

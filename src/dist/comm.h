@@ -19,7 +19,7 @@
 
 #include <stddef.h>
 
-#include "dsv4.h"
+#include "core/status.h"
 
 #ifdef __cplusplus
 extern "C" {

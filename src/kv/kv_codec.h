@@ -20,7 +20,7 @@
 
 #include <stdint.h>
 
-#include "dsv4.h"
+#include "core/status.h"
 #include "kv/kv_schema.h"
 
 #ifdef __cplusplus

@@ -16,7 +16,7 @@
 #include <stdint.h>
 
 #include "core/status.h"
-#include "dsv4.h"
+#include "core/status.h"
 #include "kv/kv_pool.h"
 #include "kv/kv_schema.h"
 #include "model/config.h"

@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dsv4.h"
+#include "core/status.h"
 #include "kv/kv_schema.h"
 
 #ifdef __cplusplus

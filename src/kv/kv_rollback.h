@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dsv4.h"
+#include "core/status.h"
 #include "kv/kv_manager.h"
 
 #ifdef __cplusplus

@@ -32,7 +32,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "dsv4.h"
+#include "core/status.h"
 #include "model/config.h"
 
 #ifdef __cplusplus

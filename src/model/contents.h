@@ -8,7 +8,7 @@
 #ifndef DSV4_MODEL_CONTENTS_H
 #define DSV4_MODEL_CONTENTS_H
 
-#include "dsv4.h"
+#include "core/status.h"
 
 #ifdef __cplusplus
 extern "C" {

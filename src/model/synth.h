@@ -14,7 +14,7 @@
 
 #include <stdint.h>
 
-#include "dsv4.h"
+#include "core/status.h"
 #include "model/config.h"
 
 #ifdef __cplusplus

@@ -8,7 +8,7 @@
 
 #include <stddef.h>
 
-#include "dsv4.h"
+#include "core/status.h"
 
 #define DSV4_PRETOK_MAX_STAGES 8
 

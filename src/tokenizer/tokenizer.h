@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dsv4.h"
+#include "core/status.h"
 
 #ifdef __cplusplus
 extern "C" {
