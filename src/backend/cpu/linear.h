@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "core/out_round.h"   /* dsv4_out_round */
 #include "core/threadpool.h"
 
 #ifdef __cplusplus
@@ -23,8 +24,6 @@ void dsv4_cpu_linear_fp8(dsv4_threadpool *pool, const float *x, int M, int K, co
  * C += P · s_x[kb/4] · s_w[n][kb]; y = bf16(C). w [N, K/2] packed e2m1, w_scale [N, K/32] e8m0. */
 void dsv4_cpu_linear_fp4(dsv4_threadpool *pool, const float *x, int M, int K, const uint8_t *w,
                          const uint8_t *w_scale, int N, float *y);
-
-typedef enum dsv4_out_round { DSV4_OUT_BF16 = 0, DSV4_OUT_F32 = 1 } dsv4_out_round;
 
 /* BF16-weight linear with FP32 accumulation (also the "FP32 weights up-cast from BF16" case: same math).
  * w [N, K] bf16; out_round selects whether y is rounded to BF16. */

@@ -49,40 +49,8 @@ void dsv4_cpu_rmsnorm_bf16_arith(float *x, int n, float eps) {
 }
 
 /* ================================================================================================== */
-/* RoPE / YaRN                                                                                        */
+/* RoPE / YaRN (the tables: core/rope.c, shared with the CUDA backend)                                */
 /* ================================================================================================== */
-
-/* Follows the official precompute's FP32 steps: ω_p = 1 / θ^(2p/dim) (FP32 pow and reciprocal); the
- * YaRN correction range in double (Python math), the ramp in FP32, and
- * ω'_p = ω_p / f · (1 − smooth) + ω_p · smooth with smooth = 1 − ramp, each op rounded to FP32. */
-static double corr_dim(double n_rot, int dim, double base, double max_pos) {
-    return dim * log(max_pos / (n_rot * 2.0 * M_PI)) / (2.0 * log(base));
-}
-
-void dsv4_rope_init(dsv4_rope *r, int rope_dim, double theta, int yarn, double factor, double orig_max_pos,
-                    double beta_fast, double beta_slow) {
-    DSV4_ASSERT(rope_dim > 0 && rope_dim % 2 == 0 && rope_dim / 2 <= 64);
-    r->rope_dim = rope_dim;
-    int half = rope_dim / 2;
-    float base = (float)theta;
-    for (int p = 0; p < 64; p++) r->inv_freq[p] = 0.0f;
-    for (int p = 0; p < half; p++) r->inv_freq[p] = 1.0f / powf(base, (float)(2 * p) / (float)rope_dim);
-    if (!yarn) return;
-    double lo = floor(corr_dim(beta_fast, rope_dim, theta, orig_max_pos));
-    double hi = ceil(corr_dim(beta_slow, rope_dim, theta, orig_max_pos));
-    if (lo < 0) lo = 0;
-    if (hi > rope_dim - 1) hi = rope_dim - 1;
-    double span = hi - lo;
-    if (lo == hi) span = (hi + 0.001) - lo;
-    float flo = (float)lo, fspan = (float)span, f = (float)factor;
-    for (int p = 0; p < half; p++) {
-        float ramp = ((float)p - flo) / fspan;
-        ramp = ramp < 0.0f ? 0.0f : (ramp > 1.0f ? 1.0f : ramp);
-        float smooth = 1.0f - ramp;
-        float w = r->inv_freq[p];
-        r->inv_freq[p] = w / f * (1.0f - smooth) + w * smooth;
-    }
-}
 
 /* (a + ib)·(c ± is) in FP32 with each product and sum rounded (no FMA: -ffp-contract=off). */
 void dsv4_cpu_rope(float *x, long pos, const dsv4_rope *r, int inverse) {

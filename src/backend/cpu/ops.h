@@ -9,6 +9,8 @@
 
 #include <stdint.h>
 
+#include "core/rope.h" /* dsv4_rope, dsv4_rope_init */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -21,14 +23,6 @@ void dsv4_cpu_rmsnorm(const float *x, const uint16_t *w, int n, float eps, float
 void dsv4_cpu_rmsnorm_bf16_arith(float *x, int n, float eps);
 
 /* ---- RoPE with YaRN (§3.7) ---------------------------------------------------------------------- */
-typedef struct dsv4_rope {
-    float inv_freq[64];   /* ω'_p for p < rope_dim/2 */
-    int rope_dim;         /* 64 */
-} dsv4_rope;
-/* yarn = 0: ω_p = θ^(-2p/rope_dim). yarn = 1: ramp between low/high as in §3.7 (no mscale). FP32 steps
- * as the official precompute. rope_dim even, ≤ 128. Unused inv_freq entries are 0. */
-void dsv4_rope_init(dsv4_rope *r, int rope_dim, double theta, int yarn, double factor, double orig_max_pos,
-                    double beta_fast, double beta_slow);
 /* Rotates x[rope_dim] (interleaved pairs) by position pos; inverse = 1 multiplies by the conjugate.
  * FP32 math (angle = (float)pos * ω in FP32), result bf16. In place. */
 void dsv4_cpu_rope(float *x, long pos, const dsv4_rope *r, int inverse);

@@ -15,7 +15,7 @@
 
 #include <stdint.h>
 
-#include "backend/cpu/linear.h" /* dsv4_out_round */
+#include "core/out_round.h" /* dsv4_out_round */
 #include "backend/cuda/cuda_ctx.h"
 
 #ifdef __cplusplus

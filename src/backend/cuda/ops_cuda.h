@@ -26,7 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "backend/cpu/ops.h" /* dsv4_rope */
+#include "core/rope.h" /* dsv4_rope */
 #include "backend/cuda/cuda_ctx.h"
 
 #ifdef __cplusplus
