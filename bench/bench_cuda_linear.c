@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "core/numfmt.h"
-#include "engine/bench.h"
+#include "dsv4_bench.h"
 
 #ifndef DSV4_HAVE_CUDA
 int main(void) {
@@ -291,7 +291,7 @@ int main(int argc, char **argv) {
     int batches = quick ? 9 : 21;
 
     double bw = 0.0;
-    TRY(dsv4_bench_cuda_copy_gbps(0, &bw, ERR));   /* the copy ceiling of dsv4 bench (engine/bench.h) */
+    TRY(dsv4_bench_cuda_copy_gbps(0, &bw, ERR));   /* the copy ceiling of dsv4 bench (include/dsv4_bench.h) */
     printf("csv,memcpy_d2d,GBps,%.1f\n", bw);
     printf("device-to-device cudaMemcpy: %.0f GB/s (read + write)\n\n", bw);
 

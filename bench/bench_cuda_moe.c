@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "core/numfmt.h"
-#include "engine/bench.h"
+#include "dsv4_bench.h"
 
 #ifndef DSV4_HAVE_CUDA
 int main(void) {
@@ -269,7 +269,7 @@ int main(int argc, char **argv) {
     b.ws = dalloc(dsv4_cuda_moe_layout_bytes(RMAX * K_, b.E));
 
     double bw = 0.0;
-    TRY(dsv4_bench_cuda_copy_gbps(0, &bw, ERR));   /* the copy ceiling of dsv4 bench (engine/bench.h) */
+    TRY(dsv4_bench_cuda_copy_gbps(0, &bw, ERR));   /* the copy ceiling of dsv4 bench (include/dsv4_bench.h) */
     printf("memcpy d2d: %.0f GB/s; experts E=%d (pool %.2f GB), k=%d, D=%d, I=%d, FP4\n", bw, b.E,
            expert_bytes * b.E / 1e9, K_, D_, I_);
     printf("csv,memcpy_d2d,GBps,%.1f\n", bw);

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "engine/sampler.h"
+#include "dsv4_sampler.h"
 
 #define V 129280
 #define NVEC 16

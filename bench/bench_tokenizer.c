@@ -11,7 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "tokenizer/tokenizer.h"
+#include "dsv4_tokenizer.h"
 
 static double now(void) {
     struct timespec t;

@@ -52,6 +52,9 @@ typedef enum dsv4_fault {
     DSV4_FAULT_COUNT
 } dsv4_fault;
 const char *dsv4_fault_name(int fault);   /* "none", "no-sink", ...; NULL if out of range */
+/* CUDA devices the cuda backend can use: 0 when this build has no CUDA backend or no device is visible
+ * (never an error). Front ends use it to pick a default backend. */
+int dsv4_engine_cuda_devices(void);
 
 typedef struct dsv4_batch_item {
     int seq;                 /* from dsv4_engine_seq_open */

@@ -1,7 +1,7 @@
-/* files.c — bounded reading of regular files, atomic writes and tree removal (see files.h). Owns no global
+/* files.c — bounded reading of regular files, atomic writes and tree removal (see dsv4_files.h). Owns no global
  * state. Tree removal walks with openat(O_NOFOLLOW | O_DIRECTORY) + unlinkat rather than nftw, so it needs
  * no global callback state and a symlink swapped in for a directory mid-walk is never followed. */
-#include "core/files.h"
+#include "dsv4_files.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -1,5 +1,5 @@
-/* npy.c — .npy float32 writer and reader (see npy.h). */
-#include "core/npy.h"
+/* npy.c — .npy float32 writer and reader (see dsv4_npy.h). */
+#include "dsv4_npy.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -7,7 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/files.h"
+#include "dsv4_files.h"
 #include "core/status.h"
 
 dsv4_status dsv4_npy_write_f32(const char *path, const float *data, const long *shape, int ndim, dsv4_err *err) {

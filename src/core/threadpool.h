@@ -4,6 +4,7 @@
 #define DSV4_CORE_THREADPOOL_H
 
 #include "core/status.h"
+#include "dsv4_limits.h"   /* DSV4_THREADS_MAX */
 
 #ifdef __cplusplus
 extern "C" {
@@ -11,7 +12,6 @@ extern "C" {
 
 typedef struct dsv4_threadpool dsv4_threadpool;
 
-#define DSV4_THREADS_MAX 1024   /* most threads a pool takes (the CLI's -t range says the same) */
 
 /* n_threads <= 0 means the number of online CPUs. The calling thread also works during run(). */
 dsv4_status dsv4_threadpool_create(int n_threads, dsv4_threadpool **out, dsv4_err *err);

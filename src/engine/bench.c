@@ -1,5 +1,5 @@
-/* bench.c — roofline arithmetic and device peers for `dsv4 bench` (see bench.h). */
-#include "engine/bench.h"
+/* bench.c — roofline arithmetic and device peers for `dsv4 bench` (see dsv4_bench.h). */
+#include "dsv4_bench.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "core/status.h"
+#include "kv/kv_schema.h"
 #include "model/checkpoint.h"
 #include "model/safetensors.h"
 
@@ -59,7 +60,8 @@ dsv4_status dsv4_bench_cost_init(const dsv4_config *cfg, dsv4_bench_cost *c, dsv
     memset(c, 0, sizeof *c);
     c->cfg = *cfg;
     if (c->cfg.expert_fp4 < 0) c->cfg.expert_fp4 = 1;   /* undecided (initial release): FP4, as the stats */
-    DSV4_TRY(dsv4_kv_schema_init(&c->kv, &c->cfg, 0, err));
+    dsv4_kv_schema kv;   /* checked here; dsv4_bench_kv_read_bytes derives it again from cfg */
+    DSV4_TRY(dsv4_kv_schema_init(&kv, &c->cfg, 0, err));
     acc a = {c, 0, 0};
     DSV4_TRY(dsv4_checkpoint_expected_visit(&c->cfg, visit, &a));
     double per = (double)c->cfg.n_layers * (double)c->cfg.n_routed_experts;
@@ -77,7 +79,9 @@ double dsv4_bench_expected_experts(int E, int k, int B) {
 }
 
 double dsv4_bench_kv_read_bytes(const dsv4_bench_cost *c, double T) {
-    const dsv4_kv_schema *s = &c->kv;
+    dsv4_kv_schema kv;
+    if (dsv4_kv_schema_init(&kv, &c->cfg, 0, NULL) != DSV4_OK) return 0.0;   /* not after a successful cost_init */
+    const dsv4_kv_schema *s = &kv;
     double tok = floor(T), sum = 0.0;
     const double eb = s->entry.bytes, ikb = (double)s->ikey.code_bytes + s->ikey.n_scales;
     for (int l = 0; l < s->n_main_layers; l++) {

@@ -8,6 +8,7 @@
 
 #include "core/status.h"
 #include "core/threadpool.h"
+#include "backend/cuda/cuda_ctx.h" /* dsv4_cuda_device_count */
 #include "dsv4.h"
 #include "engine/engine_tp.h"
 #include "engine/forward.h"
@@ -15,7 +16,7 @@
 #include "engine/kv_access.h"
 #include "engine/model.h"
 #include "engine/profile.h"
-#include "model/limits.h"
+#include "dsv4_limits.h"
 #include "engine/spec.h"
 
 struct dsv4_engine {
@@ -328,4 +329,12 @@ dsv4_status dsv4_engine_set_profile(dsv4_engine *e, dsv4_prof *p, dsv4_err *err)
     if (e->tp && p) return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: profiling runs on one GPU (gpus = 1)");
     dsv4_forward_cuda_set_profile(e->cfwd, p);
     return DSV4_OK;
+}
+
+int dsv4_engine_cuda_devices(void) {
+#ifdef DSV4_HAVE_CUDA
+    return dsv4_cuda_device_count();
+#else
+    return 0;
+#endif
 }

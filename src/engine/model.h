@@ -11,7 +11,7 @@
 #include "dsv4.h"
 #include "engine/shard.h"
 #include "model/checkpoint.h"
-#include "model/config.h"
+#include "dsv4_config.h"
 #include "model/weights.h"
 
 #ifdef __cplusplus

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/status.h"
+#include "dsv4_bench.h"
 
 #ifndef DSV4_HAVE_CUDA
 

@@ -52,15 +52,7 @@ void dsv4_prof_print(const dsv4_prof *p, FILE *out, const char *title, double co
  * backend or with gpus > 1. */
 dsv4_status dsv4_engine_set_profile(dsv4_engine *e, dsv4_prof *p, dsv4_err *err);
 
-/* `dsv4 bench --profile`: opens an engine on model_dir (cuda backend, one GPU), then
- *   - prefill: one prompt of prompt_len random tokens, warm-up pass, then the profiled step;
- *   - decode: `batch` sequences prefilled to `context` tokens (unprofiled), one warm-up decode step, then one
- *     profiled decode step (every sequence one token, eager);
- * and prints both tables to out (prompt_len or batch <= 0 skips that part). copy_gbps / peak_tflops are the
- * ceilings the bench measured in the same run (0: ratios not shown). Returns 0 ok, 1 failure (message on
- * stderr). */
-int dsv4_bench_profile(const char *model_dir, long prompt_len, int batch, long context, int n_threads,
-                       double copy_gbps, double peak_tflops, FILE *out);
+/* `dsv4 bench --profile` (the profiled prefill and decode passes): dsv4_bench_profile, include/dsv4_bench.h. */
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,7 @@
-/* sampler.c — token selection for one request (see sampler.h for the contracts, docs/SAMPLING.md for the
+/* sampler.c — token selection for one request (see dsv4_sampler.h for the contracts, docs/SAMPLING.md for the
  * conventions chosen and why). Everything here is O(vocab) expected per call: top-k and top-p are found by
  * selection (quickselect on a total order), never by sorting the vocabulary. */
-#include "engine/sampler.h"
+#include "dsv4_sampler.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -18,7 +18,7 @@
 #include <stdint.h>
 
 #include "dsv4.h"
-#include "model/config.h"
+#include "dsv4_config.h"
 #include "model/weights.h"
 
 #ifdef __cplusplus

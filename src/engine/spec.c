@@ -22,7 +22,7 @@
 
 #include "core/status.h"
 #include "engine/kv_access.h"
-#include "engine/sampler.h"
+#include "dsv4_sampler.h"
 #include "kv/kv_rollback.h"
 
 /* The sampler's greedy rule (larger logit, then lower id; NaN never wins), so speculative and plain

@@ -19,7 +19,7 @@
 #include "core/status.h"
 #include "kv/kv_pool.h"
 #include "kv/kv_schema.h"
-#include "model/config.h"
+#include "dsv4_config.h"
 
 #ifdef __cplusplus
 extern "C" {

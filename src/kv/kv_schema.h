@@ -33,7 +33,7 @@
 #include <stdio.h>
 
 #include "core/status.h"
-#include "model/config.h"
+#include "dsv4_config.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -112,7 +112,7 @@ typedef struct dsv4_kv_schema {
  * range. On error returns DSV4_ERR_CONFIG (or INVALID_ARG for a bad block_tokens) naming the field. */
 dsv4_status dsv4_kv_schema_init(dsv4_kv_schema *s, const dsv4_config *cfg, int block_tokens, dsv4_err *err);
 
-/* Kind of a layer by its ratio (same rule as config.h: 0 SWA, 4 CSA, anything else HCA). */
+/* Kind of a layer by its ratio (same rule as dsv4_config.h: 0 SWA, 4 CSA, anything else HCA). */
 dsv4_layer_kind dsv4_kv_kind_of_ratio(int ratio);
 
 /* Blocks a sequence needs so that every compressed entry completed by its first n_tokens tokens has a

@@ -12,10 +12,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "core/files.h"
+#include "dsv4_files.h"
 #include "core/status.h"
 #include "model/contents.h"
-#include "model/limits.h"
+#include "dsv4_limits.h"
 
 /* ================================================================================================
  * Expected tensor inventory (spec §2.3)

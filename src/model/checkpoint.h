@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model/config.h"
+#include "dsv4_config.h"
 #include "model/safetensors.h"
 
 #ifdef __cplusplus

@@ -1,7 +1,7 @@
 /* config.c — reads a Hugging Face DeepSeek V4 config.json into dsv4_config (spec §1.1) and checks it for
  * internal consistency. Owns the key mapping and the config-only rules; rules that need the weights
  * (shapes, expert dtype detection) live in model/checkpoint.c. Errors name the file and the key. */
-#include "model/config.h"
+#include "dsv4_config.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -10,9 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/files.h"
+#include "dsv4_files.h"
 #include "core/status.h"
-#include "model/limits.h"
+#include "dsv4_limits.h"
 
 typedef struct {
     const char *path;
@@ -43,7 +43,7 @@ static dsv4_status get_long(const reader *r, json_t *obj, const char *key, int r
     return DSV4_OK;
 }
 
-/* Integer key in [lo, hi]; hi is a limit of model/limits.h for every value that sizes a loop or an
+/* Integer key in [lo, hi]; hi is a limit of include/dsv4_limits.h for every value that sizes a loop or an
  * allocation, so products of config values never overflow (and never exceed a kernel's scratch). */
 static dsv4_status get_int(const reader *r, json_t *obj, const char *key, int required, int dflt, int lo, int hi,
                            int *out) {

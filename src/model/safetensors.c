@@ -13,9 +13,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/files.h"
+#include "dsv4_files.h"
 #include "core/status.h"
-#include "model/limits.h"
+#include "dsv4_limits.h"
 
 static const char *const dtype_names[DSV4_DTYPE_COUNT] = {"BF16", "F32", "F8_E4M3", "F8_E8M0", "I8", "I64"};
 static const size_t dtype_sizes[DSV4_DTYPE_COUNT] = {2, 4, 1, 1, 1, 8};

@@ -1,11 +1,11 @@
-/* synth.c — writes random-weight DeepSeek V4 checkpoints in the released format (see synth.h). Owns the
+/* synth.c — writes random-weight DeepSeek V4 checkpoints in the released format (see dsv4_synth.h). Owns the
  * presets, the value distributions per tensor kind and the safetensors/index/config writers. Must not
  * decide the tensor inventory itself: that comes from dsv4_checkpoint_expected_visit (model/checkpoint.c).
  *
  * Value generation is streamed row by row into a 1 MiB write buffer, so memory stays small even for
  * Flash-sized tensors. Every tensor has its own RNG stream seeded from (seed, name); block scales are a
  * hash of (stream seed, block index), so a weight and its scale agree without storing anything. */
-#include "model/synth.h"
+#include "dsv4_synth.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -17,9 +17,9 @@
 #include <unistd.h>
 
 #include "core/numfmt.h"
-#include "core/files.h"
+#include "dsv4_files.h"
 #include "core/status.h"
-#include "model/limits.h"
+#include "dsv4_limits.h"
 #include "model/checkpoint.h"
 #include "model/safetensors.h"
 

@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 #include "core/status.h"
-#include "model/config.h"
+#include "dsv4_config.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "server/api.h"
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 
 /* ================================================================================================
  * Errors

@@ -18,7 +18,7 @@
 #include <stdint.h>
 
 #include "server/scheduler.h"
-#include "tokenizer/tokenizer.h"
+#include "dsv4_tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -23,7 +23,7 @@
 #include <string.h>
 
 #include "server/api.h"
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 
 #define FAIL(st, param, ...) return dsv4_api_fail(e, (st), (param), __VA_ARGS__)
 

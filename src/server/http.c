@@ -24,7 +24,7 @@
 #include "core/status.h"
 #include "server/api.h"
 #include "server/http.h"
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 
 #define WAIT_MS 100
 

@@ -13,7 +13,7 @@
 
 #include "dsv4.h"
 #include "server/scheduler.h"
-#include "tokenizer/tokenizer.h"
+#include "dsv4_tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -15,7 +15,7 @@
 #define DSV4_SERVER_SCHED_OUTPUT_H
 
 #include "server/scheduler.h"
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -20,8 +20,8 @@
 #include <stdint.h>
 
 #include "dsv4.h"
-#include "engine/sampler.h"
-#include "tokenizer/tokenizer.h"
+#include "dsv4_sampler.h"
+#include "dsv4_tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {

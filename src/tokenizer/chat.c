@@ -1,4 +1,4 @@
-/* chat.c — DeepSeek V4 prompt rendering (see chat.h): the reference renderer's pre-processing (tool
+/* chat.c — DeepSeek V4 prompt rendering (see dsv4_chat.h): the reference renderer's pre-processing (tool
  * messages merged into user turns, tool results ordered by call, earlier reasoning dropped) and per-message
  * templates with the transitions between turns. Owns nothing beyond one call; works on a private copy of
  * the messages. Python truthiness of the reference (`if tools:`, `content or ""`) is mirrored by truthy(). */
@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "core/status.h"
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 #include "tokenizer/pyjson.h"
 
 /* ================================================================================================

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "core/status.h"
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 #include "tokenizer/pyjson.h"
 
 #define TOOLS_START "\n\n<｜DSML｜tool_calls"

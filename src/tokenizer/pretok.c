@@ -9,7 +9,7 @@
 
 #include "core/status.h"
 #include "tokenizer/pretok.h"
-#include "tokenizer/tokenizer.h"
+#include "dsv4_tokenizer.h"
 #include "tokenizer/unicode_classes.h"
 
 struct dsv4_pretok {

@@ -7,7 +7,7 @@
 
 #include <jansson.h>
 
-#include "tokenizer/tokenizer.h"
+#include "dsv4_tokenizer.h"
 
 /* Appends the serialization of v to out. Fails only on allocation (DSV4_ERR_NOMEM). */
 dsv4_status dsv4_pyjson_dump(const json_t *v, dsv4_tok_buf *out);

@@ -1,5 +1,5 @@
 /* tokenizer.c — load tokenizer.json, encode (added tokens -> regex splits -> byte-level BPE), decode and
- * token lookups (see tokenizer.h). Owns the vocab, merge table, added-token tries and the BPE cache.
+ * token lookups (see dsv4_tokenizer.h). Owns the vocab, merge table, added-token tries and the BPE cache.
  * Must match Hugging Face `tokenizers` id for id; every deviation found is a bug (tests/unit/test_tokenizer.c
  * compares a committed corpus). Why not a whole-word vocab shortcut: the file does not set ignore_merges,
  * so HF always runs the merges, and a word in the vocab need not be reachable by them. */
@@ -7,11 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/files.h"
+#include "dsv4_files.h"
 #include "core/status.h"
-#include "model/limits.h"
+#include "dsv4_limits.h"
 #include "tokenizer/pretok.h"
-#include "tokenizer/tokenizer.h"
+#include "dsv4_tokenizer.h"
 
 /* ================================================================================================
  * Hashing and tables

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "core/status.h"
-#include "tokenizer/tokenizer.h"
+#include "dsv4_tokenizer.h"
 
 /* ================================================================================================
  * Growable buffers

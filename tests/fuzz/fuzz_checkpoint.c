@@ -16,10 +16,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/files.h"
+#include "dsv4_files.h"
 #include "dsv4.h"
-#include "model/config.h"
-#include "model/synth.h"
+#include "dsv4_config.h"
+#include "dsv4_synth.h"
 
 /* ---- the base checkpoint, in memory ------------------------------------------------------------------ */
 

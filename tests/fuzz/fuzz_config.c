@@ -10,8 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/npy.h"
-#include "model/config.h"
+#include "dsv4_npy.h"
+#include "dsv4_config.h"
 
 static char path[64];
 

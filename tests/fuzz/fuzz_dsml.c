@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 #include "fuzz_util.h"
 
 

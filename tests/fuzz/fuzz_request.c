@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/sampler.h"
+#include "dsv4_sampler.h"
 #include "fuzz_util.h"
 #include "server/api.h"
 

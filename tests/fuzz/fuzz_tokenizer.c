@@ -16,7 +16,7 @@
 #include <string.h>
 
 #include "../../tools/dsv4/cli_util.h"
-#include "tokenizer/tokenizer.h"
+#include "dsv4_tokenizer.h"
 #include "fuzz_util.h"
 
 static dsv4_tokenizer *tok;

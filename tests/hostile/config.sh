@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # config.sh — absurd config.json values that once sized loops or allocations (hc_sinkhorn_iters 2^30,
 # n_routed_experts 2^30 in `inspect --config`, heads x head_dim overflowing int) and values this engine
-# cannot run: each is refused at load naming the key and the limit (model/limits.h).
+# cannot run: each is refused at load naming the key and the limit (include/dsv4_limits.h).
 . "$(dirname "$0")/lib.sh"
 have_python || { skipped "all (no python3 to build fixtures)"; finish; exit $?; }
 cfg() {   # cfg NAME KEY=JSON: a config.json of the tiny checkpoint with one key changed, at $tmp/NAME.json

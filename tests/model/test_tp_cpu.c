@@ -19,7 +19,7 @@
 #include "engine/forward.h"
 #include "engine/kv_access.h"
 #include "engine/model.h"
-#include "model/synth.h"
+#include "dsv4_synth.h"
 #include "test_util.h"
 
 static char g_synth[256];   /* synthetic checkpoint directory (o_groups 4, 12 experts) */

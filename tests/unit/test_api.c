@@ -10,7 +10,7 @@
 #include "server/api.h"
 #include "server/http.h"
 #include "test_util.h"
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 
 static int parse(dsv4_api_kind k, const char *body, dsv4_api_request *r, dsv4_api_error *e) {
     memset(e, 0, sizeof *e);

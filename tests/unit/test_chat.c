@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "test_util.h"
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 #include "tokenizer/pyjson.h"
 
 static char *read_all(const char *path, size_t *n) {

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "test_util.h"
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 
 typedef struct {
     dsv4_tok_buf reasoning, content, calls; /* calls: "name|args\n" per call */

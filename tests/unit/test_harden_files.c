@@ -1,5 +1,5 @@
 /* test_harden_files.c — issue 13, class "special files and absurd sizes" and "concurrency with files":
- * the one bounded reader (core/files.h) refuses FIFOs, directories and oversized files at once (an alarm
+ * the one bounded reader (include/dsv4_files.h) refuses FIFOs, directories and oversized files at once (an alarm
  * turns a blocking open into a failure instead of a hang), every reader of checkpoint files goes through
  * it (config.json, the index, a shard as FIFO or directory), and dsv4_synth_write replaces files by
  * rename, so a reader that mapped the old shard keeps reading it (no SIGBUS). */
@@ -15,11 +15,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/files.h"
+#include "dsv4_files.h"
 #include "core/status.h"
 #include "model/checkpoint.h"
-#include "model/limits.h"
-#include "model/synth.h"
+#include "dsv4_limits.h"
+#include "dsv4_synth.h"
 #include "test_util.h"
 
 static char root[PATH_MAX];

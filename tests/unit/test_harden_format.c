@@ -9,12 +9,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/files.h"
+#include "dsv4_files.h"
 #include "core/status.h"
 #include "dsv4.h"
 #include "model/safetensors.h"
 #include "test_util.h"
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 
 /* A safetensors image with the given header JSON and data_len bytes of data; caller frees. */
 static uint8_t *image(const char *header, size_t data_len, size_t *size) {

@@ -1,5 +1,5 @@
 /* test_harden_limits.c — issue 13, class "absurd sizes": every config value that sizes a loop or an
- * allocation is bounded at load (model/limits.h) with a message naming the key, products are formed in
+ * allocation is bounded at load (include/dsv4_limits.h) with a message naming the key, products are formed in
  * 64-bit after the bounds (no overflow in the checks themselves), and a KV capacity beyond the machine's
  * memory is refused with a message instead of an allocator abort. */
 #include <jansson.h>
@@ -9,12 +9,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/files.h"
+#include "dsv4_files.h"
 #include "core/status.h"
 #include "dsv4.h"
 #include "model/checkpoint.h"
-#include "model/config.h"
-#include "model/limits.h"
+#include "dsv4_config.h"
+#include "dsv4_limits.h"
 #include "test_util.h"
 
 static char dir[PATH_MAX];

@@ -10,7 +10,7 @@
 
 #include "core/status.h"
 #include "test_util.h"
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 
 static double now(void) {
     struct timespec t;

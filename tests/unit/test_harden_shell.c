@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/files.h"
+#include "dsv4_files.h"
 #include "core/status.h"
 #include "test_util.h"
 

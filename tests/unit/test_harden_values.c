@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/files.h"
+#include "dsv4_files.h"
 #include "core/status.h"
 #include "dsv4.h"
 #include "model/checkpoint.h"

@@ -6,7 +6,7 @@
 
 #include <string.h>
 
-#include "model/config.h"
+#include "dsv4_config.h"
 
 static inline void kvtest_config_common(dsv4_config *c, int n_layers, int head_dim, int rope, int window, int index_dim) {
     memset(c, 0, sizeof *c);

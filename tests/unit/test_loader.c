@@ -13,10 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/npy.h"
+#include "dsv4_npy.h"
 #include "core/numfmt.h"
 #include "model/checkpoint.h"
-#include "model/config.h"
+#include "dsv4_config.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
 #include "test_util.h"

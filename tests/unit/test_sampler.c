@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "core/status.h"
-#include "engine/sampler.h"
+#include "dsv4_sampler.h"
 #include "test_util.h"
 
 #define BIGV 129280

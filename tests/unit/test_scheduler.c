@@ -20,7 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "model/synth.h"
+#include "dsv4_synth.h"
 #include "server/sched_output.h"
 #include "server/scheduler.h"
 #include "test_util.h"

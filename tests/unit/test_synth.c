@@ -14,7 +14,7 @@
 
 #include "core/numfmt.h"
 #include "model/checkpoint.h"
-#include "model/synth.h"
+#include "dsv4_synth.h"
 #include "test_util.h"
 
 static char g_dir[256];

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "test_util.h"
-#include "tokenizer/tokenizer.h"
+#include "dsv4_tokenizer.h"
 
 static dsv4_tokenizer *tok;
 static json_t *corpus; /* array of {"text", "ids"} */

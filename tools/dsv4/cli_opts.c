@@ -6,9 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef DSV4_HAVE_CUDA
-#include "backend/cuda/cuda_ctx.h"
-#endif
+#include "dsv4.h"   /* dsv4_engine_cuda_devices */
 
 #define MAX_NAMES 8          /* spellings of one option */
 #define NAME_LEN 64
@@ -291,9 +289,5 @@ void cli_opts_help(FILE *f, const cli_command_help *h, const cli_option *opts, i
 }
 
 const char *cli_auto_backend(void) {
-#ifdef DSV4_HAVE_CUDA
-    return dsv4_cuda_device_count() > 0 ? "cuda" : "cpu";
-#else
-    return "cpu";
-#endif
+    return dsv4_engine_cuda_devices() > 0 ? "cuda" : "cpu";
 }

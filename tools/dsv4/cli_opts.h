@@ -18,7 +18,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "core/threadpool.h"   /* DSV4_THREADS_MAX */
+#include "dsv4_limits.h"   /* DSV4_THREADS_MAX */
 
 typedef enum cli_opt_kind {
     CLI_OPT_FLAG,     /* no value; dest int*, set to 1 */

@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/files.h"
-#include "model/limits.h"
+#include "dsv4_files.h"
+#include "dsv4_limits.h"
 
 /* Separators between ids: whitespace, commas, and the brackets of a JSON list ("[1, 2, 3]"). */
 static int is_sep(char c) { return isspace((unsigned char)c) || c == ',' || c == '[' || c == ']'; }

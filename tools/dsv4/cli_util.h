@@ -13,7 +13,7 @@
 int cli_parse_ids(const char *cmd, const char *spec, int32_t **ids, int *n);
 
 /* The text of path, or of stdin when path is "-" (a pipe or FIFO is read to its end), through the bounded
- * reader of core/files.h: at most max_bytes, a directory or device refused at once (named in err).
+ * reader of include/dsv4_files.h: at most max_bytes, a directory or device refused at once (named in err).
  * *data is malloc'ed and NUL-terminated (*len excludes the NUL). */
 dsv4_status cli_read_text(const char *path, uint64_t max_bytes, char **data, size_t *len, dsv4_err *err);
 

@@ -1,5 +1,5 @@
 /* cmd_bench.c — `dsv4 bench`: prefill tokens/s at several prompt lengths and decode tokens/s at every
- * batch x context length, each figure with its ratio to a ceiling measured in the same run (engine/bench.h):
+ * batch x context length, each figure with its ratio to a ceiling measured in the same run (include/dsv4_bench.h):
  *
  *   dsv4 bench [--model DIR | --synthetic PRESET [--layers N] [--experts N] [--keep] [--synth-dir DIR]]
  *              [--backend cuda|cpu] [--prompt-lens 128,1024,4096] [--batches 1,8,32]
@@ -15,7 +15,7 @@
  * b runs --warmup greedy steps (graph capture) and --repeats calls of --decode-steps steps with
  * dsv4_engine_decode_greedy (cuda: graph replays on the device, timed with CUDA events; cpu: host clock),
  * median ms per step. Ratio: (bytes the step must read / time) / device copy bandwidth (read + write).
- * --synthetic writes a random-weight checkpoint (model/synth.h) into a fresh directory under $TMPDIR (or
+ * --synthetic writes a random-weight checkpoint (include/dsv4_synth.h) into a fresh directory under $TMPDIR (or
  * /tmp), loads it, and deletes it at the end unless --keep. Exit 0 ok, 1 failure, 2 usage. */
 #include <dirent.h>
 #include <errno.h>
@@ -29,12 +29,10 @@
 #include "cli.h"
 #include "cli_opts.h"
 #include "textgen.h"
-#include "core/status.h"
 #include "dsv4.h"
-#include "engine/bench.h"
-#include "engine/profile.h"
-#include "model/config.h"
-#include "model/synth.h"
+#include "dsv4_bench.h"
+#include "dsv4_config.h"
+#include "dsv4_synth.h"
 
 #define MAX_LIST 16
 #define MAX_ROWS 128
@@ -173,7 +171,7 @@ static dsv4_status fill(dsv4_engine *e, const int *seqs, int n, long C, dsv4_err
     dsv4_batch_item *items = malloc(sizeof *items * (size_t)n);
     float *logits = malloc(sizeof *logits * (size_t)V);
     dsv4_status st = tok && items && logits ? DSV4_OK : DSV4_ERR_NOMEM;
-    if (st != DSV4_OK) dsv4_err_set(err, st, "bench: out of memory");
+    if (st != DSV4_OK && err) snprintf(err->msg, sizeof err->msg, "bench: out of memory");
     for (long done = 0; done < C && st == DSV4_OK; done += chunk) {
         long m = C - done < chunk ? C - done : chunk;
         for (int i = 0; i < n; i++) {

@@ -22,7 +22,7 @@
 #include "cli.h"
 #include "cli_opts.h"
 #include "textgen.h"
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 
 #define CHAT_MAX_NEW 512
 

@@ -1,15 +1,15 @@
 /* cmd_chat_template.c — `dsv4 chat-template`: renders an OpenAI-style messages file as the exact DeepSeek V4
- * prompt (src/tokenizer/chat.h) and prints it to stdout with no trailing newline added. */
+ * prompt (include/dsv4_chat.h) and prints it to stdout with no trailing newline added. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/files.h"
-#include "model/limits.h"
+#include "dsv4_files.h"
+#include "dsv4_limits.h"
 #include "cli.h"
 #include "cli_opts.h"
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 
 static const cli_command_help help = {
     .cmd = "chat-template",

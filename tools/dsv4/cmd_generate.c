@@ -20,11 +20,11 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "core/files.h"
+#include "dsv4_files.h"
 #include "cli_opts.h"
 #include "cli_util.h"
 #include "textgen.h"
-#include "tokenizer/chat.h"
+#include "dsv4_chat.h"
 
 #define TEXT_MAX_NEW 256
 #define IDS_MAX_NEW 16

@@ -14,7 +14,7 @@
 #include "cli_opts.h"
 #include "cli_util.h"
 #include "textgen.h"
-#include "core/npy.h"
+#include "dsv4_npy.h"
 #include "dsv4.h"
 
 typedef struct dump_state {

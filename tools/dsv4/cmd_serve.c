@@ -1,7 +1,7 @@
 /* cmd_serve.c — `dsv4 serve`: an OpenAI- and Anthropic-compatible HTTP server (issue 12). Loads the model
  * and tokenizer the way `dsv4 chat` does (textgen.h: --model DIR or the embedded default), starts the
- * scheduler (src/server/scheduler.h) and the HTTP front (src/server/http.h), and runs until SIGINT or
- * SIGTERM. Exit codes: 0 after a clean shutdown, 1 failure, 2 usage. */
+ * server (include/dsv4_server.h: the scheduler and the HTTP front), and runs until SIGINT or SIGTERM.
+ * Exit codes: 0 after a clean shutdown, 1 failure, 2 usage. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -10,8 +10,7 @@
 
 #include "cli.h"
 #include "cli_opts.h"
-#include "server/http.h"
-#include "server/scheduler.h"
+#include "dsv4_server.h"
 #include "textgen.h"
 
 static const cli_command_help help = {
@@ -81,47 +80,34 @@ int dsv4_cmd_serve(int argc, char **argv) {
     g.seq = -1;
 
     dsv4_err err = {{0}};
-    dsv4_sched_options so = {0};
+    const char *name = strrchr(g.model_dir, '/');
+    name = name && name[1] ? name + 1 : g.model_dir;
+    dsv4_server_options so = {0};
     so.engine = g.e;
     so.tok = g.tok;
+    so.model_name = name;
+    so.host = host;
+    so.port = (int)port;
+    so.api_key = api_key;
+    so.max_body = (size_t)body;
     so.max_batch = (int)batch;
     so.max_queue = (int)queue;
     so.max_seq_tokens = (long)ctx;
     so.prefix_cache = !no_prefix;
-    so.quiet = quiet;   /* the scheduler logs one line per request */
-    dsv4_sched *sched = NULL;
-    if (dsv4_sched_create(&so, &sched, &err)) {
+    so.quiet = quiet;   /* one log line per request unless --quiet */
+    dsv4_server *server = NULL;
+    if (dsv4_server_start(&so, &server, &err)) {
         fprintf(stderr, "dsv4 serve: %s\n", err.msg);
-        cli_textgen_close(&g);
-        return 1;
-    }
-    const char *name = strrchr(g.model_dir, '/');
-    name = name && name[1] ? name + 1 : g.model_dir;
-    dsv4_http_options ho = {0};
-    ho.host = host;
-    ho.port = (int)port;
-    ho.api_key = api_key;
-    ho.max_body = (size_t)body;
-    ho.sched = sched;
-    ho.tok = g.tok;
-    ho.model_name = name;
-    ho.ctx = dsv4_sched_max_seq_tokens(sched);
-    ho.log_requests = !quiet;
-    dsv4_http *http = NULL;
-    if (dsv4_http_start(&ho, &http, &err)) {
-        fprintf(stderr, "dsv4 serve: %s\n", err.msg);
-        dsv4_sched_destroy(sched);
         cli_textgen_close(&g);
         return 1;
     }
     fprintf(stderr, "dsv4 serve: listening on http://%s:%d (model %s, ctx %ld, max batch %d%s)\n",
-            ho.host ? ho.host : "127.0.0.1", dsv4_http_port(http), name, ctx, batch,
+            host ? host : "127.0.0.1", dsv4_server_port(server), name, ctx, batch,
             api_key && api_key[0] ? ", API key required" : "");
     int sig = 0;
     sigwait(&stop_sigs, &sig);
     fprintf(stderr, "dsv4 serve: %s, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    dsv4_http_stop(http);        /* first: open requests end while the scheduler still runs */
-    dsv4_sched_destroy(sched);
+    dsv4_server_stop(server);    /* open requests end, then the scheduler stops */
     cli_textgen_close(&g);
     return 0;
 }

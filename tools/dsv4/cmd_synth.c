@@ -1,6 +1,6 @@
 /* cmd_synth.c — `dsv4 synth --out DIR [--preset tiny|flash-shapes] [--layers N] [--experts N] [--seed S]
  * [--tokenizer FILE] [--shard-mb N]`: writes a random-weight DeepSeek V4 checkpoint in the released format
- * (model/synth.h), so that the engine runs on a fresh machine without downloading anything. Exit 0 on
+ * (include/dsv4_synth.h), so that the engine runs on a fresh machine without downloading anything. Exit 0 on
  * success, 1 on failure (one error line), 2 on a usage error. */
 #include <errno.h>
 #include <inttypes.h>
@@ -12,8 +12,7 @@
 #include "cli.h"
 #include "cli_opts.h"
 #include "textgen.h"
-#include "core/status.h"
-#include "model/synth.h"
+#include "dsv4_synth.h"
 
 static const cli_command_help help = {
     .cmd = "synth",

@@ -1,4 +1,4 @@
-/* cmd_tokenize.c — `dsv4 tokenize`: prints the token ids of a text (src/tokenizer/tokenizer.h), comma-separated
+/* cmd_tokenize.c — `dsv4 tokenize`: prints the token ids of a text (include/dsv4_tokenizer.h), comma-separated
  * on one line. Special tokens written in the text are recognised; nothing (no BOS) is added. The tokenizer
  * is found the way generate finds it (textgen.h: cli_find_tokenizer). */
 #include <stdio.h>
@@ -6,12 +6,12 @@
 #include <string.h>
 
 #include "cli.h"
-#include "core/files.h"
-#include "model/limits.h"
+#include "dsv4_files.h"
+#include "dsv4_limits.h"
 #include "cli_opts.h"
 #include "cli_util.h"
 #include "textgen.h"
-#include "tokenizer/tokenizer.h"
+#include "dsv4_tokenizer.h"
 
 static const cli_command_help help = {
     .cmd = "tokenize",

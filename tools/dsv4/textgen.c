@@ -17,9 +17,9 @@
 #include <unistd.h>
 
 #include "cli_util.h"
-#include "core/files.h"
-#include "model/limits.h"
-#include "model/synth.h"
+#include "dsv4_files.h"
+#include "dsv4_limits.h"
+#include "dsv4_synth.h"
 
 #define DEFAULT_PRESET "tiny"
 #define DEFAULT_SEED 20240501u   /* fixed: every machine builds the same default checkpoint */

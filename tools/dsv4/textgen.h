@@ -15,14 +15,14 @@
 #include <stdint.h>
 
 #include "dsv4.h"
-#include "engine/sampler.h"
+#include "dsv4_sampler.h"
 #include "cli_opts.h"
 #include "progress.h"
-#include "tokenizer/tokenizer.h"
+#include "dsv4_tokenizer.h"
 
 #define CLI_MAX_STOPS 16
 #define CLI_PREFILL_CHUNK 256   /* prefill piece size: one progress update per piece */
-#define CLI_MAX_CTX (1L << 30)  /* most KV tokens a command sizes (= --ctx bound; model/limits.h DSV4_LIMIT_CTX_TOKENS) */
+#define CLI_MAX_CTX (1L << 30)  /* most KV tokens a command sizes (= --ctx bound; dsv4_limits.h DSV4_LIMIT_CTX_TOKENS) */
 
 /* Options both commands accept; cli_textgen_options lists them for the command's option table. */
 typedef struct cli_textgen_opts {

@@ -1,4 +1,4 @@
-/* bench.h — the arithmetic and the device peers behind `dsv4 bench` (tools/dsv4/cmd_bench.c):
+/* dsv4_bench.h — the arithmetic and the device peers behind `dsv4 bench` (tools/dsv4/cmd_bench.c):
  *
  *   - what a decode step must read from memory (its HBM roofline) and what a prefill must compute, from
  *     the config alone (the tensor list of dsv4_checkpoint_expected_visit, in the released formats, and
@@ -19,15 +19,17 @@
  *   prefill FLOPs of a prompt of P tokens = per token 2·(dense matmul parameters + k experts' parameters)
  *     + per layer attention 4·H·hd·K_t (QKᵀ and PV over the K_t entries token t sees) + the CSA indexer
  *     2·heads·dim·(t+1)/4, + the head once (only the last token's logits are computed).
- * Plain C11. */
-#ifndef DSV4_ENGINE_BENCH_H
-#define DSV4_ENGINE_BENCH_H
+ * Plain C11.
+ * Public header (include/, docs/ARCHITECTURE.md "Layering"); implemented in src/engine/bench.c
+ * (dsv4_bench_profile: src/engine/profile.c). */
+#ifndef DSV4_BENCH_H
+#define DSV4_BENCH_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "dsv4.h"
-#include "kv/kv_schema.h"
-#include "model/config.h"
+#include "dsv4_config.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -35,7 +37,6 @@ extern "C" {
 
 typedef struct dsv4_bench_cost {
     dsv4_config cfg;            /* copy */
-    dsv4_kv_schema kv;          /* derived from cfg */
     double dense_bytes;         /* non-routed weights + scales of the main layers, read once per step */
     double head_bytes;          /* head + final norm + hc_head */
     double embed_row_bytes;     /* one embedding row */
@@ -82,6 +83,16 @@ dsv4_status dsv4_bench_cuda_copy_gbps(int device, double *copy_gbps, dsv4_err *e
  * batches of 5). desc gets the device description (dsv4_cuda_describe). UNSUPPORTED without CUDA. */
 dsv4_status dsv4_bench_cuda_peers(int device, const dsv4_config *cfg, int gemm_m, double *copy_gbps,
                                   double *gemm_tflops, char *desc, size_t desc_n, dsv4_err *err);
+
+/* `dsv4 bench --profile`: opens an engine on model_dir (cuda backend, one GPU), then
+ *   - prefill: one prompt of prompt_len random tokens, warm-up pass, then the profiled step;
+ *   - decode: `batch` sequences prefilled to `context` tokens (unprofiled), one warm-up decode step, then one
+ *     profiled decode step (every sequence one token, eager);
+ * and prints both tables to out (prompt_len or batch <= 0 skips that part). copy_gbps / peak_tflops are the
+ * ceilings the bench measured in the same run (0: ratios not shown). Returns 0 ok, 1 failure (message on
+ * stderr). */
+int dsv4_bench_profile(const char *model_dir, long prompt_len, int batch, long context, int n_threads,
+                       double copy_gbps, double peak_tflops, FILE *out);
 
 #ifdef __cplusplus
 }

@@ -1,9 +1,10 @@
-/* limits.h — every bound dsv4 puts on a value read from a file or given on the command line, in one place
+/* dsv4_limits.h — every bound dsv4 puts on a value read from a file or given on the command line, in one place
  * (docs/RELIABILITY.md says why each was chosen). Config values that size loops or allocations are checked
  * against these at load (model/config.c), so no product of them overflows 64-bit arithmetic and no kernel
- * scratch array (sized by the same constants) can be overrun. Plain C, included by host code only. */
-#ifndef DSV4_MODEL_LIMITS_H
-#define DSV4_MODEL_LIMITS_H
+ * scratch array (sized by the same constants) can be overrun. Plain C, included by host code only.
+ * Public header (include/, docs/ARCHITECTURE.md "Layering"). */
+#ifndef DSV4_LIMITS_H
+#define DSV4_LIMITS_H
 
 /* ---- files ----------------------------------------------------------------------------------------- */
 #define DSV4_LIMIT_CONFIG_BYTES     (16ull << 20)    /* config.json (the real ones are ~2 KB) */
@@ -34,5 +35,6 @@
 /* ---- run time ---------------------------------------------------------------------------------------- */
 #define DSV4_LIMIT_CTX_TOKENS       (1L << 30)       /* --ctx / max_tokens; the KV arena must also fit in memory */
 #define DSV4_LIMIT_SEQS             65536            /* concurrent sequences (KV slots) of one engine */
+#define DSV4_THREADS_MAX            1024             /* most threads a pool takes (the CLI's -t range) */
 
 #endif

@@ -1,11 +1,12 @@
-/* npy.h — writing and reading float32 arrays in NumPy's .npy format (version 1.0, little-endian,
- * C order). Used by `dsv4 logits` (logits and per-layer dumps) and by tests reading goldens. */
-#ifndef DSV4_CORE_NPY_H
-#define DSV4_CORE_NPY_H
+/* dsv4_npy.h — writing and reading float32 arrays in NumPy's .npy format (version 1.0, little-endian,
+ * C order). Used by `dsv4 logits` (logits and per-layer dumps) and by tests reading goldens.
+ * Public header (include/, docs/ARCHITECTURE.md "Layering"); implemented in src/core/npy.c. */
+#ifndef DSV4_NPY_H
+#define DSV4_NPY_H
 
 #include <stddef.h>
 
-#include "core/status.h"
+#include "dsv4_status.h"
 
 #ifdef __cplusplus
 extern "C" {

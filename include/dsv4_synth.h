@@ -1,4 +1,4 @@
-/* synth.h — random-weight DeepSeek V4 checkpoints written by dsv4 itself, in the exact released format
+/* dsv4_synth.h — random-weight DeepSeek V4 checkpoints written by dsv4 itself, in the exact released format
  * (spec §2: config.json with the released keys, official tensor names incl. mtp.0.*, FP8 e4m3 weights with
  * e8m0 128x128 block scales, packed FP4 experts with e8m0 per-32 scales, BF16/F32/I64 elsewhere, sharded
  * safetensors + model.safetensors.index.json). Used by the README's first command (no download needed)
@@ -8,14 +8,15 @@
  * Magnitudes are chosen so that a forward stays finite and well-scaled: norms 1, linears with weight std
  * about 1/sqrt(fan_in), and the residual branch outputs (attn.wo_b, shared and routed w2) 20x smaller, so
  * the residual stream dominates. Weights are random, so the "model" outputs noise-like text; it exercises
- * every code path, shape and number format. Deterministic in (cfg, seed). */
-#ifndef DSV4_MODEL_SYNTH_H
-#define DSV4_MODEL_SYNTH_H
+ * every code path, shape and number format. Deterministic in (cfg, seed).
+ * Public header (include/, docs/ARCHITECTURE.md "Layering"); implemented in src/model/synth.c. */
+#ifndef DSV4_SYNTH_H
+#define DSV4_SYNTH_H
 
 #include <stdint.h>
 
-#include "core/status.h"
-#include "model/config.h"
+#include "dsv4_status.h"
+#include "dsv4_config.h"
 
 #ifdef __cplusplus
 extern "C" {

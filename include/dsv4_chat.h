@@ -1,14 +1,15 @@
-/* chat.h — DeepSeek V4 prompt rendering and completion parsing (spec §7.3, §7.4): OpenAI-style messages
+/* dsv4_chat.h — DeepSeek V4 prompt rendering and completion parsing (spec §7.3, §7.4): OpenAI-style messages
  * (jansson) -> the exact prompt string of DeepSeek's reference renderer (encoding/encoding_dsv4.py), and
  * the reverse: a model completion -> reasoning, content and DSML tool calls, incrementally as text streams.
- * Plain text in and out; tokenization is the caller's (tokenizer.h). Decisions: docs/TOKENIZER.md. */
-#ifndef DSV4_TOKENIZER_CHAT_H
-#define DSV4_TOKENIZER_CHAT_H
+ * Plain text in and out; tokenization is the caller's (tokenizer.h). Decisions: docs/TOKENIZER.md.
+ * Public header (include/, docs/ARCHITECTURE.md "Layering"); implemented in src/tokenizer/chat.c, dsml.c. */
+#ifndef DSV4_CHAT_H
+#define DSV4_CHAT_H
 
 #include <jansson.h>
 #include <stdbool.h>
 
-#include "tokenizer/tokenizer.h"
+#include "dsv4_tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {

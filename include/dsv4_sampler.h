@@ -1,4 +1,4 @@
-/* sampler.h — per-request token selection: penalties, greedy, temperature / top-k / top-p / min-p sampling,
+/* dsv4_sampler.h — per-request token selection: penalties, greedy, temperature / top-k / top-p / min-p sampling,
  * top-n logprobs and stop-string matching (issue 4 item 3; conventions in docs/SAMPLING.md).
  *
  * Owns: the per-request sampling parameters and state (RNG position, generated-token counts, the set of
@@ -7,14 +7,15 @@
  *
  * Reproducibility: the random draw of step n is a pure function of (seed, n) (counter-based splitmix64,
  * one uniform per step), so a request samples the same tokens whatever else is in the batch and whatever
- * thread runs it. Ties between equal logits always go to the lowest token id. */
-#ifndef DSV4_ENGINE_SAMPLER_H
-#define DSV4_ENGINE_SAMPLER_H
+ * thread runs it. Ties between equal logits always go to the lowest token id.
+ * Public header (include/, docs/ARCHITECTURE.md "Layering"); implemented in src/engine/sampler.c. */
+#ifndef DSV4_SAMPLER_H
+#define DSV4_SAMPLER_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dsv4.h"
+#include "dsv4_status.h"
 
 #ifdef __cplusplus
 extern "C" {

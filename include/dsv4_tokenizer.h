@@ -1,18 +1,20 @@
-/* tokenizer.h — the DeepSeek V4 byte-level BPE tokenizer (spec §7.1): load tokenizer.json, encode text to
+/* dsv4_tokenizer.h — the DeepSeek V4 byte-level BPE tokenizer (spec §7.1): load tokenizer.json, encode text to
  * ids exactly like Hugging Face `tokenizers` (added tokens matched on the raw text first, the three
  * "Isolated" regex splits, ByteLevel, BPE by merge rank), decode ids to bytes, and a streaming
  * detokenizer that never emits a broken UTF-8 sequence. Decisions are written down in docs/TOKENIZER.md.
  *
  * Threading: a loaded tokenizer is read-only except for its BPE cache, which encode updates. So encode
- * must be called by one thread at a time per tokenizer; decode, lookups and detok may run concurrently. */
-#ifndef DSV4_TOKENIZER_TOKENIZER_H
-#define DSV4_TOKENIZER_TOKENIZER_H
+ * must be called by one thread at a time per tokenizer; decode, lookups and detok may run concurrently.
+ * Public header (include/, docs/ARCHITECTURE.md "Layering"); implemented in src/tokenizer/tokenizer.c,
+ * pretok.c, utf8.c. */
+#ifndef DSV4_TOKENIZER_H
+#define DSV4_TOKENIZER_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/status.h"
+#include "dsv4_status.h"
 
 #ifdef __cplusplus
 extern "C" {

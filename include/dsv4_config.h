@@ -1,9 +1,10 @@
-/* config.h — the model configuration read from a Hugging Face config.json of DeepSeek V4 (spec §1).
- * Every size the engine uses comes from here; nothing assumes Flash or Pro. Parsed with jansson. */
-#ifndef DSV4_MODEL_CONFIG_H
-#define DSV4_MODEL_CONFIG_H
+/* dsv4_config.h — the model configuration read from a Hugging Face config.json of DeepSeek V4 (spec §1).
+ * Every size the engine uses comes from here; nothing assumes Flash or Pro. Parsed with jansson.
+ * Public header (include/, docs/ARCHITECTURE.md "Layering"); implemented in src/model/config.c. */
+#ifndef DSV4_CONFIG_H
+#define DSV4_CONFIG_H
 
-#include "core/status.h"
+#include "dsv4_status.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,15 +1,16 @@
-/* files.h — the one place dsv4 touches the file system for untrusted paths: a bounded reader of regular
+/* dsv4_files.h — the one place dsv4 touches the file system for untrusted paths: a bounded reader of regular
  * files (a FIFO, device or directory given where a file is expected is an error at once, never a blocking
  * open), a regular-file open for mmap, an atomic "write to a temporary name, then rename" helper, and tree
  * removal with the C library (no shell; symlinks are unlinked, never followed). Must not: run a shell
- * (system, popen), follow a symlink out of a tree it removes, or read more than the caller's bound. */
-#ifndef DSV4_CORE_FILES_H
-#define DSV4_CORE_FILES_H
+ * (system, popen), follow a symlink out of a tree it removes, or read more than the caller's bound.
+ * Public header (include/, docs/ARCHITECTURE.md "Layering"); implemented in src/core/files.c. */
+#ifndef DSV4_FILES_H
+#define DSV4_FILES_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/status.h"
+#include "dsv4_status.h"
 
 #ifdef __cplusplus
 extern "C" {
