@@ -19,7 +19,16 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))
 WARN    := -Wall -Wextra -Wno-unused-parameter
 # -ffp-contract=off: no silent FMA contraction, so the CPU reference rounds exactly where the spec says
 # and gives bitwise-identical results across builds.
-CFLAGS_COMMON := -std=c11 -D_GNU_SOURCE -pthread -ffp-contract=off $(WARN) -Iinclude -Isrc -Itests/common -MMD -MP
+CFLAGS_COMMON := -std=c11 -D_GNU_SOURCE -pthread -ffp-contract=off $(WARN)
+DEPFLAGS := -MMD -MP
+
+# Include paths per folder: the layering of docs/ARCHITECTURE.md ("Layering") enforced by the build. The CLI
+# sees only the public headers (include/) and its own; the library sees src/ and include/; tests and benches
+# test internals. tests/cli/test_layering.sh checks both (`make print-tool-cflags` prints the CLI's flags).
+LIB_INC   := -Isrc -Iinclude
+TOOL_INC  := -Iinclude -Itools/dsv4
+TEST_INC  := -Iinclude -Isrc -Itests/common
+BENCH_INC := -Iinclude -Isrc
 ifeq ($(VARIANT),asan)
   CFLAGS_V := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDFLAGS_V := -fsanitize=address,undefined
@@ -64,13 +73,18 @@ BENCHES  := $(BENCH_SRC:%.c=$(BUILD)/%)
 TEST_HELPERS := $(wildcard tests/common/*.c)
 TEST_HELPER_OBJ := $(TEST_HELPERS:%.c=$(BUILD)/%.o)
 
-.PHONY: all test test-release fuzz clean bench
+.PHONY: all test test-release fuzz clean bench print-tool-cflags
 .SECONDARY:
 all: $(DSV4) $(TESTS) $(BENCHES)
 
+$(BUILD)/src/%.o: CFLAGS += $(LIB_INC)
+$(BUILD)/tools/%.o: CFLAGS += $(TOOL_INC)
+$(BUILD)/tests/%.o: CFLAGS += $(TEST_INC)
+$(BUILD)/bench/%.o: CFLAGS += $(BENCH_INC)
+
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) $(DEPFLAGS) -c $< -o $@
 
 $(BUILD)/tools/dsv4/main.o: $(REV_STAMP)
 $(BUILD)/tools/dsv4/main.o: CFLAGS += -DDSV4_VERSION='"$(DSV4_VERSION)"' -DDSV4_GIT_REV='"$(GIT_REV)"'
@@ -121,6 +135,10 @@ fuzz:
 	  -o build/fuzz/fuzz_request -ljansson -lpcre2-8 -lm
 	$(FUZZ_CC) -pthread -ffp-contract=off tests/fuzz/fuzz_checkpoint.c $(LIB_SRC) \
 	  -o build/fuzz/fuzz_checkpoint -ljansson -lpcre2-8 -lmicrohttpd -lm -lpthread -ldl
+
+# The flags a tools/dsv4 source is compiled with (tests/cli/test_layering.sh compiles probes with them).
+print-tool-cflags:
+	@echo $(CFLAGS) $(TOOL_INC)
 
 clean:
 	rm -rf build
