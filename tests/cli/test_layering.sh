@@ -59,7 +59,7 @@ probe() {
     if $CC $FLAGS -fsyntax-only "$src" >"$TMP/$name.log" 2>&1; then got=0; else got=1; fi
     if [ "$got" -ne "$want" ]; then
         bad "$name" "$([ "$want" -eq 1 ] && echo "compiled, expected an error" || echo "does not compile: $(grep -m 2 'error' "$TMP/$name.log")")"
-    elif [ "$want" -eq 1 ] && ! grep -q "No such file" "$TMP/$name.log"; then
+    elif [ "$want" -eq 1 ] && ! grep -qE "No such file|file not found" "$TMP/$name.log"; then
         bad "$name" "failed for another reason than the missing path: $(grep -m 2 'error' "$TMP/$name.log")"
     else
         ok "$name"
