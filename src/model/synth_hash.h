@@ -120,13 +120,13 @@ DSV4_SYNTH_HD static inline uint64_t dsv4_synth_value(const dsv4_synth_fill *f, 
     case DSV4_SYNTH_F32_UNIFORM:
         return dsv4_synth_f32_bits(fmaf(f->a, dsv4_synth_sym(h), f->mean));
     case DSV4_SYNTH_E4M3_ANY: {
-        uint64_t c = (h >> 32) % 254u;   /* 0..253 -> 0x00..0x7e, 0x80..0xfe */
-        return c + (c >= 0x7fu);
+        uint32_t c = (uint32_t)(h >> 32) % 254u;   /* 0..253 -> 0x00..0x7e, 0x80..0xfe (32-bit: cheap on GPUs) */
+        return (uint64_t)(c + (c >= 0x7fu));
     }
     case DSV4_SYNTH_BYTE_ANY:
         return h >> 56;
     case DSV4_SYNTH_E8M0_RANGE:
-        return (uint64_t)(uint32_t)f->lo + (h >> 32) % (uint64_t)(uint32_t)f->span;
+        return (uint64_t)((uint32_t)f->lo + (uint32_t)(h >> 32) % (uint32_t)f->span);
     case DSV4_SYNTH_I64_EXPERTS: {
         const uint64_t E = (uint64_t)(uint32_t)f->span, k = (uint64_t)(uint32_t)f->lo;
         const uint64_t row = i / k, j = i % k;
