@@ -32,6 +32,7 @@ dsv4_status dsv4_bench_cuda_free_bytes(int device, double *free_bytes, dsv4_err 
     *free_bytes = 0;
 #ifdef DSV4_HAVE_CUDA
     size_t fr = 0, total = 0;
+    if (dsv4_cuda_device_count() <= 0) return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "cuda: no CUDA device visible");
     DSV4_TRY(dsv4_cuda_mem_info(device, &fr, &total, err));
     *free_bytes = (double)fr;
     return DSV4_OK;
