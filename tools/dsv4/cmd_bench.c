@@ -525,6 +525,10 @@ int dsv4_cmd_bench(int argc, char **argv) {
             if (on_device || (disk_free >= 0 && need > disk_free)) {
                 on_device = 1;
                 cfg = cf;
+            } else {
+                fprintf(stderr, "bench: it fits the disk: writing the checkpoint with the preset's %d experts (pass "
+                                "--on-device for %d generated on the GPU, or --experts N)\n", cfg.n_routed_experts,
+                        efit);
             }
         }
         if (!on_device && disk_free >= 0 && dsv4_bench_synth_disk_bytes(&cfg) > disk_free) {
