@@ -23,8 +23,21 @@ typedef struct dsv4_engine dsv4_engine;
  * bind; done 0 then 1 of total 1) then "weights" (bytes of the weight files read in so far, of total). */
 typedef void (*dsv4_progress_fn)(void *user, const char *stage, uint64_t done, uint64_t total);
 
+/* A random-weight model built in memory instead of a checkpoint directory: the presets of `dsv4 synth`, the
+ * same value distributions, nothing read from or written to disk. */
+typedef struct dsv4_synthetic_model {
+    const char *preset;      /* "tiny" or "flash-shapes"; NULL: no synthetic model (model_dir is used) */
+    int n_layers;            /* main layers; <= 0: the preset's */
+    int n_experts;           /* routed experts per layer; <= 0: the preset's */
+    uint64_t seed;
+    int on_device;           /* 1: no host copy at all, every weight is generated directly in GPU memory when
+                                the engine starts (cuda backend and one GPU only; the MTP block is left out);
+                                0: generated in host memory (either backend) */
+} dsv4_synthetic_model;
+
 typedef struct dsv4_engine_options {
-    const char *model_dir;   /* checkpoint directory (config.json + safetensors) */
+    const char *model_dir;   /* checkpoint directory (config.json + safetensors); NULL with synthetic.preset */
+    dsv4_synthetic_model synthetic; /* used when synthetic.preset is set (then model_dir must be NULL) */
     const char *backend;     /* "cpu" (default) or "cuda" */
     int n_threads;           /* CPU backend worker threads; <= 0: all online CPUs */
     int max_seqs;            /* concurrent sequences (KV slots); <= 0: 8 */

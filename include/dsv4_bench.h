@@ -94,6 +94,24 @@ dsv4_status dsv4_bench_cuda_peers(int device, const dsv4_config *cfg, int gemm_m
 int dsv4_bench_profile(const char *model_dir, long prompt_len, int batch, long context, int n_threads,
                        double copy_gbps, double peak_tflops, FILE *out);
 
+/* ---- synthetic models generated on the device (bench_synth.c; `dsv4 bench --on-device`) ---------------- */
+
+/* Bytes the checkpoint dsv4_synth_write would write for cfg (every tensor, MTP included). */
+double dsv4_bench_synth_disk_bytes(const dsv4_config *cfg);
+/* Space available to an unprivileged user on the filesystem holding path (statvfs); -1 when unknown. */
+double dsv4_bench_fs_free_bytes(const char *path);
+/* Free memory of CUDA device `device` (bytes). UNSUPPORTED without CUDA. */
+dsv4_status dsv4_bench_cuda_free_bytes(int device, double *free_bytes, dsv4_err *err);
+/* Device bytes (weights as placed + workspace + KV + context workspaces) of the synthetic preset with
+ * n_layers layers and n_experts experts generated on the device, in an engine of max_seqs sequences and
+ * max_tokens KV tokens (dsv4_forward_cuda_plan_bytes: needs a CUDA build, not a device). */
+dsv4_status dsv4_bench_synth_device_bytes(const char *preset, int n_layers, int n_experts, int max_seqs,
+                                          long max_tokens, double *bytes, dsv4_err *err);
+/* The largest E in [experts per token, e_cap] whose device bytes (above) are at most budget. CAPACITY when
+ * not even the smallest fits. */
+dsv4_status dsv4_bench_synth_fit_experts(const char *preset, int n_layers, int max_seqs, long max_tokens,
+                                         double budget, int e_cap, int *experts, dsv4_err *err);
+
 #ifdef __cplusplus
 }
 #endif

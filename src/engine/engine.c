@@ -17,6 +17,7 @@
 #include "engine/model.h"
 #include "engine/profile.h"
 #include "dsv4_limits.h"
+#include "dsv4_synth.h"
 #include "engine/spec.h"
 
 struct dsv4_engine {
@@ -71,8 +72,11 @@ static void page_in_weights(const dsv4_checkpoint *ck, dsv4_progress_fn fn, void
 
 dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out, dsv4_err *err) {
     *out = NULL;
-    if (!opt || !opt->model_dir)
+    const dsv4_synthetic_model *syn = opt ? &opt->synthetic : NULL;
+    if (!opt || (!opt->model_dir && !syn->preset))
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: no model directory given");
+    if (opt->model_dir && syn->preset)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: give a model directory or a synthetic model, not both");
     int cuda = opt->backend && strcmp(opt->backend, "cuda") == 0;
     if (opt->backend && !cuda && strcmp(opt->backend, "cpu") != 0)
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: unknown backend '%s' (known: cpu, cuda)", opt->backend);
@@ -80,6 +84,11 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: fault variants exist on the cpu backend only");
     int world = opt->gpus > 1 ? opt->gpus : 1;
     dsv4_status st;
+    if (syn->preset && world > 1)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: a synthetic in-memory model runs on one rank (gpus 1)");
+    if (syn->preset && syn->on_device && !cuda)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: weights generated on the device need the cuda backend "
+                            "(the cpu backend has no host copy of them to compute with)");
     if (cuda && world > 1 && (st = dsv4_tp_cuda_check_devices(world, err)) != DSV4_OK) return st;
     dsv4_engine *e = calloc(1, sizeof *e);
     if (!e) return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
@@ -94,7 +103,12 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
                             max_seqs, (long)DSV4_LIMIT_CTX_TOKENS, DSV4_LIMIT_SEQS);
     }
     if (opt->progress) opt->progress(opt->progress_user, "checkpoint", 0, 1);
-    if ((st = dsv4_model_load_shard(opt->model_dir, 0, world, &e->model, err)) == DSV4_OK && opt->progress) {
+    if (syn->preset) {
+        dsv4_config sc;
+        st = dsv4_synth_config_preset(syn->preset, syn->n_layers, syn->n_experts, &sc, err);
+        if (st == DSV4_OK) st = dsv4_model_create_synth(&sc, syn->seed, syn->on_device, &e->model, err);
+        if (st == DSV4_OK && opt->progress) opt->progress(opt->progress_user, "checkpoint", 1, 1);
+    } else if ((st = dsv4_model_load_shard(opt->model_dir, 0, world, &e->model, err)) == DSV4_OK && opt->progress) {
         opt->progress(opt->progress_user, "checkpoint", 1, 1);
         page_in_weights(&e->model->ckpt, opt->progress, opt->progress_user);
     }

@@ -150,6 +150,10 @@ static dsv4_status ws_reserve_entries(workspace *w, const dsv4_config *c, int en
 
 dsv4_status dsv4_forward_create(const dsv4_model *model, dsv4_threadpool *pool, dsv4_forward **out,
                                 dsv4_err *err) {
+    *out = NULL;
+    if (model->weights_on_device_only)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "forward: this synthetic model's weights exist only on the GPU "
+                            "(generated there, no host bytes): it runs on the cuda backend only");
     dsv4_forward *f = calloc(1, sizeof *f);
     if (!f) return dsv4_err_set(err, DSV4_ERR_NOMEM, "forward: out of memory");
     f->m = model;

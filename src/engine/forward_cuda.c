@@ -48,6 +48,12 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
     return not_compiled(err);
 }
 void dsv4_forward_cuda_destroy(dsv4_forward_cuda *f) { (void)f; }
+dsv4_status dsv4_forward_cuda_plan_bytes(const dsv4_model *m, const dsv4_forward_cuda_options *opt,
+                                         size_t *weight_bytes, size_t *other_bytes, dsv4_err *err) {
+    (void)m; (void)opt;
+    *weight_bytes = *other_bytes = 0;
+    return not_compiled(err);
+}
 dsv4_kv_manager *dsv4_forward_cuda_kv(dsv4_forward_cuda *f) { (void)f; return NULL; }
 void dsv4_forward_cuda_set_graphs(dsv4_forward_cuda *f, int enabled) { (void)f; (void)enabled; }
 void dsv4_forward_cuda_set_profile(dsv4_forward_cuda *f, struct dsv4_prof *p) { (void)f; (void)p; }
@@ -88,6 +94,7 @@ void dsv4_forward_cuda_collective_time(const dsv4_forward_cuda *f, double *ms, i
 #include "backend/cuda/cuda_ctx.h"
 #include "backend/cuda/cuda_linear.h"
 #include "backend/cuda/cuda_moe.h"
+#include "backend/cuda/cuda_synth.h"
 #include "backend/cuda/engine_glue.h"
 #include "backend/cuda/ops_cuda.h"
 #include "engine/kv_access.h"
@@ -135,10 +142,24 @@ typedef struct arena {
     dsv4_cuda_ctx *ctx;
     uint8_t *base;
     size_t off, cap;
-    size_t uploaded;
+    size_t uploaded;                 /* weight bytes placed (copied or generated) */
     dsv4_status st;
     dsv4_err *err;
+    const dsv4_model *gen;           /* borrowed; non-NULL: a device-only synthetic model, weights generated */
 } arena;
+
+/* Puts the weight bytes a host view [src, src + bytes) stands for at dst: a copy, or for a device-only
+ * synthetic model (a->gen; model.h) the same bytes generated on the device from the tensor and first element
+ * the view's address names (model/synth_ckpt.h) — the values a host-generated copy of the model holds. */
+static dsv4_status place(arena *a, void *dst, const void *src, size_t bytes) {
+    a->uploaded += bytes;
+    if (!a->gen) return dsv4_cuda_upload(a->ctx, dst, src, bytes, a->err);
+    dsv4_synth_fill fill;
+    uint64_t first;
+    dsv4_status st = dsv4_model_synth_locate(a->gen, src, bytes, &fill, &first, a->err);
+    if (st != DSV4_OK) return st;
+    return dsv4_cuda_synth_fill(a->ctx, &fill, first, bytes / (size_t)fill.elem_bytes, dst, a->err);
+}
 
 static void *a_take(arena *a, size_t bytes) {
     size_t at = (a->off + 255) & ~(size_t)255;
@@ -151,10 +172,7 @@ static void *a_take(arena *a, size_t bytes) {
 static void *a_put(arena *a, const void *src, size_t bytes) {
     if (!src) return NULL;
     void *p = a_take(a, bytes);
-    if (p && a->st == DSV4_OK) {
-        a->st = dsv4_cuda_upload(a->ctx, p, src, bytes, a->err);
-        a->uploaded += bytes;
-    }
+    if (p && a->st == DSV4_OK) a->st = place(a, p, src, bytes);
     return p;
 }
 
@@ -291,9 +309,8 @@ static dexp put_experts(arena *a, const dsv4_expert_linear *ex, int E) {
     d.s = a_take(a, d.s_stride * E);
     if (d.w && a->st == DSV4_OK)
         for (int e = 0; e < E && a->st == DSV4_OK; e++) {
-            a->st = dsv4_cuda_upload(a->ctx, d.w + e * d.w_stride, ex[e].w, d.w_stride, a->err);
-            if (a->st == DSV4_OK) a->st = dsv4_cuda_upload(a->ctx, d.s + e * d.s_stride, ex[e].scale, d.s_stride, a->err);
-            a->uploaded += d.w_stride + d.s_stride;
+            a->st = place(a, d.w + e * d.w_stride, ex[e].w, d.w_stride);
+            if (a->st == DSV4_OK) a->st = place(a, d.s + e * d.s_stride, ex[e].scale, d.s_stride);
         }
     return d;
 }
@@ -355,18 +372,17 @@ static void put_weights(dsv4_forward_cuda *f, arena *a, uint8_t *tmp, int verbos
         size_t wb = (size_t)wa->out * wa->in;
         d->wo_a = a_take(a, 2 * wb);
         if (d->wo_a && a->st == DSV4_OK) {
-            a->st = dsv4_cuda_upload(a->ctx, tmp, wa->w, wb, a->err);
-            if (a->st == DSV4_OK)
-                a->st = dsv4_cuda_upload(a->ctx, tmp + wb, wa->scale, fp8_scale_bytes(wa->out, wa->in), a->err);
+            a->st = place(a, tmp, wa->w, wb);
+            if (a->st == DSV4_OK) a->st = place(a, tmp + wb, wa->scale, fp8_scale_bytes(wa->out, wa->in));
             if (a->st == DSV4_OK)
                 a->st = dsv4_glue_dequant_fp8_bf16(a->ctx, tmp, tmp + wb, wa->out, wa->in, d->wo_a, a->err);
             /* the scratch is reused by the next layer: wait for the dequant (load time only) */
             if (a->st == DSV4_OK) a->st = dsv4_cuda_sync(a->ctx, a->err);
-            a->uploaded += wb + fp8_scale_bytes(wa->out, wa->in);
         }
         if (a->base && verbose) {
             double dt = now_s() - t0;
-            fprintf(stderr, "\rcuda: uploading weights: layer %d/%d, %.2f GB, %.2f GB/s   ", l + 1, c->n_layers,
+            fprintf(stderr, "\rcuda: %s weights: layer %d/%d, %.2f GB, %.2f GB/s   ",
+                    a->gen ? "generating" : "uploading", l + 1, c->n_layers,
                     a->uploaded / 1e9, dt > 0 ? a->uploaded / 1e9 / dt : 0.0);
         }
     }
@@ -521,7 +537,74 @@ void dsv4_forward_cuda_collective_time(const dsv4_forward_cuda *f, double *ms, i
 void dsv4_forward_cuda_describe(const dsv4_forward_cuda *f, char *buf, size_t n) {
     char dev[256];
     dsv4_cuda_describe(f->ctx, dev, sizeof dev);
-    snprintf(buf, n, "%s; weights %.3f GB uploaded at %.2f GB/s", dev, f->upload_gb, f->upload_gbps);
+    snprintf(buf, n, "%s; weights %.3f GB %s at %.2f GB/s", dev, f->upload_gb,
+             f->m->weights_on_device_only ? "generated on the device" : "uploaded", f->upload_gbps);
+}
+
+/* Rows per pass, sequences and the longest sequence, from the options (defaults in forward_cuda.h). */
+static void set_sizes(dsv4_forward_cuda *f, const dsv4_forward_cuda_options *opt) {
+    f->S = opt && opt->max_seqs > 0 ? opt->max_seqs : 8;
+    f->msl = opt && opt->max_tokens > 0 ? opt->max_tokens : (long)f->S * 4096;
+    f->R = opt && opt->max_rows > 0 ? opt->max_rows : 512;
+    if (f->R < f->S) f->R = f->S;
+}
+
+/* Per-layer attention list geometry (after put_weights set each layer's ratio and kind). */
+static void attention_geometry(dsv4_forward_cuda *f) {
+    const dsv4_config *c = f->c;
+    f->Kmax = c->window_size;
+    for (int l = 0; l < c->n_layers; l++) {
+        dlayer *d = &f->L[l];
+        d->max_e = d->ratio ? (int)(f->msl / d->ratio) : 0;
+        d->n_comp = d->kind == DSV4_LAYER_CSA ? c->index_topk : d->kind == DSV4_LAYER_HCA ? d->max_e : 0;
+        if (d->kind == DSV4_LAYER_CSA) f->max_e_csa = d->max_e;
+        if (c->window_size + d->n_comp > f->Kmax) f->Kmax = c->window_size + d->n_comp;
+    }
+}
+
+/* Largest wo_a (FP8 + scales): the device scratch its dequantization goes through at placement. */
+static size_t wo_a_scratch_bytes(const dsv4_model *m) {
+    size_t wmax = 0;
+    for (int l = 0; l < m->cfg->n_layers; l++) {
+        const dsv4_fp8_linear *wa = &m->w.layers[l].wo_a;
+        size_t b = (size_t)wa->out * wa->in + fp8_scale_bytes(wa->out, wa->in);
+        if (b > wmax) wmax = b;
+    }
+    return wmax;
+}
+
+dsv4_status dsv4_forward_cuda_plan_bytes(const dsv4_model *m, const dsv4_forward_cuda_options *opt,
+                                         size_t *weight_bytes, size_t *other_bytes, dsv4_err *err) {
+    const dsv4_config *c = m->cfg;
+    dsv4_forward_cuda *f = calloc(1, sizeof *f);
+    if (!f || !(f->L = calloc((size_t)c->n_layers, sizeof *f->L))) {
+        free(f);
+        return dsv4_err_set(err, DSV4_ERR_NOMEM, "cuda forward plan: out of memory");
+    }
+    f->m = m;
+    f->c = c;
+    f->sh = m->shard;
+    set_sizes(f, opt);
+    const char *moe_env = getenv("DSV4_CUDA_MOE");
+    f->moe_grouped = moe_env && strcmp(moe_env, "grouped") == 0;
+    arena a = {NULL, NULL, 0, 0, 0, DSV4_OK, err, NULL};   /* dry passes: sizes only, no device call */
+    put_weights(f, &a, NULL, 0);
+    *weight_bytes = a.off + wo_a_scratch_bytes(m);
+    attention_geometry(f);
+    arena w = {NULL, NULL, 0, 0, 0, DSV4_OK, err, NULL};
+    take_workspace(f, &w);
+    dsv4_kv_schema ks;
+    dsv4_status st = dsv4_kv_schema_init(&ks, c, 0, err);
+    if (st == DSV4_OK) {
+        /* the KV manager's arenas (kv_manager.c: blocks for max_tokens + one per request) and block tables */
+        int64_t nb = ks.block_bytes ? dsv4_kv_schema_blocks_for_tokens(&ks, f->msl) + f->S : 0;
+        int64_t bt = (int64_t)f->S * (dsv4_kv_schema_blocks_for_tokens(&ks, f->msl) + 1);
+        *other_bytes = w.off + (size_t)nb * ks.block_bytes + (size_t)f->S * ks.slot_bytes + (size_t)bt * 4 +
+                       ((size_t)96 << 20);   /* the context's cuBLASLt + split-K workspaces (cuda_ctx.h) */
+    }
+    free(f->L);
+    free(f);
+    return st;
 }
 
 /* Shapes the kernels take (the op library states its own limits; these are the engine's). */
@@ -573,10 +656,7 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
     f->c = c;
     f->comm = comm;
     f->sh = m->shard;
-    f->S = opt && opt->max_seqs > 0 ? opt->max_seqs : 8;
-    f->msl = opt && opt->max_tokens > 0 ? opt->max_tokens : (long)f->S * 4096;
-    f->R = opt && opt->max_rows > 0 ? opt->max_rows : 512;
-    if (f->R < f->S) f->R = f->S;
+    set_sizes(f, opt);
     f->use_graphs = !(opt && opt->no_graphs);
     f->capacity_lists = opt && opt->capacity_lists;
     f->moe_grouped = moe_grouped;
@@ -587,18 +667,13 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
 
     /* Weights: measure, allocate once, upload. */
     {
-        arena a = {f->ctx, NULL, 0, 0, 0, DSV4_OK, err};
+        arena a = {f->ctx, NULL, 0, 0, 0, DSV4_OK, err, NULL};
         put_weights(f, &a, NULL, 0);
-        size_t wmax = 0;
-        for (int l = 0; l < c->n_layers; l++) {
-            const dsv4_fp8_linear *wa = &m->w.layers[l].wo_a;
-            size_t b = (size_t)wa->out * wa->in + fp8_scale_bytes(wa->out, wa->in);
-            if (b > wmax) wmax = b;
-        }
+        size_t wmax = wo_a_scratch_bytes(m);
         void *tmp = NULL;
         if ((st = dsv4_cuda_alloc(f->ctx, a.off, &f->wbuf, err)) != DSV4_OK) goto fail;
         if ((st = dsv4_cuda_alloc(f->ctx, wmax, &tmp, err)) != DSV4_OK) goto fail;
-        arena b = {f->ctx, f->wbuf, 0, a.off, 0, DSV4_OK, err};
+        arena b = {f->ctx, f->wbuf, 0, a.off, 0, DSV4_OK, err, m->weights_on_device_only ? m : NULL};
         double t0 = now_s();
         put_weights(f, &b, tmp, verbose);
         if (b.st == DSV4_OK) b.st = dsv4_cuda_sync(f->ctx, err);
@@ -608,8 +683,8 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
         f->upload_gb = b.uploaded / 1e9;
         f->upload_gbps = dt > 0 ? f->upload_gb / dt : 0.0;
         if (verbose)
-            fprintf(stderr, "\rcuda: weights on the device: %.3f GB in %.2f s (%.2f GB/s)                 \n",
-                    f->upload_gb, dt, f->upload_gbps);
+            fprintf(stderr, "\rcuda: weights on the device: %.3f GB %s in %.2f s (%.2f GB/s)                 \n",
+                    f->upload_gb, m->weights_on_device_only ? "generated" : "uploaded", dt, f->upload_gbps);
     }
     if (fp8_lt) {
         f->ctx->fp8_gemm = DSV4_CUDA_FP8_GEMM_CUBLASLT;
@@ -656,22 +731,14 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
             goto fail;
     }
 
-    /* Per-layer attention list geometry. */
-    f->Kmax = c->window_size;
-    for (int l = 0; l < c->n_layers; l++) {
-        dlayer *d = &f->L[l];
-        d->max_e = d->ratio ? (int)(f->msl / d->ratio) : 0;
-        d->n_comp = d->kind == DSV4_LAYER_CSA ? c->index_topk : d->kind == DSV4_LAYER_HCA ? d->max_e : 0;
-        if (d->kind == DSV4_LAYER_CSA) f->max_e_csa = d->max_e;
-        if (c->window_size + d->n_comp > f->Kmax) f->Kmax = c->window_size + d->n_comp;
-    }
+    attention_geometry(f);
 
     /* Workspace: measure, allocate once. */
     {
-        arena a = {f->ctx, NULL, 0, 0, 0, DSV4_OK, err};
+        arena a = {f->ctx, NULL, 0, 0, 0, DSV4_OK, err, NULL};
         take_workspace(f, &a);
         if ((st = dsv4_cuda_alloc(f->ctx, a.off, &f->wsbuf, err)) != DSV4_OK) goto fail;
-        arena b = {f->ctx, f->wsbuf, 0, a.off, 0, DSV4_OK, err};
+        arena b = {f->ctx, f->wsbuf, 0, a.off, 0, DSV4_OK, err, NULL};
         take_workspace(f, &b);
         /* Poison once so that a read of something never written shows up as NaN, not as a plausible 0. */
         if ((st = dsv4_cuda_memset(f->ctx, f->wsbuf, 0xff, a.off, err)) != DSV4_OK) goto fail;

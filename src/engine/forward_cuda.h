@@ -56,6 +56,13 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
                                      dsv4_forward_cuda **out, dsv4_err *err);
 void dsv4_forward_cuda_destroy(dsv4_forward_cuda *f);
 
+/* Device memory dsv4_forward_cuda_create(m, opt) would take on one GPU, computed without a device from the
+ * same measuring passes: weight_bytes = the weight arena + the wo_a scratch of placement; other_bytes = the
+ * workspace + the KV arenas and block tables + the context's own workspaces. (Not counted: the CUDA
+ * context itself and allocator rounding; callers keep a margin.) UNSUPPORTED without CUDA. */
+dsv4_status dsv4_forward_cuda_plan_bytes(const dsv4_model *m, const dsv4_forward_cuda_options *opt,
+                                         size_t *weight_bytes, size_t *other_bytes, dsv4_err *err);
+
 /* The KV manager (owned by f): admit / release / positions through kv_access.h. */
 dsv4_kv_manager *dsv4_forward_cuda_kv(dsv4_forward_cuda *f);
 void dsv4_forward_cuda_set_graphs(dsv4_forward_cuda *f, int enabled);

@@ -8,6 +8,7 @@
 
 #include "core/numfmt.h"
 #include "core/status.h"
+#include "model/synth_ckpt.h"
 
 void dsv4_model_free(dsv4_model *m) {
     if (!m) return;
@@ -55,12 +56,10 @@ dsv4_status dsv4_model_load(const char *dir, dsv4_model **out, dsv4_err *err) {
     return dsv4_model_load_shard(dir, 0, 1, out, err);
 }
 
-dsv4_status dsv4_model_load_shard(const char *dir, int rank, int world, dsv4_model **out, dsv4_err *err) {
-    *out = NULL;
-    dsv4_model *m = calloc(1, sizeof *m);
-    if (!m) return dsv4_err_set(err, DSV4_ERR_NOMEM, "model: out of memory");
-    dsv4_status st = dsv4_checkpoint_open(dir, &m->ckpt, err);
-    if (st != DSV4_OK) { free(m); return st; }
+/* Everything after the checkpoint is open (m->ckpt): bind the views, the shard, RoPE tables, wo_a in BF16
+ * (host bytes only) and wo_b's local columns (world > 1). Frees m on failure. */
+static dsv4_status finish_load(dsv4_model *m, int rank, int world, dsv4_model **out, dsv4_err *err) {
+    dsv4_status st;
     m->cfg = &m->ckpt.cfg;
     if ((st = dsv4_model_weights_bind(&m->ckpt, &m->w, err)) != DSV4_OK) {
         dsv4_checkpoint_close(&m->ckpt);
@@ -79,6 +78,10 @@ dsv4_status dsv4_model_load_shard(const char *dir, int rank, int world, dsv4_mod
     m->wo_a_bf16 = calloc((size_t)(c->n_layers + c->n_mtp_layers), sizeof *m->wo_a_bf16);
     if (!m->wo_a_bf16) { dsv4_model_free(m); return dsv4_err_set(err, DSV4_ERR_NOMEM, "model: out of memory"); }
     const int R = c->o_lora_rank;
+    if (m->weights_on_device_only) {   /* no host bytes to dequantize: the cuda forward does it on the device */
+        *out = m;
+        return DSV4_OK;
+    }
     for (int l = 0; l < c->n_layers; l++)
         if (!(m->wo_a_bf16[l] = dequant_fp8_to_bf16(&m->w.layers[l].wo_a, m->shard.g0 * R, m->shard.ng * R))) {
             dsv4_model_free(m);
@@ -103,4 +106,34 @@ dsv4_status dsv4_model_load_shard(const char *dir, int rank, int world, dsv4_mod
     }
     *out = m;
     return DSV4_OK;
+}
+
+dsv4_status dsv4_model_load_shard(const char *dir, int rank, int world, dsv4_model **out, dsv4_err *err) {
+    *out = NULL;
+    dsv4_model *m = calloc(1, sizeof *m);
+    if (!m) return dsv4_err_set(err, DSV4_ERR_NOMEM, "model: out of memory");
+    dsv4_status st = dsv4_checkpoint_open(dir, &m->ckpt, err);
+    if (st != DSV4_OK) { free(m); return st; }
+    return finish_load(m, rank, world, out, err);
+}
+
+dsv4_status dsv4_model_create_synth(const dsv4_config *cfg, uint64_t seed, int device_only, dsv4_model **out,
+                                    dsv4_err *err) {
+    *out = NULL;
+    dsv4_config c = *cfg;
+    if (device_only) c.n_mtp_layers = 0;   /* the MTP block is not part of a device-only model */
+    dsv4_model *m = calloc(1, sizeof *m);
+    if (!m) return dsv4_err_set(err, DSV4_ERR_NOMEM, "model: out of memory");
+    dsv4_status st = dsv4_synth_checkpoint_create(&c, seed, !device_only, &m->ckpt, err);
+    if (st != DSV4_OK) { free(m); return st; }
+    m->synthetic = 1;
+    m->weights_on_device_only = device_only != 0;
+    m->synth_seed = seed;
+    return finish_load(m, 0, 1, out, err);
+}
+
+dsv4_status dsv4_model_synth_locate(const dsv4_model *m, const void *p, size_t bytes, dsv4_synth_fill *fill,
+                                    uint64_t *first_elem, dsv4_err *err) {
+    if (!m->synthetic) return dsv4_err_set(err, DSV4_ERR_INTERNAL, "model: not a synthetic model");
+    return dsv4_synth_checkpoint_locate(&m->ckpt, m->synth_seed, p, bytes, fill, first_elem, err);
 }

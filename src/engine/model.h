@@ -12,6 +12,7 @@
 #include "engine/shard.h"
 #include "model/checkpoint.h"
 #include "dsv4_config.h"
+#include "model/synth_hash.h"
 #include "model/weights.h"
 
 #ifdef __cplusplus
@@ -31,6 +32,11 @@ typedef struct dsv4_model {
     dsv4_fp8_linear *wo_b_local;    /* world > 1: [n_layers] owned copies of wo_b's input columns
                                        [g0*R, (g0+ng)*R): w [D, ng*R], scale [ceil(D/128), ng*R/128]
                                        (row-split: not contiguous in the file); NULL when world = 1 */
+    int synthetic;                  /* 1: built in memory by dsv4_model_create_synth (ckpt is a synth_ckpt.h one) */
+    int weights_on_device_only;     /* 1: no host bytes behind the weight views (synth_ckpt.h device only):
+                                       only the cuda forward can use it, generating each tensor on the device
+                                       (dsv4_model_synth_locate); wo_a_bf16 entries are NULL; no MTP block */
+    uint64_t synth_seed;            /* synthetic: the generator's seed */
 } dsv4_model;
 
 dsv4_status dsv4_model_load(const char *dir, dsv4_model **out, dsv4_err *err);
@@ -40,6 +46,20 @@ dsv4_status dsv4_model_load(const char *dir, dsv4_model **out, dsv4_err *err);
  * offsets them); only the rank's wo_a groups are dequantized and only its wo_b input columns copied. */
 dsv4_status dsv4_model_load_shard(const char *dir, int rank, int world, dsv4_model **out, dsv4_err *err);
 void dsv4_model_free(dsv4_model *m);
+
+/* A random-weight model built in memory, nothing read from or written to disk (model/synth_ckpt.h), one
+ * rank (world = 1). cfg: a complete config (dsv4_synth_config_preset; expert_fp4 0 or 1). device_only = 0:
+ * the values are generated in host memory (an ordinary model for both backends); device_only = 1: no host
+ * bytes at all, for the cuda backend only (weights generated on the device at placement; the cpu forward
+ * refuses it); the MTP block is then left out (n_mtp_layers = 0). Same cfg and seed: the same values either
+ * way. */
+dsv4_status dsv4_model_create_synth(const dsv4_config *cfg, uint64_t seed, int device_only, dsv4_model **out,
+                                    dsv4_err *err);
+
+/* For a synthetic model: the fill (synth_hash.h) and first element of the weight bytes [p, p + bytes) that a
+ * weight view (or a slice of one) points to. INTERNAL when p is not inside one of its tensors. */
+dsv4_status dsv4_model_synth_locate(const dsv4_model *m, const void *p, size_t bytes, dsv4_synth_fill *fill,
+                                    uint64_t *first_elem, dsv4_err *err);
 
 /* Weights of block `layer`: a main layer (< n_layers) or the MTP block (== n_layers, spec §4.10). */
 static inline const dsv4_layer_weights *dsv4_model_block(const dsv4_model *m, int layer) {

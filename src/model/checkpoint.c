@@ -449,6 +449,17 @@ static dsv4_status open_impl(const char *dir, dsv4_checkpoint *ck, dsv4_err *err
     return DSV4_OK;
 }
 
+dsv4_status dsv4_checkpoint_finish_in_memory(dsv4_checkpoint *ck, dsv4_err *err) {
+    dsv4_status s = build_index(ck, err);
+    if (s == DSV4_OK) s = dsv4_checkpoint_validate(ck, err);
+    if (s != DSV4_OK) {
+        dsv4_checkpoint_close(ck);
+        return s;
+    }
+    dsv4_checkpoint_stats_compute(&ck->cfg, &ck->stats);
+    return DSV4_OK;
+}
+
 dsv4_status dsv4_checkpoint_open(const char *dir, dsv4_checkpoint *ck, dsv4_err *err) {
     memset(ck, 0, sizeof *ck);
     dsv4_status s = open_impl(dir, ck, err);

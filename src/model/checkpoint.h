@@ -49,6 +49,12 @@ typedef struct dsv4_checkpoint {
  * (e.g. "<file>: tensor <name>: expected F8_E4M3 [1024, 4096], got BF16 [1024, 4096]"). */
 dsv4_status dsv4_checkpoint_open(const char *dir, dsv4_checkpoint *ck, dsv4_err *err);
 
+/* For a checkpoint built in memory (model/synth_ckpt.h): with ck->dir (a label), ck->cfg, ck->files and
+ * ck->n_files set by the caller (owned by ck from now on), builds the name index, validates names, dtypes
+ * and shapes against ck->cfg (not the values: there may be no host bytes) and computes the stats. On
+ * failure closes ck (everything it owned is freed) and err says why. */
+dsv4_status dsv4_checkpoint_finish_in_memory(dsv4_checkpoint *ck, dsv4_err *err);
+
 /* Unmaps and frees everything; safe on a zeroed struct. Views bound from it become invalid. */
 void dsv4_checkpoint_close(dsv4_checkpoint *ck);
 

@@ -22,6 +22,7 @@
 #include "dsv4_limits.h"
 #include "model/checkpoint.h"
 #include "model/safetensors.h"
+#include "model/synth_hash.h"
 
 /* ================================================================================================
  * Presets
@@ -269,13 +270,6 @@ static int ends_with(const char *s, const char *suf) {
     return n >= k && !memcmp(s + n - k, suf, k);
 }
 
-/* Std of a linear weight by name: 1/sqrt(fan_in), 20x smaller on the residual-branch outputs. */
-static double linear_std(const char *name, int64_t fan_in) {
-    double s = 1.0 / sqrt((double)fan_in);
-    if (strstr(name, "wo_b.") || strstr(name, ".w2.")) s *= 0.05;
-    return s;
-}
-
 /* Fixed code tables: FP8 blocks hold values u * 200 / 2^off (off = 0..2, u uniform in [-1, 1)), FP4 blocks
  * u * 4 / 2^off (off = 0..1), so that the block scale 2^e varies between blocks while the decoded weight
  * keeps the target spread. Indexed by 12 (FP8) or 8 (FP4) random bits. */
@@ -292,11 +286,10 @@ static void init_tables(void) {
     done = 1;
 }
 
-/* Block scale exponent (unbiased) and code-table offset of block b of a quantized weight with spread a
- * (= sqrt(3) * std). FP8: values up to 200 * 2^e0 ~ a; FP4: up to 4 * 2^e0 ~ a. */
+/* Code-table offset of block b of a quantized weight; the block scale is 2^(e0 + off) with e0 from the
+ * weight's spread a = sqrt(3) * std (dsv4_synth_rule_scale_e0: FP8 values up to 200 * 2^e0 ~ a, FP4 up to
+ * 4 * 2^e0 ~ a). */
 static int block_off(uint64_t tseed, uint64_t b, int n) { return (int)(mix64(tseed ^ (b * 0xD1B54A32D192ED03ull)) % (uint64_t)n); }
-static int fp8_e0(double a) { return (int)lround(log2(a / 200.0)); }
-static int fp4_e0(double a) { return (int)lround(log2(a / 4.0)); }
 
 /* Generates row r of tensor s (cols elements, or bytes for 1-byte types) into out. The weight tensors
  * named X.weight and their scales X.scale share the stream seed of X.weight. */
@@ -330,11 +323,8 @@ static void gen_row(const gen_ctx *g, const spec *s, int64_t r, rng *R, uint64_t
     case DSV4_DTYPE_F32: {
         float *o = (float *)out;
         int64_t m = cols;
-        double std = 0.01, mean = 0;
-        if (ends_with(n, "_fn")) std = 0.01;
-        else if (ends_with(n, "_base")) std = 0.1;
-        else if (ends_with(n, "_scale")) { std = 0.05; mean = 1.0; }
-        else if (ends_with(n, "attn_sink")) std = 0.1;
+        double std, mean;
+        dsv4_synth_rule_f32(n, &std, &mean);   /* shared with the on-device generator (synth_hash.h) */
         for (int64_t j = 0; j < m; j++) o[j] = (float)(mean + std * sqrt(3.0) * rng_sym(R));
         break;
     }
@@ -376,12 +366,12 @@ static void gen_row(const gen_ctx *g, const spec *s, int64_t r, rng *R, uint64_t
         /* fan_in of the weight from the scale's shape */
         int64_t fan_in = fp4 ? cols * 32 : cols * 128;
         if (fp4) {
-            int e0 = fp4_e0(sqrt(3.0) * linear_std(n, fan_in));
+            int e0 = dsv4_synth_rule_scale_e0(n, fan_in, 1);
             for (int64_t j = 0; j < cols; j++)
                 out[j] = (uint8_t)(127 + e0 + block_off(tseed, (uint64_t)r * (uint64_t)cols + (uint64_t)j, 2));
         } else {
             /* the real fan_in may not be a multiple of 128; the loader's shapes give ceil(in/128) */
-            int e0 = fp8_e0(sqrt(3.0) * linear_std(n, fan_in));
+            int e0 = dsv4_synth_rule_scale_e0(n, fan_in, 0);
             for (int64_t j = 0; j < cols; j++)
                 out[j] = (uint8_t)(127 + e0 + block_off(tseed, (uint64_t)r * (uint64_t)cols + (uint64_t)j, 3));
         }

@@ -1,7 +1,8 @@
 /* cmd_bench.c — `dsv4 bench`: prefill tokens/s at several prompt lengths and decode tokens/s at every
  * batch x context length, each figure with its ratio to a ceiling measured in the same run (include/dsv4_bench.h):
  *
- *   dsv4 bench [--model DIR | --synthetic PRESET [--layers N] [--experts N] [--keep] [--synth-dir DIR]]
+ *   dsv4 bench [--model DIR | --synthetic PRESET [--layers N] [--experts N] [--keep] [--synth-dir DIR]
+ *              [--on-device]]
  *              [--backend cuda|cpu] [--prompt-lens 128,1024,4096] [--batches 1,8,32]
  *              [--contexts 128,4096,32768] [--decode-steps N] [--repeats N] [--warmup N]
  *              [--max-fill N] [--threads N] [--csv FILE]
@@ -16,7 +17,13 @@
  * dsv4_engine_decode_greedy (cuda: graph replays on the device, timed with CUDA events; cpu: host clock),
  * median ms per step. Ratio: (bytes the step must read / time) / device copy bandwidth (read + write).
  * --synthetic writes a random-weight checkpoint (include/dsv4_synth.h) into a fresh directory under $TMPDIR (or
- * /tmp), loads it, and deletes it at the end unless --keep. Exit 0 ok, 1 failure, 2 usage. */
+ * /tmp), loads it, and deletes it at the end unless --keep. Or, on the cuda backend, nothing is written: every
+ * weight is generated directly in GPU memory (model/synth_ckpt.h; same value rules) — with --on-device, or
+ * automatically when the checkpoint would not fit the free disk of the synth dir. Without --experts on cuda
+ * (flash-shapes) the bench sizes the largest expert count (<= 256) that fits 0.9 x the free GPU memory with
+ * the engines' workspace and KV; if that model's checkpoint would not fit the disk (or --on-device), it is
+ * generated on the GPU with that count, else the checkpoint is written with the preset default (64).
+ * Exit 0 ok, 1 failure, 2 usage. */
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -87,13 +94,15 @@ typedef struct bench {
     row rows[MAX_ROWS];
     int n_rows;
     FILE *csv;              /* rows are appended as they are measured (a run cut short keeps what it had) */
+    const dsv4_synthetic_model *on_device; /* non-NULL: engines get this model, generated on the GPU (no dir) */
 } bench;
 
 static dsv4_status engine_open(const bench *b, const char *dir, int max_seqs, long max_tokens, dsv4_engine **e,
                                dsv4_err *err) {
     dsv4_engine_options o;
     memset(&o, 0, sizeof o);
-    o.model_dir = dir;
+    if (b->on_device) o.synthetic = *b->on_device;
+    else o.model_dir = dir;
     o.backend = b->backend;
     o.n_threads = b->threads;
     o.gpus = b->gpus;
@@ -367,6 +376,25 @@ static void remove_synth(const char *dir) {
     (void)rmdir(dir);
 }
 
+/* The largest engine the run will open: most sequences and most KV tokens (of the prefill engine and of the
+ * decode engine of every context; run_prefill and run_decode_context size them the same way). prompt or ctx
+ * NULL: that phase is skipped. */
+static void engines_need(const bench *b, const long *prompt, int n_prompt, const long *ctx, int n_ctx,
+                         const long *batches, int n_b, int *max_seqs, long *max_tokens) {
+    *max_seqs = 1;
+    *max_tokens = 1;
+    for (int i = 0; prompt && i < n_prompt; i++)
+        if (prompt[i] + 256 > *max_tokens) *max_tokens = prompt[i] + 256;
+    for (int c = 0; ctx && c < n_ctx; c++) {
+        int total = 0;
+        for (int i = 0; i < n_b; i++)
+            if ((double)batches[i] * (double)ctx[c] <= (double)b->max_fill) total += (int)batches[i];
+        long per_seq = ctx[c] + b->warmup + (long)b->repeats * b->steps + 256;
+        if (total > *max_seqs) *max_seqs = total;
+        if ((long)total * per_seq > *max_tokens) *max_tokens = (long)total * per_seq;
+    }
+}
+
 int dsv4_cmd_bench(int argc, char **argv) {
     const char *model = NULL, *synthetic = NULL, *synth_dir = NULL, *csv = NULL, *backend = NULL;
     const char *s_prompt = "128,1024,4096", *s_batch = "1,8,32", *s_ctx = "128,4096,32768";
@@ -374,6 +402,7 @@ int dsv4_cmd_bench(int argc, char **argv) {
     uint64_t seed = 0;
     long max_fill = 131072;
     int keep = 0, no_prefill = 0, no_decode = 0;
+    int on_device = 0; /* --on-device */
     int profile = 0; /* --profile */
     char def_backend[64];
     snprintf(def_backend, sizeof def_backend, "cuda when a GPU is visible, else cpu: %s", cli_auto_backend());
@@ -391,6 +420,9 @@ int dsv4_cmd_bench(int argc, char **argv) {
         {.names = "--synth-dir", .metavar = "DIR", .kind = CLI_OPT_STR, .dest = &synth_dir,
          .help = "synthetic: write here (default: a new dir under $TMPDIR or /tmp)"},
         {.names = "--keep", .kind = CLI_OPT_FLAG, .dest = &keep, .help = "synthetic: keep the checkpoint afterwards"},
+        {.names = "--on-device", .kind = CLI_OPT_FLAG, .dest = &on_device,
+         .help = "synthetic, cuda: generate the weights directly in GPU memory, write nothing (automatic when the "
+                 "checkpoint would not fit the free disk); without --experts, as many experts as fit the GPU"},
         CLI_OPT_ENTRY_BACKEND(&backend, def_backend),
         {.names = "--prompt-lens", .metavar = "LIST", .kind = CLI_OPT_STR, .dest = &s_prompt,
          .help = "prefill prompt lengths", .def = "128,1024,4096"},
@@ -421,6 +453,10 @@ int dsv4_cmd_bench(int argc, char **argv) {
         fprintf(stderr, "dsv4 bench: give at most one of --model DIR and --synthetic PRESET\n");
         return 2;
     }
+    if (on_device && !synthetic) {
+        fprintf(stderr, "dsv4 bench: --on-device needs --synthetic PRESET\n");
+        return 2;
+    }
     if (!backend) backend = cli_auto_backend();
     long prompt[MAX_LIST], batch[MAX_LIST], ctx[MAX_LIST];
     int n_prompt, n_batch, n_ctx;
@@ -449,13 +485,77 @@ int dsv4_cmd_bench(int argc, char **argv) {
     }
     const char *dir = model;
     int made_dir = 0;
+    static dsv4_synthetic_model syn;   /* the model the engines generate on the GPU (on_device) */
     if (synthetic) {
-        int dl = !strcmp(synthetic, "flash-shapes") ? 8 : 0, de = !strcmp(synthetic, "flash-shapes") ? 64 : 0;
+        const int flash = !strcmp(synthetic, "flash-shapes"), cuda1 = !strcmp(backend, "cuda") && gpus <= 1;
+        int dl = flash ? 8 : 0, de = flash ? 64 : 0;
+        if (on_device && !cuda1) {
+            fprintf(stderr, "dsv4 bench: --on-device needs --backend cuda and one GPU (the weights exist only in GPU "
+                            "memory)\n");
+            return 2;
+        }
         if (dsv4_synth_config_preset(synthetic, layers ? layers : dl, experts ? experts : de, &cfg, &err) !=
             DSV4_OK) {
             fprintf(stderr, "dsv4 bench: %s\n", err.msg);
             return 2;
         }
+        const char *tmpd = getenv("TMPDIR");
+        const char *disk = synth_dir ? synth_dir : tmpd && *tmpd ? tmpd : "/tmp";
+        const double disk_free = dsv4_bench_fs_free_bytes(disk);   /* < 0: unknown (e.g. not created yet) */
+        if (cuda1 && flash && !experts) {
+            int ms, efit;
+            long mt;
+            double gpu_free = 0;
+            engines_need(&b, no_prefill ? NULL : prompt, n_prompt, no_decode ? NULL : ctx, n_ctx, batch, n_batch, &ms,
+                         &mt);
+            if (dsv4_bench_cuda_free_bytes(0, &gpu_free, &err) != DSV4_OK ||
+                dsv4_bench_synth_fit_experts(synthetic, cfg.n_layers, ms, mt, 0.9 * gpu_free, 256, &efit, &err) !=
+                    DSV4_OK) {
+                fprintf(stderr, "dsv4 bench: sizing the experts to the GPU: %s\n", err.msg);
+                return 1;
+            }
+            dsv4_config cf;
+            (void)dsv4_synth_config_preset(synthetic, cfg.n_layers, efit, &cf, &err);
+            const double need = dsv4_bench_synth_disk_bytes(&cf);
+            fprintf(stderr, "bench: %d experts per layer fit 0.9 x %.1f GB free GPU memory (engines up to %d sequences, "
+                            "%ld KV tokens); as a checkpoint %.1f GB, %.1f GB free in %s\n", efit, gpu_free / 1e9, ms,
+                    mt, need / 1e9, disk_free / 1e9, disk);
+            if (on_device || (disk_free >= 0 && need > disk_free)) {
+                on_device = 1;
+                cfg = cf;
+            } else {
+                fprintf(stderr, "bench: it fits the disk: writing the checkpoint with the preset's %d experts (pass "
+                                "--on-device for %d generated on the GPU, or --experts N)\n", cfg.n_routed_experts,
+                        efit);
+            }
+        }
+        if (!on_device && disk_free >= 0 && dsv4_bench_synth_disk_bytes(&cfg) > disk_free) {
+            if (!cuda1) {
+                fprintf(stderr, "dsv4 bench: the %s checkpoint (%.1f GB) does not fit the %.1f GB free in %s; give "
+                                "--synth-dir on a larger disk, fewer --layers/--experts, or --backend cuda (weights "
+                                "generated in GPU memory)\n", synthetic, dsv4_bench_synth_disk_bytes(&cfg) / 1e9,
+                        disk_free / 1e9, disk);
+                return 1;
+            }
+            fprintf(stderr, "bench: the checkpoint (%.1f GB) would not fit the %.1f GB free in %s: generating the "
+                            "weights on the GPU instead\n", dsv4_bench_synth_disk_bytes(&cfg) / 1e9, disk_free / 1e9,
+                    disk);
+            on_device = 1;
+        }
+    }
+    if (synthetic && on_device) {
+        syn = (dsv4_synthetic_model){synthetic, cfg.n_layers, cfg.n_routed_experts, (uint64_t)seed, 1};
+        b.on_device = &syn;
+        fprintf(stderr, "bench: %s weights (%d layers, %d experts, no MTP block) are generated in GPU memory when "
+                        "each engine starts; nothing is written to disk\n", synthetic, cfg.n_layers,
+                cfg.n_routed_experts);
+        snprintf(label, sizeof label, "synthetic:%s (generated on the GPU)", synthetic);
+        if (profile) {
+            fprintf(stderr, "dsv4 bench: --profile reads a checkpoint directory; not available with weights generated "
+                            "on the GPU (give --experts N small enough for the disk)\n");
+            return 2;
+        }
+    } else if (synthetic) {
         if (synth_dir) {
             dir = synth_dir;
         } else {
@@ -546,7 +646,9 @@ int dsv4_cmd_bench(int argc, char **argv) {
 done:
     if (b.csv) (void)csv_close(&b, csv);
     free(model_dir);
-    if (synthetic && !keep) {
+    if (synthetic && on_device) {
+        /* nothing was written */
+    } else if (synthetic && !keep) {
         remove_synth(dir);
         if (made_dir) (void)rmdir(dir);
         fprintf(stderr, "bench: removed the synthetic checkpoint %s\n", dir);
