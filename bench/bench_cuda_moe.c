@@ -28,7 +28,7 @@ int main(void) {
 #else
 #include "backend/cuda/cuda_linear.h"
 #include "backend/cuda/cuda_moe.h"
-#include "backend/cuda/engine_glue.h"
+#include "backend/cuda/cuda_moe_pairs.h"
 #include "backend/cuda/ops_cuda.h"
 
 #define D_ 4096

@@ -1,6 +1,7 @@
 /* forward_cuda.c — the DeepSeek V4 forward pass on one CUDA device (see forward_cuda.h). Host code only:
- * it enqueues launchers of the op library (ops_cuda.h, cuda_linear.h) and of engine_glue.h on the context's
- * stream, in exactly the order of forward_cpu.c.
+ * it enqueues launchers of the op library (ops_cuda.h, cuda_linear.h) and of the forward's glue (cuda_kv_codec.h,
+ * cuda_compressor_state.h, cuda_index_lists.h, cuda_moe_pairs.h, cuda_elementwise.h) on the context's stream,
+ * in exactly the order of forward_cpu.c.
  *
  * Layout of a device pass: the step's tokens are stacked into rows (sequence by sequence, position order),
  * as on the CPU. The host writes the step inputs (tokens, positions, row -> sequence, per sequence slot /
@@ -23,7 +24,7 @@
  *
  * Routed experts are chosen on the device. Two paths, picked once at creation by the environment variable
  * DSV4_CUDA_MOE: `scalar` (the default, the path verified on the GPU: one GEMV per (row, expert slot) pair
- * with the weights picked on the device, engine_glue moe_expert) and `grouped` (cuda_moe.h: the pairs sorted
+ * with the weights picked on the device, cuda_moe_pairs.h moe_expert) and `grouped` (cuda_moe.h: the pairs sorted
  * by expert on the device, each selected expert read once per tile of its rows, w1+w3 with SwiGLU fused;
  * written without a GPU, op-tested by tests/unit/test_cuda_moe.c — it becomes the default once a GPU run has
  * verified it end to end, docs/PERF.md). Both keep the decode step capturable: shapes only on the host. */
@@ -91,11 +92,15 @@ void dsv4_forward_cuda_collective_time(const dsv4_forward_cuda *f, double *ms, i
 #include <math.h>
 #include <time.h>
 
+#include "backend/cuda/cuda_compressor_state.h"
 #include "backend/cuda/cuda_ctx.h"
+#include "backend/cuda/cuda_elementwise.h"
+#include "backend/cuda/cuda_index_lists.h"
+#include "backend/cuda/cuda_kv_codec.h"
 #include "backend/cuda/cuda_linear.h"
 #include "backend/cuda/cuda_moe.h"
+#include "backend/cuda/cuda_moe_pairs.h"
 #include "backend/cuda/cuda_synth.h"
-#include "backend/cuda/engine_glue.h"
 #include "backend/cuda/ops_cuda.h"
 #include "engine/kv_access.h"
 #include "engine/profile.h"

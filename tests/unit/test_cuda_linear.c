@@ -37,7 +37,6 @@ int main(void) {
 }
 #else
 #include "backend/cuda/cuda_linear.h"
-#include "backend/cuda/engine_glue.h" /* graph capture helpers */
 #include "backend/cuda/gemv.h"
 
 static dsv4_cuda_ctx *ctx;

@@ -154,3 +154,58 @@ extern "C" void dsv4_cuda_describe(const dsv4_cuda_ctx *ctx, char *buf, size_t n
              prop.minor, prop.multiProcessorCount, prop.totalGlobalMem / 1048576.0, prop.l2CacheSize / 1048576.0,
              drv, rt);
 }
+
+/* ==== device selection, graphs, pinned memory (forward_cuda.c: a decode step is one graph replay) ======== */
+
+extern "C" dsv4_status dsv4_glue_set_device(dsv4_cuda_ctx *ctx, dsv4_err *err) {
+    DSV4_CUDA_CHECK(err, cudaSetDevice(ctx->device));
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_glue_host_alloc(size_t bytes, void **p, dsv4_err *err) {
+    *p = NULL;
+    DSV4_CUDA_CHECK(err, cudaMallocHost(p, bytes ? bytes : 1));
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_glue_upload_async(dsv4_cuda_ctx *ctx, void *dst, const void *src, size_t bytes,
+                                              dsv4_err *err) {
+    DSV4_CUDA_CHECK(err, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, (cudaStream_t)ctx->stream));
+    return DSV4_OK;
+}
+
+extern "C" void dsv4_glue_host_free(void *p) {
+    if (p) (void)cudaFreeHost(p);
+}
+
+extern "C" dsv4_status dsv4_glue_capture_begin(dsv4_cuda_ctx *ctx, dsv4_err *err) {
+    DSV4_CUDA_CHECK(err, cudaStreamBeginCapture((cudaStream_t)ctx->stream, cudaStreamCaptureModeThreadLocal));
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_glue_capture_end(dsv4_cuda_ctx *ctx, int ok, void **exec, dsv4_err *err) {
+    *exec = NULL;
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture((cudaStream_t)ctx->stream, &g);
+    if (!ok) {
+        if (g) cudaGraphDestroy(g);
+        (void)cudaGetLastError();
+        return DSV4_OK;
+    }
+    DSV4_CUDA_CHECK(err, e);
+    cudaGraphExec_t x = NULL;
+    e = cudaGraphInstantiate(&x, g, 0);
+    cudaGraphDestroy(g);
+    DSV4_CUDA_CHECK(err, e);
+    *exec = (void *)x;
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_glue_graph_launch(dsv4_cuda_ctx *ctx, void *exec, dsv4_err *err) {
+    DSV4_CUDA_CHECK(err, cudaGraphLaunch((cudaGraphExec_t)exec, (cudaStream_t)ctx->stream));
+    return DSV4_OK;
+}
+
+extern "C" void dsv4_glue_graph_destroy(void *exec) {
+    if (exec) (void)cudaGraphExecDestroy((cudaGraphExec_t)exec);
+}

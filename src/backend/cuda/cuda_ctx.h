@@ -1,7 +1,8 @@
 /* cuda_ctx.h — the CUDA backend's context: one device, one stream, one cuBLASLt handle and the device
  * workspaces the launchers use (no process-global CUDA state anywhere in dsv4). Also the thin C wrappers
- * (allocation, copies, events) that C callers — tests, benches, the engine — use so that they never include
- * a CUDA header. Plain C; the check macro at the bottom is for .cu files only.
+ * (allocation, copies, events, pinned host memory, graph capture and replay) that C callers — tests, benches,
+ * the engine — use so that they never include a CUDA header. Plain C; the check macro at the bottom is for
+ * .cu files only.
  *
  * Device memory is taken here, at context creation and by dsv4_cuda_alloc, never inside a step: launchers
  * only use the workspace the context already holds and fail with DSV4_ERR_CAPACITY when it is too small. */
@@ -67,6 +68,21 @@ dsv4_status dsv4_cuda_event_elapsed_ms(void *start, void *stop, float *ms, dsv4_
 
 /* Device name and peak numbers, for logs. */
 void dsv4_cuda_describe(const dsv4_cuda_ctx *ctx, char *buf, size_t n);
+
+/* Makes ctx's device current on the calling host thread (a thread per GPU; the device is per thread). */
+dsv4_status dsv4_glue_set_device(dsv4_cuda_ctx *ctx, dsv4_err *err);
+
+/* ---- graphs and pinned host memory (the decode step of forward_cuda.c is one graph replay) ------------- */
+dsv4_status dsv4_glue_host_alloc(size_t bytes, void **p, dsv4_err *err);
+/* Stream-ordered host-to-device copy that does not wait (src must be pinned and stay untouched until the
+ * stream passes the copy; dsv4_cuda_upload waits instead). */
+dsv4_status dsv4_glue_upload_async(dsv4_cuda_ctx *ctx, void *dst, const void *src, size_t bytes, dsv4_err *err);
+void dsv4_glue_host_free(void *p);
+dsv4_status dsv4_glue_capture_begin(dsv4_cuda_ctx *ctx, dsv4_err *err);
+/* Ends the capture begun on ctx's stream. ok = 0 aborts it (after a failed enqueue; *exec stays NULL). */
+dsv4_status dsv4_glue_capture_end(dsv4_cuda_ctx *ctx, int ok, void **exec, dsv4_err *err);
+dsv4_status dsv4_glue_graph_launch(dsv4_cuda_ctx *ctx, void *exec, dsv4_err *err);
+void dsv4_glue_graph_destroy(void *exec);
 
 #ifdef __cplusplus
 }
