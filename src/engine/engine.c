@@ -255,13 +255,14 @@ dsv4_status dsv4_engine_decode_greedy(dsv4_engine *e, const int *seqs, int n_seq
     return st;
 }
 
-/* ---- MTP / speculative decoding (cpu backend, one rank) ---- */
+/* ---- MTP / speculative decoding (one rank: the cpu backend, or the cuda backend on one GPU) ---- */
 
 static dsv4_status mtp_ready(dsv4_engine *e, dsv4_err *err) {
-    if (!e->fwd || e->tp)
-        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: the MTP block runs on the cpu backend with one rank");
+    if (e->tp)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: the MTP block runs on one rank (not with gpus > 1)");
     if (!e->model->w.mtp)
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: the checkpoint has no MTP block (mtp.0.*)");
+    if (e->cfwd) return DSV4_OK;   /* the cuda forward keeps the last states on the device */
     if (!e->mtp_h) {
         size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
         if (!(e->mtp_h = calloc((size_t)e->max_seqs * hd, sizeof(float))))
@@ -282,7 +283,11 @@ dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, i
         if (!dsv4_kv_access_slot_valid(e->kv, items[i].seq))
             return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", items[i].seq);
         steps[i] = (dsv4_seq_step){items[i].seq, items[i].tokens, items[i].n_tokens, items[i].want_logits != 0};
-        last_h[i] = e->mtp_h + (size_t)items[i].seq * hd;
+        last_h[i] = e->mtp_h ? e->mtp_h + (size_t)items[i].seq * hd : NULL;
+    }
+    if (e->cfwd) {
+        dsv4_status st = dsv4_forward_cuda_step_mtp(e->cfwd, steps, n_items, logits, mtp_logits, n_mtp_rows, err);
+        return st == DSV4_OK ? check_logits(e, items, n_items, logits, err) : st;
     }
     return dsv4_spec_step(e->fwd, e->kv, steps, n_items, last_h, logits, mtp_logits, n_mtp_rows, err);
 }
@@ -290,6 +295,11 @@ dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, i
 dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *first,
                                            int n_steps, int k, int32_t *out, dsv4_spec_info *info, dsv4_err *err) {
     DSV4_TRY(mtp_ready(e, err));
+    /* Verification needs the logits of every row and the KV rollback of device arenas (kv_rollback.h copies
+     * host memory): not on the cuda forward yet (docs/ARCHITECTURE.md, issue 15). dsv4_engine_step_mtp is. */
+    if (e->cfwd)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: speculative decoding runs on the cpu backend only "
+                            "for now (the cuda backend has the MTP step, not the verification and rollback)");
     if (n_seqs <= 0 || n_seqs > e->max_seqs || !seqs)
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: %d sequences (1..%d)", n_seqs, e->max_seqs);
     size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
