@@ -386,6 +386,7 @@ void dsv4_forward_cuda_destroy(dsv4_forward_cuda *f) {
     free(f->h_hbf);
     free(f->mtp_dst);
     free(f->mtp_first);
+    free(f->mtp_hlen);
     free(f->bt_shadow);
     free(f->hook_f);
     free(f->hook_b);
@@ -614,7 +615,8 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
             f->h_hbf = malloc(sizeof(uint16_t) * hrow * (size_t)f->R);
             f->mtp_dst = calloc((size_t)f->S, sizeof *f->mtp_dst);
             f->mtp_first = calloc((size_t)f->S, sizeof *f->mtp_first);
-            if (!f->h_hbf || !f->mtp_dst || !f->mtp_first) {
+            f->mtp_hlen = calloc((size_t)f->S, sizeof *f->mtp_hlen);
+            if (!f->h_hbf || !f->mtp_dst || !f->mtp_first || !f->mtp_hlen) {
                 st = dsv4_err_set(err, DSV4_ERR_NOMEM, "cuda forward: out of memory (MTP staging)");
                 goto fail;
             }

@@ -145,6 +145,8 @@ struct dsv4_forward_cuda {
     /* dsv4_forward_cuda_step_mtp while it runs (NULL otherwise): where MTP logits rows go, per slot */
     float **mtp_dst;                  /* [S] host: logits row of the slot's first MTP row of the step, or NULL */
     long *mtp_first;                  /* [S] host: position of that row */
+    long *mtp_hlen;                   /* [S] host: the slot's length when its kept state (mtp_hl row) was written
+                                         (its state is that of position mtp_hlen - 1); 0 = none */
     int mtp_in_step;                  /* 1 while dsv4_forward_cuda_step_mtp drives dsv4_forward_cuda_step */
 };
 

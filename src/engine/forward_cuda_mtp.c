@@ -273,9 +273,11 @@ dsv4_status dsv4_fcuda_mtp_after_pass(dsv4_forward_cuda *f, const piece *pc, int
         T(dsv4_glue_gather_rows(f->ctx, f->mtp_hl, (int)HD, f->mtp_hidx, rows, f->mtp_hin, err));
     }
     /* Each slot's last state is now its piece's last row (after the gather read the old one: stream order). */
-    for (int i = 0, row0 = 0; i < np; row0 += pc[i].n, i++)
+    for (int i = 0, row0 = 0; i < np; row0 += pc[i].n, i++) {
         T(dsv4_cuda_copy(f->ctx, f->mtp_hl + HD * (size_t)pc[i].slot, f->mtp_hl + HD * (size_t)(f->S + row0 + pc[i].n - 1),
                          sizeof(uint16_t) * HD, err));
+        f->mtp_hlen[pc[i].slot] = pc[i].pos0 + pc[i].n;
+    }
     if (rows) {
         T(dsv4_fcuda_upload_inputs(f, err));
         dsv4_prof *prof = f->prof;
@@ -309,6 +311,10 @@ dsv4_status dsv4_forward_cuda_step_mtp(dsv4_forward_cuda *f, const dsv4_seq_step
             return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "spec: slot %d: the MTP block is at %lld of %ld tokens (its "
                                 "tokens were fed without the MTP step)", slot,
                                 (long long)dsv4_kv_manager_mtp_pos(f->kv, slot), len);
+        /* The kept state must be of position len - 1: this slot's tokens all came through this call. */
+        if (len > 0 && f->mtp_hlen[slot] != len)
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "spec: slot %d: no kept final state at position %ld (its "
+                                "tokens were not fed through the MTP step)", slot, len - 1);
     }
     /* Where each slot's MTP rows go: rows in step order, then position order (the CPU's dsv4_spec_step). */
     long total = 0;
