@@ -26,7 +26,11 @@
  * with the weights picked on the device, engine_glue moe_expert) and `grouped` (cuda_moe.h: the pairs sorted
  * by expert on the device, each selected expert read once per tile of its rows, w1+w3 with SwiGLU fused;
  * written without a GPU, op-tested by tests/unit/test_cuda_moe.c — it becomes the default once a GPU run has
- * verified it end to end, docs/PERF.md). Both keep the decode step capturable: shapes only on the host. */
+ * verified it end to end, docs/PERF.md). Both keep the decode step capturable: shapes only on the host.
+ *
+ * The MTP block (spec §4.10) is forward_cuda_mtp.c: its SWA block is L[n_layers], run by dsv4_fcuda_block as
+ * the main layers; run_pass hands each committed pass to it while dsv4_forward_cuda_step_mtp drives a step.
+ * The types both files share are in forward_cuda_internal.h. */
 #include "engine/forward_cuda.h"
 
 #include <stdio.h>
@@ -92,10 +96,8 @@ void dsv4_forward_cuda_collective_time(const dsv4_forward_cuda *f, double *ms, i
 #include "backend/cuda/ops_cuda.h"
 #include "engine/kv_access.h"
 #include "engine/profile.h"
-#include "kv/kv_schema.h"
 #include "engine/forward_cuda_internal.h"
-
-
+#include "kv/kv_schema.h"
 
 /* Bump allocation over one device buffer; a dry pass (base NULL) only measures. */
 typedef struct arena {
@@ -124,7 +126,6 @@ static void *a_put(arena *a, const void *src, size_t bytes) {
     }
     return p;
 }
-
 
 /* ---- KV memory hook: device arenas ---------------------------------------------------------------- */
 
@@ -632,7 +633,7 @@ fail:
 
 /* ==== one device pass =================================================================================== */
 
-
+/* Views of the step inputs inside f->in (device) and f->h_in (host); the type is in forward_cuda_internal.h. */
 static inputs inputs_of(const dsv4_forward_cuda *f, int32_t *base) {
     inputs v;
     v.tok = base;

@@ -87,7 +87,7 @@ struct dsv4_forward_cuda {
     void *wbuf;                       /* owned device buffer with every weight */
     uint16_t *embed, *head, *norm;
     dhc hc_head;
-    dlayer *L;                        /* [n_layers] host array (owned) of device pointers */
+    dlayer *L;                        /* [n_blocks] host array (owned) of device pointers */
     /* KV geometry */
     const dsv4_kv_schema *schema;     /* borrowed from kv */
     uint8_t *slots_base, *blocks_base;
