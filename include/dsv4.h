@@ -126,8 +126,9 @@ long dsv4_engine_kv_blocks_for(const dsv4_engine *e, long n_tokens);
  * state and the next token. Its state (own window ring) lives with the sequence; to use it, feed EVERY
  * token of the sequence through dsv4_engine_step_mtp or dsv4_engine_decode_greedy_spec (a sequence fed
  * through dsv4_engine_step is refused by both with DSV4_ERR_INVALID_ARG). DSV4_ERR_UNSUPPORTED with
- * gpus > 1 or for a checkpoint without mtp.0.*; dsv4_engine_decode_greedy_spec also on the cuda backend
- * (dsv4_engine_step_mtp runs there). */
+ * gpus > 1 or for a checkpoint without mtp.0.*. On the cuda backend the greedy speculative tokens are the
+ * plain greedy ones except at a near tie of the main model's logits (the verification rows and a one-token
+ * decode sum in different orders on the GPU). */
 /* As dsv4_engine_step, then the MTP block runs over every position whose next token became known:
  * pos0-1 (when the sequence already had tokens) .. pos0+n-2. mtp_logits (optional, else NULL): up to
  * [sum of n_tokens, vocab] FP32, *n_mtp_rows rows written in item order then position order; row of

@@ -262,13 +262,26 @@ static dsv4_status mtp_ready(dsv4_engine *e, dsv4_err *err) {
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: the MTP block runs on one rank (not with gpus > 1)");
     if (!e->model->w.mtp)
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: the checkpoint has no MTP block (mtp.0.*)");
-    if (e->cfwd) return DSV4_OK;   /* the cuda forward keeps the last states on the device */
+    /* cpu: the last states of the sequences; cuda: the forward keeps them on the device (step_mtp), this is the
+     * host copy a speculative decode works on */
     if (!e->mtp_h) {
         size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
         if (!(e->mtp_h = calloc((size_t)e->max_seqs * hd, sizeof(float))))
             return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
     }
     return DSV4_OK;
+}
+
+/* spec.c's backend table over the CUDA forward (its KV manager is kv). */
+static dsv4_status cuda_spec_step(void *f, dsv4_kv_manager *kv, const dsv4_seq_step *steps, int n_steps, float *logits,
+                                  float *hidden, dsv4_err *err) {
+    (void)kv;
+    return dsv4_forward_cuda_step_hidden(f, steps, n_steps, logits, hidden, err);
+}
+static dsv4_status cuda_spec_mtp(void *f, dsv4_kv_manager *kv, const dsv4_mtp_step *steps, int n_steps, float *logits,
+                                 float *h_out, dsv4_err *err) {
+    (void)kv;
+    return dsv4_forward_cuda_mtp(f, steps, n_steps, logits, h_out, err);
 }
 
 dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, int n_items, float *logits,
@@ -295,11 +308,6 @@ dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, i
 dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *first,
                                            int n_steps, int k, int32_t *out, dsv4_spec_info *info, dsv4_err *err) {
     DSV4_TRY(mtp_ready(e, err));
-    /* Verification needs the logits of every row and the KV rollback of device arenas (kv_rollback.h copies
-     * host memory): not on the cuda forward yet (docs/ARCHITECTURE.md, issue 15). dsv4_engine_step_mtp is. */
-    if (e->cfwd)
-        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: speculative decoding runs on the cpu backend only "
-                            "for now (the cuda backend has the MTP step, not the verification and rollback)");
     if (n_seqs <= 0 || n_seqs > e->max_seqs || !seqs)
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: %d sequences (1..%d)", n_seqs, e->max_seqs);
     size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
@@ -311,8 +319,24 @@ dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int 
             return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", seqs[i]);
         last_h[i] = e->mtp_h + (size_t)seqs[i] * hd;
     }
-    dsv4_status st = dsv4_spec_decode_greedy(e->fwd, e->kv, n_seqs, seqs, last_h, first, n_steps, k, out, s, NULL,
-                                             NULL, err);
+    dsv4_status st;
+    if (e->cfwd) {
+        /* spec.c over the CUDA forward: the kept last states come to the host for the round's first MTP row and
+         * go back after (so that dsv4_engine_step_mtp continues from them). */
+        for (int i = 0; i < n_seqs; i++)
+            if (dsv4_kv_access_seq_len(e->kv, seqs[i]) > 0)
+                DSV4_TRY(dsv4_forward_cuda_mtp_state(e->cfwd, seqs[i], last_h[i], NULL, err));
+        dsv4_spec_backend be = {e->cfwd, e->model, cuda_spec_step, cuda_spec_mtp};
+        st = dsv4_spec_decode_greedy_on(&be, e->kv, n_seqs, seqs, last_h, first, n_steps, k, out, s, NULL, NULL, err);
+        for (int i = 0; i < n_seqs; i++) {
+            dsv4_status st2 = dsv4_kv_access_seq_len(e->kv, seqs[i]) > 0
+                                  ? dsv4_forward_cuda_mtp_state(e->cfwd, seqs[i], NULL, last_h[i], st == DSV4_OK ? err : NULL)
+                                  : DSV4_OK;
+            if (st == DSV4_OK) st = st2;
+        }
+    } else {
+        st = dsv4_spec_decode_greedy(e->fwd, e->kv, n_seqs, seqs, last_h, first, n_steps, k, out, s, NULL, NULL, err);
+    }
     if (info) {
         *info = (dsv4_spec_info){0, 0, 0};
         for (int i = 0; i < n_seqs; i++) {

@@ -133,6 +133,13 @@ static dsv4_status mem_alloc(void *ctx, size_t bytes, void **out) {
     return dsv4_cuda_alloc((dsv4_cuda_ctx *)ctx, bytes, out, NULL);
 }
 static void mem_release(void *ctx, void *p) { dsv4_cuda_free((dsv4_cuda_ctx *)ctx, p); }
+/* kv_rollback's copies of single cache regions (stream-ordered, then waits: the copy is done on return). */
+static dsv4_status mem_copy(void *ctx, void *dst, const void *src, size_t bytes, int to_mem) {
+    dsv4_status st = dsv4_glue_set_device((dsv4_cuda_ctx *)ctx, NULL);
+    if (st != DSV4_OK) return st;
+    return to_mem ? dsv4_cuda_upload((dsv4_cuda_ctx *)ctx, dst, src, bytes, NULL)
+                  : dsv4_cuda_download((dsv4_cuda_ctx *)ctx, dst, src, bytes, NULL);
+}
 static dsv4_status mem_fill32(void *ctx, void *dst, uint32_t pattern, size_t n) {
     /* called by the KV manager on admission, possibly from a thread whose current device is another rank's */
     dsv4_status st = dsv4_glue_set_device((dsv4_cuda_ctx *)ctx, NULL);
@@ -555,7 +562,7 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
 
     /* KV manager on device memory. */
     {
-        f->mem = (dsv4_kv_mem_ops){f->ctx, mem_alloc, mem_release, mem_fill32, 0};
+        f->mem = (dsv4_kv_mem_ops){f->ctx, mem_alloc, mem_release, mem_fill32, 0, mem_copy};
         dsv4_kv_manager_params p = {0};
         p.max_requests = f->S;
         p.max_total_tokens = f->msl;
@@ -1035,8 +1042,31 @@ static dsv4_status enqueue_pass(dsv4_forward_cuda *f, int rows, int n_seq, int n
     return DSV4_OK;
 }
 
-/* ==== host side of a step =============================================================================== */
+/* The head on chosen rows of f->X, S rows at a time (forward_cuda_internal.h): the MTP's and the verification
+ * rows' (every row of a step). The head list goes up on its own (the pass's inputs were consumed). */
+dsv4_status dsv4_fcuda_head_rows(dsv4_forward_cuda *f, const dhc *hch, const uint16_t *norm, const int32_t *hrow,
+                                 float *const *dst, int n, dsv4_err *err) {
+    const dsv4_config *c = f->c;
+    const int D = c->dim, hc = c->hc_mult, V = c->vocab_size;
+    const float eps = (float)c->norm_eps, hc_eps = (float)c->hc_eps;
+    inputs h = inputs_of(f, f->h_in), d = inputs_of(f, f->in);
+    for (int o = 0; o < n; o += f->S) {
+        const int m = n - o < f->S ? n - o : f->S;
+        /* The previous chunk's downloads waited for the device, so its head list was consumed. */
+        memcpy(h.head, hrow + o, sizeof(int32_t) * (size_t)m);
+        T(dsv4_glue_upload_async(f->ctx, d.head, h.head, sizeof(int32_t) * (size_t)m, err));
+        dsv4_cuda_hc_params hh = {m, hc, D, 0, hc_eps, eps, hch->fn, hch->base, hch->scale};
+        T(dsv4_glue_gather_rows(f->ctx, f->X, hc * D, d.head, m, f->Xh, err));
+        T(dsv4_cuda_hc_head(f->ctx, &hh, f->Xh, f->hin, err));
+        T(dsv4_cuda_rmsnorm(f->ctx, f->hin, D, norm, m, D, eps, f->hin, D, err));
+        T(dsv4_cuda_linear_bf16(f->ctx, f->hin, m, D, f->head, V, f->logits, DSV4_OUT_F32, err));
+        for (int i = 0; i < m; i++)
+            T(dsv4_cuda_download(f->ctx, dst[o + i], f->logits + (size_t)i * V, sizeof(float) * (size_t)V, err));
+    }
+    return DSV4_OK;
+}
 
+/* ==== host side of a step =============================================================================== */
 
 /* Copies the block-table rows of the given slots that changed since the device last saw them. */
 static dsv4_status sync_block_tables(dsv4_forward_cuda *f, const int *slots, int n, dsv4_err *err) {
@@ -1151,7 +1181,8 @@ static dsv4_status run_pass(dsv4_forward_cuda *f, const piece *pc, int np, dsv4_
             }
     } else {
         inputs h = inputs_of(f, f->h_in);
-        int r = 0;
+        int r = 0, any_all = 0;
+        for (int i = 0; i < np; i++) any_all |= pc[i].all && pc[i].logits;
         for (int i = 0; i < np; i++) {
             h.sslot[i] = pc[i].slot;
             h.spos0[i] = (int32_t)pc[i].pos0;
@@ -1162,16 +1193,40 @@ static dsv4_status run_pass(dsv4_forward_cuda *f, const piece *pc, int np, dsv4_
                 h.pos[r] = (int32_t)(pc[i].pos0 + j);
                 h.rseq[r] = i;
             }
-            if (pc[i].logits) h.head[n_out++] = r - 1;
+            if (pc[i].logits && !any_all) h.head[n_out++] = r - 1;
         }
         T(upload_inputs(f, err));
         f->hook_rows = rows;
         T(enqueue_pass(f, rows, np, n_out, 0, err));
         for (int i = 0, o = 0; i < np; i++)
-            if (pc[i].logits) {
+            if (pc[i].logits && !any_all) {
                 T(dsv4_cuda_download(f->ctx, pc[i].logits, f->logits + (size_t)o++ * V, sizeof(float) * V, err));
                 downloaded = 1;
             }
+        if (any_all) {
+            /* Every row's logits (speculative verification): more rows than the in-pass head holds, so the
+             * head runs after the pass over the wanted rows, S at a time. */
+            int32_t hrow[rows];
+            float *dst[rows];
+            int n = 0;
+            for (int i = 0, r0 = 0; i < np; r0 += pc[i].n, i++) {
+                if (!pc[i].logits) continue;
+                for (int j = pc[i].all ? 0 : pc[i].n - 1; j < pc[i].n; j++) {
+                    hrow[n] = r0 + j;
+                    dst[n++] = pc[i].logits + (size_t)(pc[i].all ? j : 0) * V;
+                }
+            }
+            T(dsv4_fcuda_head_rows(f, &f->hc_head, f->norm, hrow, dst, n, err));
+            downloaded = 1;
+        }
+    }
+    /* The final states of the rows (dsv4_forward_cuda_step_hidden), BF16 on the device, FP32 on the host. */
+    for (int i = 0, r0 = 0; i < np; r0 += pc[i].n, i++) {
+        if (!pc[i].hidden) continue;
+        const size_t HD = (size_t)f->c->hc_mult * f->c->dim;
+        T(dsv4_cuda_download(f->ctx, f->h_hbf, f->X + HD * (size_t)r0, sizeof(uint16_t) * HD * (size_t)pc[i].n, err));
+        for (size_t k = 0; k < HD * (size_t)pc[i].n; k++) pc[i].hidden[k] = dsv4_bf16_to_f32(f->h_hbf[k]);
+        downloaded = 1;
     }
     /* The pinned inputs are rewritten by the next pass: make sure this one consumed them. */
     if (!downloaded) T(dsv4_cuda_sync(f->ctx, err));
@@ -1199,6 +1254,8 @@ dsv4_status dsv4_forward_cuda_step(dsv4_forward_cuda *f, const dsv4_seq_step *st
         for (int j = 0; j < i; j++)
             if (steps[j].slot == s->slot)
                 return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "forward: slot %d appears twice in one step", s->slot);
+        if (s->want_logits == DSV4_LOGITS_ALL && f->comm && f->sh.world > 1)
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "forward: logits of every position need one rank");
     }
     {
         int slots[n_steps], counts[n_steps];
@@ -1206,12 +1263,17 @@ dsv4_status dsv4_forward_cuda_step(dsv4_forward_cuda *f, const dsv4_seq_step *st
         T(dsv4_kv_access_prepare(f->kv, slots, counts, n_steps, err));
     }
     /* Split into passes of at most R rows and S sequences; a piece's logits are wanted only where it ends
-     * its sequence's chunk. */
+     * its sequence's chunk (DSV4_LOGITS_ALL: every row). */
     int done[n_steps];
     float *dst[n_steps];
-    for (int i = 0, o = 0; i < n_steps; i++) {
+    long hrow0[n_steps];
+    const size_t HD = (size_t)c->hc_mult * c->dim;
+    for (int i = 0, o = 0, r = 0; i < n_steps; i++) {
         done[i] = 0;
-        dst[i] = steps[i].want_logits ? logits + (size_t)o++ * c->vocab_size : NULL;
+        dst[i] = steps[i].want_logits ? logits + (size_t)o * c->vocab_size : NULL;
+        o += steps[i].want_logits == DSV4_LOGITS_ALL ? steps[i].n_tokens : steps[i].want_logits ? 1 : 0;
+        hrow0[i] = r;
+        r += steps[i].n_tokens;
     }
     piece pc[f->S];
     for (;;) {
@@ -1221,7 +1283,10 @@ dsv4_status dsv4_forward_cuda_step(dsv4_forward_cuda *f, const dsv4_seq_step *st
             if (!left) continue;
             int n = left < f->R - rows ? left : f->R - rows;
             long pos0 = dsv4_kv_access_seq_len(f->kv, steps[i].slot);
-            pc[np++] = (piece){steps[i].slot, n, pos0, steps[i].tokens + done[i], n == left ? dst[i] : NULL};
+            const int all = steps[i].want_logits == DSV4_LOGITS_ALL;
+            float *lg = !dst[i] ? NULL : all ? dst[i] + (size_t)done[i] * c->vocab_size : n == left ? dst[i] : NULL;
+            float *hid = f->hid_dst ? f->hid_dst + HD * (size_t)(hrow0[i] + done[i]) : NULL;
+            pc[np++] = (piece){steps[i].slot, n, pos0, steps[i].tokens + done[i], lg, all, hid};
             done[i] += n;
             rows += n;
         }

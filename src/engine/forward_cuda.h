@@ -87,6 +87,17 @@ dsv4_status dsv4_forward_cuda_mtp(dsv4_forward_cuda *f, const dsv4_mtp_step *ste
 dsv4_status dsv4_forward_cuda_step_mtp(dsv4_forward_cuda *f, const dsv4_seq_step *steps, int n_steps, float *logits,
                                        float *mtp_logits, int *n_mtp_rows, dsv4_err *err);
 
+/* Speculative decoding support (spec.c over this forward; one GPU, a checkpoint with mtp.0.*, else UNSUPPORTED):
+ * dsv4_forward_cuda_step_hidden is dsv4_forward_cuda_step (DSV4_LOGITS_ALL gives every row's logits) that also
+ * writes the final hyper-connection state of every row of the step to hidden [rows, hc, D] FP32 (BF16 values;
+ * rows in step order, as forward.h's dsv4_forward_hidden). dsv4_forward_cuda_mtp_state reads (get) or replaces
+ * (set) the kept state of a slot (dsv4_forward_cuda_step_mtp: the main model's final state at its last position,
+ * [hc, D] FP32); set marks it as the state at the slot's current length; get fails with INVALID_ARG when no state
+ * of the current length is kept. */
+dsv4_status dsv4_forward_cuda_step_hidden(dsv4_forward_cuda *f, const dsv4_seq_step *steps, int n_steps, float *logits,
+                                          float *hidden, dsv4_err *err);
+dsv4_status dsv4_forward_cuda_mtp_state(dsv4_forward_cuda *f, int slot, float *get, const float *set, dsv4_err *err);
+
 /* Greedy decoding entirely on the device: each sequence (slot) is fed first[i] at its current position,
  * then n_steps-1 more steps feed back the argmax; out [n_steps, n_slots] holds the argmax token of every
  * step. The loop is n_steps graph replays with no host work in between (tokens and positions advance on

@@ -147,6 +147,7 @@ struct dsv4_forward_cuda {
     long *mtp_first;                  /* [S] host: position of that row */
     long *mtp_hlen;                   /* [S] host: the slot's length when its kept state (mtp_hl row) was written
                                          (its state is that of position mtp_hlen - 1); 0 = none */
+    float *hid_dst;                   /* [step rows, hc, D] host, while dsv4_forward_cuda_step_hidden runs */
     int mtp_in_step;                  /* 1 while dsv4_forward_cuda_step_mtp drives dsv4_forward_cuda_step */
 };
 
@@ -159,7 +160,9 @@ typedef struct piece {
     int slot, n;
     long pos0;
     const int32_t *tokens;
-    float *logits;       /* where this piece's last-row logits go, or NULL */
+    float *logits;       /* where this piece's last-row logits go (all = 1: its first row's, then every row's), or NULL */
+    int all;             /* 1: the logits of every row (DSV4_LOGITS_ALL) */
+    float *hidden;       /* [n, hc, D] where the final states of its rows go (dsv4_forward_cuda_step_hidden), or NULL */
 } piece;
 
 /* ---- shared pass pieces (forward_cuda.c) ---------------------------------------------------------------- */
@@ -173,6 +176,10 @@ dsv4_status dsv4_fcuda_block(dsv4_forward_cuda *f, const dsv4_glue_step *gs, con
 /* FP8 linear of an act-quantized activation; BF16 linear (cuBLASLt). Enqueued on f's stream. */
 dsv4_status dsv4_fcuda_lin8(dsv4_forward_cuda *f, const uint8_t *xq, const uint8_t *xs, int M, const dlin *l,
                             uint16_t *y, dsv4_err *err);
+/* The head (hc_head hch, RMSNorm norm, the shared head) on rows hrow[0..n) of f->X, in chunks of S rows;
+ * row i's FP32 logits [vocab] are downloaded to dst[i]. Waits for the device. One rank (world 1) only. */
+dsv4_status dsv4_fcuda_head_rows(dsv4_forward_cuda *f, const dhc *hch, const uint16_t *norm, const int32_t *hrow,
+                                 float *const *dst, int n, dsv4_err *err);
 /* Block-table rows of slots that changed since the device saw them; the pinned step inputs to f->in. */
 dsv4_status dsv4_fcuda_sync_block_tables(dsv4_forward_cuda *f, const int *slots, int n, dsv4_err *err);
 dsv4_status dsv4_fcuda_upload_inputs(dsv4_forward_cuda *f, dsv4_err *err);

@@ -16,7 +16,11 @@
  *                               each pass's X is copied to f->mtp_hl, whose first S rows keep every slot's last
  *                               state (the h of the row that waits for the next token).
  * Passes are eager (no graph) and end with the device idle (the pinned inputs are reused by the next pass).
- * The layer hook and the per-op profiler see main passes only. */
+ * The layer hook and the per-op profiler see main passes only.
+ *
+ * Speculative decoding (spec.c over this forward, engine.c): dsv4_forward_cuda_step_hidden (a step that also
+ * brings every row's final state to the host) and dsv4_forward_cuda_mtp_state (a slot's kept state to / from
+ * the host). */
 #include "engine/forward_cuda.h"
 
 #include "core/status.h"
@@ -32,6 +36,15 @@ dsv4_status dsv4_forward_cuda_step_mtp(dsv4_forward_cuda *f, const dsv4_seq_step
                                        float *mtp_logits, int *n_mtp_rows, dsv4_err *err) {
     (void)f; (void)steps; (void)n_steps; (void)logits; (void)mtp_logits;
     if (n_mtp_rows) *n_mtp_rows = 0;
+    return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "backend cuda not compiled in (build with nvcc present)");
+}
+dsv4_status dsv4_forward_cuda_step_hidden(dsv4_forward_cuda *f, const dsv4_seq_step *steps, int n_steps, float *logits,
+                                          float *hidden, dsv4_err *err) {
+    (void)f; (void)steps; (void)n_steps; (void)logits; (void)hidden;
+    return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "backend cuda not compiled in (build with nvcc present)");
+}
+dsv4_status dsv4_forward_cuda_mtp_state(dsv4_forward_cuda *f, int slot, float *get, const float *set, dsv4_err *err) {
+    (void)f; (void)slot; (void)get; (void)set;
     return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "backend cuda not compiled in (build with nvcc present)");
 }
 
@@ -86,30 +99,6 @@ static dsv4_status mtp_pass(dsv4_forward_cuda *f, int rows, int n_seq, dsv4_err 
     return dsv4_fcuda_block(f, &gs, &in, rows, c->n_layers, err);
 }
 
-/* The head on rows hrow[0..n) of f->X (the MTP's hc_head, norm, the shared head), in chunks of S rows (the
- * head buffers' size); row i's FP32 logits are downloaded to dst[i]. Waits for the device. */
-static dsv4_status mtp_head(dsv4_forward_cuda *f, const int32_t *hrow, float *const *dst, int n, dsv4_err *err) {
-    const dsv4_config *c = f->c;
-    const int D = c->dim, hc = c->hc_mult, V = c->vocab_size;
-    const float eps = (float)c->norm_eps, hc_eps = (float)c->hc_eps;
-    inputs h = dsv4_fcuda_inputs(f, f->h_in), d = dsv4_fcuda_inputs(f, f->in);
-    for (int o = 0; o < n; o += f->S) {
-        const int m = n - o < f->S ? n - o : f->S;
-        /* The previous chunk's downloads waited for the device, so its head list was consumed. */
-        memcpy(h.head, hrow + o, sizeof(int32_t) * (size_t)m);
-        T(dsv4_glue_upload_async(f->ctx, d.head, h.head, sizeof(int32_t) * (size_t)m, err));
-        dsv4_cuda_hc_params hh = {m, hc, D, 0, hc_eps, eps, f->mtp.hc_head.fn, f->mtp.hc_head.base,
-                                  f->mtp.hc_head.scale};
-        T(dsv4_glue_gather_rows(f->ctx, f->X, hc * D, d.head, m, f->Xh, err));
-        T(dsv4_cuda_hc_head(f->ctx, &hh, f->Xh, f->hin, err));
-        T(dsv4_cuda_rmsnorm(f->ctx, f->hin, D, f->mtp.norm, m, D, eps, f->hin, D, err));
-        T(dsv4_cuda_linear_bf16(f->ctx, f->hin, m, D, f->head, V, f->logits, DSV4_OUT_F32, err));
-        for (int i = 0; i < m; i++)
-            T(dsv4_cuda_download(f->ctx, dst[o + i], f->logits + (size_t)i * V, sizeof(float) * (size_t)V, err));
-    }
-    return DSV4_OK;
-}
-
 /* ==== the CPU contract: host h rows ====================================================================== */
 
 typedef struct mpiece { int step, j0, n; } mpiece;   /* rows j0 .. j0+n-1 of steps[step] */
@@ -149,7 +138,7 @@ static dsv4_status mtp_flush(dsv4_forward_cuda *f, const dsv4_mtp_step *steps, c
     T(dsv4_cuda_upload(f->ctx, f->mtp_hin, f->h_hbf, sizeof(uint16_t) * HD * (size_t)rows, err));
     T(dsv4_fcuda_upload_inputs(f, err));
     T(mtp_pass(f, rows, np, err));
-    if (n_out) T(mtp_head(f, hrow, dst, n_out, err));
+    if (n_out) T(dsv4_fcuda_head_rows(f, &f->mtp.hc_head, f->mtp.norm, hrow, dst, n_out, err));
     if (h_out) {
         T(dsv4_cuda_download(f->ctx, f->h_hbf, f->X, sizeof(uint16_t) * HD * (size_t)rows, err));
         for (int i = 0, r = 0; i < np; i++)
@@ -283,7 +272,7 @@ dsv4_status dsv4_fcuda_mtp_after_pass(dsv4_forward_cuda *f, const piece *pc, int
         dsv4_prof *prof = f->prof;
         f->prof = NULL;
         dsv4_status st = mtp_pass(f, rows, ns, err);
-        if (st == DSV4_OK && n_out) st = mtp_head(f, hrow, dst, n_out, err);
+        if (st == DSV4_OK && n_out) st = dsv4_fcuda_head_rows(f, &f->mtp.hc_head, f->mtp.norm, hrow, dst, n_out, err);
         f->prof = prof;
         T(st);
     }
@@ -331,6 +320,40 @@ dsv4_status dsv4_forward_cuda_step_mtp(dsv4_forward_cuda *f, const dsv4_seq_step
     for (int i = 0; i < n_steps; i++) f->mtp_dst[steps[i].slot] = NULL;
     if (st == DSV4_OK && n_mtp_rows) *n_mtp_rows = (int)total;
     return st;
+}
+
+/* ==== speculative decoding support ===================================================================== */
+
+dsv4_status dsv4_forward_cuda_step_hidden(dsv4_forward_cuda *f, const dsv4_seq_step *steps, int n_steps, float *logits,
+                                          float *hidden, dsv4_err *err) {
+    if (!f->mtp.w) return no_mtp(f, err);   /* the host staging of the states exists with the MTP block */
+    f->hid_dst = hidden;
+    dsv4_status st = dsv4_forward_cuda_step(f, steps, n_steps, logits, err);
+    f->hid_dst = NULL;
+    return st;
+}
+
+dsv4_status dsv4_forward_cuda_mtp_state(dsv4_forward_cuda *f, int slot, float *get, const float *set, dsv4_err *err) {
+    const size_t HD = (size_t)f->c->hc_mult * f->c->dim;
+    if (!f->mtp.w) return no_mtp(f, err);
+    if (!dsv4_kv_access_slot_valid(f->kv, slot))
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d is not admitted", slot);
+    const long len = dsv4_kv_access_seq_len(f->kv, slot);
+    uint16_t *row = f->mtp_hl + HD * (size_t)slot;
+    T(dsv4_glue_set_device(f->ctx, err));
+    if (get) {
+        if (len == 0 || f->mtp_hlen[slot] != len)
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d: no kept final state at position %ld", slot,
+                                len - 1);
+        T(dsv4_cuda_download(f->ctx, f->h_hbf, row, sizeof(uint16_t) * HD, err));
+        for (size_t k = 0; k < HD; k++) get[k] = dsv4_bf16_to_f32(f->h_hbf[k]);
+    }
+    if (set) {
+        for (size_t k = 0; k < HD; k++) f->h_hbf[k] = dsv4_f32_to_bf16(set[k]);
+        T(dsv4_cuda_upload(f->ctx, row, f->h_hbf, sizeof(uint16_t) * HD, err));
+        f->mtp_hlen[slot] = len;
+    }
+    return DSV4_OK;
 }
 
 #endif /* DSV4_HAVE_CUDA */

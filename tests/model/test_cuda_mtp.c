@@ -11,7 +11,14 @@
  *   - two sequences decoded together equal each decoded alone, bit for bit (MTP logits, main logits);
  *   - end to end vs the CPU's dsv4_spec_step (same chunking): the mean row within the main model's bound,
  *     every row within the outlier cap (the MTP's learned top-k amplifies the main state's roundings);
- *   - refusals: a sequence out of MTP sync, misplaced committed rows, a token out of range.
+ *   - refusals: a sequence out of MTP sync, misplaced committed rows, a token out of range;
+ *   - KV rollback on the device arenas (kv_rollback.h through the memory hook's copy): save, a 3-token step,
+ *     restore(0) gives back every byte of the slot's cache (rings incl. the MTP's, compressor tails, entries,
+ *     indexer keys), bit for bit;
+ *   - greedy speculative decoding on the cuda engine (k = 1..3) gives plain greedy decoding's tokens up to the
+ *     first near tie of the main model's logits (the verification rows and a one-token decode sum in
+ *     different orders: the divergence must be a top-2 margin within the per-row bound), the same length,
+ *     and the sequence continues through dsv4_engine_step_mtp.
  * Without a CUDA build or a device every case prints SKIP and passes (CI has no GPU). */
 #include <math.h>
 #include <stdio.h>
@@ -26,6 +33,7 @@
 #include "engine/kv_access.h"
 #include "engine/model.h"
 #include "engine/spec.h"
+#include "kv/kv_rollback.h"
 #include "test_util.h"
 
 static const char *const models[] = {"tests/data/tiny-flash", "tests/data/tiny-pro"};
@@ -452,6 +460,173 @@ static void test_refusals(void) {
     gpu_close(&g);
 }
 
+/* ---- KV rollback on the device arenas ---------------------------------------------------------------------- */
+
+/* Every cache byte of slot that a step can touch (rings of every layer incl. the MTP's, compressor tails,
+ * the entries and indexer keys of the held blocks), downloaded through the memory hook, concatenated. */
+static uint8_t *snapshot(dsv4_kv_manager *kv, int slot, size_t *bytes) {
+    const dsv4_kv_schema *sc = dsv4_kv_manager_schema(kv);
+    const dsv4_kv_mem_ops *mem = dsv4_kv_manager_mem(kv);
+    size_t cap = 0, at = 0;
+    uint8_t *buf = NULL;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass) buf = malloc(cap ? cap : 1);
+        at = 0;
+        for (int l = 0; l < sc->n_layers; l++) {
+            dsv4_kv_layer_view v;
+            if (dsv4_kv_manager_view(kv, slot, l, &v, NULL) != DSV4_OK) { CHECK(0, "view %d", l); free(buf); return NULL; }
+#define TAKE_BYTES(ptr, n)                                                                      \
+            do {                                                                                \
+                if (pass) CHECK(mem->copy(mem->ctx, buf + at, (ptr), (n), 0) == DSV4_OK, "copy"); \
+                at += (n);                                                                      \
+            } while (0)
+            TAKE_BYTES(v.ring, (size_t)v.window * v.entry_bytes);
+            const dsv4_kv_cmp_view *cv[2] = {&v.cmp, &v.icmp};
+            for (int j = 0; j < 2; j++) {
+                if (!cv[j]->ratio) continue;
+                const size_t width = (size_t)(cv[j]->overlap ? 2 : 1) * cv[j]->d;
+                if (cv[j]->overlap) {
+                    TAKE_BYTES(cv[j]->kv_prev, sizeof(float) * cv[j]->ratio * cv[j]->d);
+                    TAKE_BYTES(cv[j]->sc_prev, sizeof(float) * cv[j]->ratio * cv[j]->d);
+                }
+                TAKE_BYTES(cv[j]->kv_cur, sizeof(float) * cv[j]->ratio * width);
+                TAKE_BYTES(cv[j]->sc_cur, sizeof(float) * cv[j]->ratio * width);
+            }
+            for (int64_t w = 0; v.ratio && w < v.cap_entries; w++) {
+                TAKE_BYTES(dsv4_kv_view_entry(&v, w), (size_t)v.entry_bytes);
+                if (v.kind == DSV4_LAYER_CSA) {
+                    TAKE_BYTES(dsv4_kv_view_ikey_codes(&v, w), (size_t)v.ikey_code_bytes);
+                    TAKE_BYTES(dsv4_kv_view_ikey_scales(&v, w), (size_t)v.ikey_n_scales);
+                }
+            }
+#undef TAKE_BYTES
+        }
+        cap = at;
+    }
+    *bytes = cap;
+    return buf;
+}
+
+static void test_device_rollback(void) {
+    const int n0 = 62, n = 3;   /* the step crosses the ratio-4 boundary at 64: an entry and an indexer key */
+    for (int mi = 0; mi < N_MODELS; mi++) {
+        gpu g;
+        if (!gpu_open(&g, models[mi], 1, 1024, 0)) return;
+        const int V = g.m->cfg->vocab_size, L = g.m->cfg->n_layers;
+        dsv4_kv_manager *kv = dsv4_forward_cuda_kv(g.f);
+        int32_t *tok = random_tokens(2100 + mi, n0 + n, V);
+        dsv4_err err = {{0}};
+        int slot = gpu_seq(&g);
+        dsv4_seq_step s = {slot, tok, n0, 0};
+        CHECK(dsv4_forward_cuda_step(g.f, &s, 1, NULL, &err) == DSV4_OK, "%s", err.msg);
+        int cnt = n;
+        CHECK(dsv4_kv_access_prepare(kv, &slot, &cnt, 1, &err) == DSV4_OK, "%s", err.msg);
+        dsv4_kv_rollback rb;
+        CHECK(dsv4_kv_rollback_init(&rb, kv, n, &err) == DSV4_OK, "%s", err.msg);
+        size_t nb0 = 0, nb1 = 0;
+        uint8_t *before = snapshot(kv, slot, &nb0);
+        CHECK(dsv4_kv_rollback_save(&rb, kv, slot, 0, L + 1, n0, n, &err) == DSV4_OK, "%s", err.msg);
+        s = (dsv4_seq_step){slot, tok + n0, n, 0};
+        CHECK(dsv4_forward_cuda_step(g.f, &s, 1, NULL, &err) == DSV4_OK, "%s", err.msg);
+        uint8_t *mid = snapshot(kv, slot, &nb1);
+        CHECK(nb0 == nb1 && before && mid && memcmp(before, mid, nb0) != 0, "%s: the step changed no cache byte",
+              models[mi]);
+        free(mid);
+        dsv4_kv_rollback_restore(&rb, kv, 0);
+        CHECK(rb.copy_st == DSV4_OK, "%s: a device copy of the restore failed", models[mi]);
+        uint8_t *after = snapshot(kv, slot, &nb1);
+        size_t ndiff = 0;
+        for (size_t i = 0; before && after && nb0 == nb1 && i < nb0; i++) ndiff += before[i] != after[i];
+        CHECK(before && after && nb0 == nb1 && ndiff == 0, "%s: %zu of %zu cache bytes differ after the restore",
+              models[mi], ndiff, nb0);
+        printf("  %s device rollback: %zu cache bytes, %zu differ after save / step / restore(0)\n", models[mi], nb0,
+               ndiff);
+        CHECK(dsv4_kv_manager_truncate(kv, slot, n0, &err) == DSV4_OK, "%s", err.msg);
+        free(before);
+        free(after);
+        dsv4_kv_rollback_free(&rb);
+        free(tok);
+        gpu_close(&g);
+    }
+}
+
+/* ---- greedy speculative decoding on the cuda engine ------------------------------------------------------ */
+
+static dsv4_engine *cuda_engine(const char *model) {
+    dsv4_engine_options o = {0};
+    o.model_dir = model;
+    o.backend = "cuda";
+    o.max_seqs = 2;
+    o.max_tokens = 1024;
+    dsv4_err err = {{0}};
+    dsv4_engine *e = NULL;
+    if (dsv4_engine_create(&o, &e, &err) != DSV4_OK) CHECK(0, "cuda engine %s: %s", model, err.msg);
+    return e;
+}
+
+static void test_spec_greedy(void) {
+    const int n0 = 20, n = 24;
+    for (int mi = 0; mi < N_MODELS; mi++)
+        for (int k = 1; k <= DSV4_SPEC_MAX_DRAFT; k++) {
+            dsv4_engine *es = cuda_engine(models[mi]), *ep = cuda_engine(models[mi]);
+            if (!es || !ep) { dsv4_engine_destroy(es); dsv4_engine_destroy(ep); return; }
+            const int V = dsv4_engine_vocab_size(es);
+            int32_t *tok = random_tokens(2200 + mi, n0, V), spec[n], plain[n];
+            float *l = malloc(sizeof(float) * (size_t)V), *pl = malloc(sizeof(float) * (size_t)V * n);
+            dsv4_err err = {{0}};
+            int a = -1, b = -1, got = 0;
+            CHECK(dsv4_engine_seq_open(es, &a, &err) == DSV4_OK && dsv4_engine_seq_open(ep, &b, &err) == DSV4_OK, "%s",
+                  err.msg);
+            /* Spec: the prompt through the MTP step, then the speculative decode. */
+            dsv4_batch_item it = {a, tok, n0, 1};
+            CHECK(dsv4_engine_step_mtp(es, &it, 1, l, NULL, &got, &err) == DSV4_OK, "%s", err.msg);
+            int32_t first = argmax(l, V);
+            dsv4_spec_info info = {0, 0, 0};
+            dsv4_status st = dsv4_engine_decode_greedy_spec(es, &a, 1, &first, n, k, spec, &info, &err);
+            CHECK(st == DSV4_OK, "%s k=%d: spec decode: %s", models[mi], k, err.msg);
+            /* Plain: the prompt, then one token per step with its logits (the decode graph). */
+            it = (dsv4_batch_item){b, tok, n0, 1};
+            CHECK(dsv4_engine_step(ep, &it, 1, l, &err) == DSV4_OK, "%s", err.msg);
+            CHECK(argmax(l, V) == first, "%s: the prompt's last logits differ between the two engines", models[mi]);
+            int32_t cur = first;
+            for (int i = 0; i < n; i++) {
+                it = (dsv4_batch_item){b, &cur, 1, 1};
+                CHECK(dsv4_engine_step(ep, &it, 1, pl + (size_t)V * i, &err) == DSV4_OK, "%s", err.msg);
+                plain[i] = cur = argmax(pl + (size_t)V * i, V);
+            }
+            int d = 0;
+            while (st == DSV4_OK && d < n && spec[d] == plain[d]) d++;
+            if (st == DSV4_OK && d < n) {
+                /* A divergence must be a near tie: the two paths' logits differ by at most the per-row bound
+                 * (rel-L2 2e-2, docs/NUMERICS.md "CUDA end to end"), so a flip needs top1 - top2 within twice
+                 * that of the row's norm. */
+                const float *r = pl + (size_t)V * d;
+                double norm = 0, t1 = -INFINITY, t2 = -INFINITY;
+                for (int v = 0; v < V; v++) {
+                    norm += (double)r[v] * r[v];
+                    if (r[v] > t1) { t2 = t1; t1 = r[v]; } else if (r[v] > t2) t2 = r[v];
+                }
+                norm = sqrt(norm);
+                printf("  %s k=%d: speculative and plain greedy part at token %d (%d vs %d): plain top-2 margin %.3e, "
+                       "row norm %.3e\n", models[mi], k, d, spec[d], plain[d], t1 - t2, norm);
+                CHECK(t1 - t2 <= 2 * 2e-2 * norm, "%s k=%d: divergence at %d is not a near tie", models[mi], k, d);
+            }
+            printf("  %s k=%d: %d of %d tokens equal to plain greedy, %ld rounds, %ld drafted, %ld accepted\n",
+                   models[mi], k, d, n, info.rounds, info.drafted, info.accepted);
+            CHECK(info.accepted <= info.drafted && info.rounds > 0, "%s k=%d: stats", models[mi], k);
+            CHECK(dsv4_engine_seq_len(es, a) == dsv4_engine_seq_len(ep, b), "%s k=%d: length %ld vs %ld", models[mi], k,
+                  dsv4_engine_seq_len(es, a), dsv4_engine_seq_len(ep, b));
+            /* The MTP stays in sync: the sequence continues through the MTP step. */
+            int32_t next = spec[n - 1];
+            it = (dsv4_batch_item){a, &next, 1, 1};
+            CHECK(dsv4_engine_step_mtp(es, &it, 1, l, NULL, &got, &err) == DSV4_OK && got == 1,
+                  "%s k=%d: step_mtp after the speculative decode: %s", models[mi], k, err.msg);
+            free(tok); free(l); free(pl);
+            dsv4_engine_destroy(es);
+            dsv4_engine_destroy(ep);
+        }
+}
+
 int main(void) {
     RUN(test_teacher_forced);
     if (skipped) test_skip("test_cuda_mtp", "no CUDA device (the remaining cases need one)");
@@ -460,6 +635,8 @@ int main(void) {
         RUN(test_batch_vs_alone);
         RUN(test_end_to_end_vs_cpu);
         RUN(test_refusals);
+        RUN(test_device_rollback);
+        RUN(test_spec_greedy);
     }
     return test_finish();
 }
