@@ -119,12 +119,14 @@ void dsv4_engine_get_kv_stats(const dsv4_engine *e, dsv4_engine_kv_stats *out);
 /* Blocks a sequence holds once it has n_tokens tokens (a step growing a sequence from a to b tokens needs
  * dsv4_engine_kv_blocks_for(e, b) - dsv4_engine_kv_blocks_for(e, a) free blocks). */
 long dsv4_engine_kv_blocks_for(const dsv4_engine *e, long n_tokens);
-/* ---- MTP draft head and speculative decoding (spec §4.10, issue 15; cpu backend, one rank) -------
+/* ---- MTP draft head and speculative decoding (spec §4.10, issue 15; one rank) ------------------------
  * The checkpoint's MTP block predicts the token after next from the main model's final hyper-connection
  * state and the next token. Its state (own window ring) lives with the sequence; to use it, feed EVERY
  * token of the sequence through dsv4_engine_step_mtp or dsv4_engine_decode_greedy_spec (a sequence fed
- * through dsv4_engine_step is refused by both with DSV4_ERR_INVALID_ARG). DSV4_ERR_UNSUPPORTED on the
- * cuda backend, with gpus > 1, or for a checkpoint without mtp.0.*. */
+ * through dsv4_engine_step is refused by both with DSV4_ERR_INVALID_ARG). DSV4_ERR_UNSUPPORTED with
+ * gpus > 1 or for a checkpoint without mtp.0.*. On the cuda backend the greedy speculative tokens are the
+ * plain greedy ones except at a near tie of the main model's logits (the verification rows and a one-token
+ * decode sum in different orders on the GPU). */
 /* As dsv4_engine_step, then the MTP block runs over every position whose next token became known:
  * pos0-1 (when the sequence already had tokens) .. pos0+n-2. mtp_logits (optional, else NULL): up to
  * [sum of n_tokens, vocab] FP32, *n_mtp_rows rows written in item order then position order; row of

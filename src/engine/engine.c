@@ -270,19 +270,33 @@ dsv4_status dsv4_engine_decode_greedy(dsv4_engine *e, const int *seqs, int n_seq
     return st;
 }
 
-/* ---- MTP / speculative decoding (cpu backend, one rank) ---- */
+/* ---- MTP / speculative decoding (one rank: the cpu backend, or the cuda backend on one GPU) ---- */
 
 static dsv4_status mtp_ready(dsv4_engine *e, dsv4_err *err) {
-    if (!e->fwd || e->tp)
-        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: the MTP block runs on the cpu backend with one rank");
+    if (e->tp)
+        return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: the MTP block runs on one rank (not with gpus > 1)");
     if (!e->model->w.mtp)
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: the checkpoint has no MTP block (mtp.0.*)");
+    /* cpu: the last states of the sequences; cuda: the forward keeps them on the device (step_mtp), this is the
+     * host copy a speculative decode works on */
     if (!e->mtp_h) {
         size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
         if (!(e->mtp_h = calloc((size_t)e->max_seqs * hd, sizeof(float))))
             return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
     }
     return DSV4_OK;
+}
+
+/* spec.c's backend table over the CUDA forward (its KV manager is kv). */
+static dsv4_status cuda_spec_step(void *f, dsv4_kv_manager *kv, const dsv4_seq_step *steps, int n_steps, float *logits,
+                                  float *hidden, dsv4_err *err) {
+    (void)kv;
+    return dsv4_forward_cuda_step_hidden(f, steps, n_steps, logits, hidden, err);
+}
+static dsv4_status cuda_spec_mtp(void *f, dsv4_kv_manager *kv, const dsv4_mtp_step *steps, int n_steps, float *logits,
+                                 float *h_out, dsv4_err *err) {
+    (void)kv;
+    return dsv4_forward_cuda_mtp(f, steps, n_steps, logits, h_out, err);
 }
 
 dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, int n_items, float *logits,
@@ -297,7 +311,11 @@ dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, i
         if (!dsv4_kv_access_slot_valid(e->kv, items[i].seq))
             return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", items[i].seq);
         steps[i] = (dsv4_seq_step){items[i].seq, items[i].tokens, items[i].n_tokens, items[i].want_logits != 0};
-        last_h[i] = e->mtp_h + (size_t)items[i].seq * hd;
+        last_h[i] = e->mtp_h ? e->mtp_h + (size_t)items[i].seq * hd : NULL;
+    }
+    if (e->cfwd) {
+        dsv4_status st = dsv4_forward_cuda_step_mtp(e->cfwd, steps, n_items, logits, mtp_logits, n_mtp_rows, err);
+        return st == DSV4_OK ? check_logits(e, items, n_items, logits, err) : st;
     }
     return dsv4_spec_step(e->fwd, e->kv, steps, n_items, last_h, logits, mtp_logits, n_mtp_rows, err);
 }
@@ -316,8 +334,24 @@ dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int 
             return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", seqs[i]);
         last_h[i] = e->mtp_h + (size_t)seqs[i] * hd;
     }
-    dsv4_status st = dsv4_spec_decode_greedy(e->fwd, e->kv, n_seqs, seqs, last_h, first, n_steps, k, out, s, NULL,
-                                             NULL, err);
+    dsv4_status st;
+    if (e->cfwd) {
+        /* spec.c over the CUDA forward: the kept last states come to the host for the round's first MTP row and
+         * go back after (so that dsv4_engine_step_mtp continues from them). */
+        for (int i = 0; i < n_seqs; i++)
+            if (dsv4_kv_access_seq_len(e->kv, seqs[i]) > 0)
+                DSV4_TRY(dsv4_forward_cuda_mtp_state(e->cfwd, seqs[i], last_h[i], NULL, err));
+        dsv4_spec_backend be = {e->cfwd, e->model, cuda_spec_step, cuda_spec_mtp};
+        st = dsv4_spec_decode_greedy_on(&be, e->kv, n_seqs, seqs, last_h, first, n_steps, k, out, s, NULL, NULL, err);
+        for (int i = 0; i < n_seqs; i++) {
+            dsv4_status st2 = dsv4_kv_access_seq_len(e->kv, seqs[i]) > 0
+                                  ? dsv4_forward_cuda_mtp_state(e->cfwd, seqs[i], NULL, last_h[i], st == DSV4_OK ? err : NULL)
+                                  : DSV4_OK;
+            if (st == DSV4_OK) st = st2;
+        }
+    } else {
+        st = dsv4_spec_decode_greedy(e->fwd, e->kv, n_seqs, seqs, last_h, first, n_steps, k, out, s, NULL, NULL, err);
+    }
     if (info) {
         *info = (dsv4_spec_info){0, 0, 0};
         for (int i = 0; i < n_seqs; i++) {

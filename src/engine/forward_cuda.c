@@ -27,7 +27,11 @@
  * with the weights picked on the device, cuda_moe_pairs.h moe_expert) and `grouped` (cuda_moe.h: the pairs sorted
  * by expert on the device, each selected expert read once per tile of its rows, w1+w3 with SwiGLU fused;
  * written without a GPU, op-tested by tests/unit/test_cuda_moe.c — it becomes the default once a GPU run has
- * verified it end to end, docs/PERF.md). Both keep the decode step capturable: shapes only on the host. */
+ * verified it end to end, docs/PERF.md). Both keep the decode step capturable: shapes only on the host.
+ *
+ * The MTP block (spec §4.10) is forward_cuda_mtp.c: its SWA block is L[n_layers], run by dsv4_fcuda_block as
+ * the main layers; run_pass hands each committed pass to it while dsv4_forward_cuda_step_mtp drives a step.
+ * The types both files share are in forward_cuda_internal.h. */
 #include "engine/forward_cuda.h"
 
 #include <stdio.h>
@@ -104,43 +108,8 @@ void dsv4_forward_cuda_collective_time(const dsv4_forward_cuda *f, double *ms, i
 #include "backend/cuda/ops_cuda.h"
 #include "engine/kv_access.h"
 #include "engine/profile.h"
+#include "engine/forward_cuda_internal.h"
 #include "kv/kv_schema.h"
-
-#define HIST_CAP 4096   /* greedy steps one decode_greedy call may run */
-#define MAX_BUCKETS 16
-
-/* ==== device weights ==================================================================================== */
-
-typedef struct dlin { uint8_t *w, *s; int out, in; } dlin;             /* FP8 [out, in] + [out/128, in/128] */
-typedef struct dhc { float *fn, *base, *scale; } dhc;
-typedef struct dcmp {
-    uint16_t *wkv, *wgate, *norm;    /* [coff*d, D], [coff*d, D], [d] */
-    float *ape;                      /* [ratio, coff*d] */
-    int ratio, d, coff;
-} dcmp;
-typedef struct dexp {
-    uint8_t *w, *s;                  /* stacked [E][...] */
-    size_t w_stride, s_stride;
-    int out, in, fp4;
-} dexp;
-
-typedef struct dlayer {
-    int ratio;
-    dsv4_layer_kind kind;
-    uint16_t *attn_norm, *ffn_norm, *q_norm, *kv_norm;
-    dhc hc_attn, hc_ffn;
-    dlin wq_a, wq_b, wkv, wo_b, idx_wq_b, sh1, sh2, sh3;
-    uint16_t *wo_a;                  /* [G*R, gin] bf16, dequantized on the device */
-    float *sink;                     /* [H] */
-    dcmp cmp, icmp;
-    uint16_t *idx_wproj;             /* [nIh, D] */
-    uint16_t *gate_w;                /* [E, D] */
-    float *gate_bias;                /* [E] or NULL */
-    int64_t *tid2eid;                /* [vocab, k] or NULL */
-    dexp e1, e2, e3;
-    int n_comp;                      /* compressed rows in a query's attention list (topk / max entries / 0) */
-    int max_e;                       /* most entries one sequence can hold (0 for SWA) */
-} dlayer;
 
 /* Bump allocation over one device buffer; a dry pass (base NULL) only measures. */
 typedef struct arena {
@@ -181,80 +150,19 @@ static void *a_put(arena *a, const void *src, size_t bytes) {
     return p;
 }
 
-/* ==== the forward ======================================================================================= */
-
-/* exec NULL: seen once but not captured yet (with a communicator a bucket's first pass runs eagerly, so that
- * NCCL sets up its connections for these message sizes outside a capture). */
-typedef struct bucket { int n; void *exec; } bucket;
-
-#define MAX_COLL_EVENTS 1024   /* collective timing: event pairs one pass may record */
-
-struct dsv4_forward_cuda {
-    const dsv4_model *m;              /* borrowed */
-    const dsv4_config *c;             /* view */
-    dsv4_cuda_ctx *ctx;               /* owned */
-    dsv4_kv_manager *kv;              /* owned (device arenas) */
-    dsv4_kv_mem_ops mem;              /* hook handed to the manager (ctx = this forward's context) */
-    int R, S;                         /* max rows per pass, max sequences (= KV slots) */
-    long msl;                         /* longest sequence */
-    int use_graphs;
-    int capacity_lists;               /* options.capacity_lists */
-    int moe_grouped;                  /* DSV4_CUDA_MOE=grouped: routed experts through cuda_moe.h */
-    dsv4_prof *prof;                  /* borrowed; non-NULL: eager passes, an event after every op group */
-    double upload_gb, upload_gbps;
-    /* weights */
-    void *wbuf;                       /* owned device buffer with every weight */
-    uint16_t *embed, *head, *norm;
-    dhc hc_head;
-    dlayer *L;                        /* [n_layers] host array (owned) of device pointers */
-    /* KV geometry */
-    const dsv4_kv_schema *schema;     /* borrowed from kv */
-    uint8_t *slots_base, *blocks_base;
-    int32_t *d_bt;                    /* [max_requests, bt_ld] device mirror of the block tables */
-    int32_t *bt_shadow;               /* host copy of what d_bt holds (owned) */
-    int64_t bt_ld;
-    /* workspace (one device buffer) */
-    void *wsbuf;
-    int32_t *in;                      /* [3R + 5S] step inputs: tok pos rseq | sslot spos0 srow0 sn head */
-    int32_t *h_in;                    /* pinned host twin of `in` (owned) */
-    int32_t *h_bt;                    /* pinned staging of block-table rows [S, bt_ld] (owned) */
-    int32_t *hist, *ctr;              /* [HIST_CAP, S], [1] greedy history */
-    uint16_t *X, *X2, *x, *a, *qa, *qr, *q, *o, *og, *ug, *u, *staging, *qI, *wI, *ent;
-    uint16_t *eg, *eu, *ey, *sg, *su, *sy, *Xh, *hin, *ikeys;
-    uint8_t *aq1, *as1, *aq2, *as2;
-    uint8_t *moe_ws;                  /* [dsv4_cuda_moe_layout_bytes(R·k, ne)] sorted pairs (grouped MoE only) */
-    float *post, *comb, *cproj, *gproj, *gv, *gs, *attn_ws, *logits_e, *eweights, *scores, *logits;
-    int32_t *idx, *nlive, *e_slot, *e_w, *e_pos, *experts, *sel, *nkeys, *kstart, *amax;
-    int staging_ring, staging_comp;   /* row offsets inside staging */
-    int Kmax, max_e_csa;
-    bucket buckets[MAX_BUCKETS];
-    int n_buckets;
-    /* layer hook (eager passes only) */
-    dsv4_layer_dump_fn hook;
-    void *hook_user;
-    float *hook_f;                    /* [R, hc, D] host staging (owned) */
-    uint16_t *hook_b;                 /* [R, hc, D] host staging (owned) */
-    int hook_rows;                    /* real rows of the pass being enqueued (padding rows come after) */
-    /* tensor/expert parallelism (options.comm; docs/MULTI_GPU.md) */
-    dsv4_comm *comm;                  /* borrowed; NULL: single GPU, no collective */
-    dsv4_shard sh;                    /* the model's shard (whole model on one GPU) */
-    float *red;                       /* [R, D] FP32 all-reduce buffer (embedding, wo_b, MoE partials) */
-    uint16_t *sc16;                   /* [R, max_e_csa] BF16 indexer scores for their all-reduce */
-    float *lgath;                     /* [world, S, nv] head slices, all-gathered (rank-major) */
-    /* collective timing (eager passes) */
-    int time_coll;
-    void **coll_ev;                   /* [2 * MAX_COLL_EVENTS] owned events */
-    int n_coll;                       /* pairs recorded in the pass being enqueued */
-    double coll_ms;                   /* last step: sum over its passes */
-    int coll_calls;
-};
-
 /* ---- KV memory hook: device arenas ---------------------------------------------------------------- */
 
 static dsv4_status mem_alloc(void *ctx, size_t bytes, void **out) {
     return dsv4_cuda_alloc((dsv4_cuda_ctx *)ctx, bytes, out, NULL);
 }
 static void mem_release(void *ctx, void *p) { dsv4_cuda_free((dsv4_cuda_ctx *)ctx, p); }
+/* kv_rollback's copies of single cache regions (stream-ordered, then waits: the copy is done on return). */
+static dsv4_status mem_copy(void *ctx, void *dst, const void *src, size_t bytes, int to_mem) {
+    dsv4_status st = dsv4_glue_set_device((dsv4_cuda_ctx *)ctx, NULL);
+    if (st != DSV4_OK) return st;
+    return to_mem ? dsv4_cuda_upload((dsv4_cuda_ctx *)ctx, dst, src, bytes, NULL)
+                  : dsv4_cuda_download((dsv4_cuda_ctx *)ctx, dst, src, bytes, NULL);
+}
 static dsv4_status mem_fill32(void *ctx, void *dst, uint32_t pattern, size_t n) {
     /* called by the KV manager on admission, possibly from a thread whose current device is another rank's */
     dsv4_status st = dsv4_glue_set_device((dsv4_cuda_ctx *)ctx, NULL);
@@ -320,6 +228,20 @@ static dexp put_experts(arena *a, const dsv4_expert_linear *ex, int E) {
     return d;
 }
 
+/* The MTP block's input projections, norms and hc_head (its SWA block is L[n_layers], uploaded with the
+ * layers). Nothing without an MTP block on this forward. */
+static void put_mtp_head(dsv4_forward_cuda *f, arena *a) {
+    const dsv4_mtp_weights *mw = f->mtp.w;
+    const int D = f->c->dim, hc = f->c->hc_mult;
+    if (!mw) return;
+    f->mtp.e_proj = put_lin(a, &mw->e_proj);
+    f->mtp.h_proj = put_lin(a, &mw->h_proj);
+    f->mtp.enorm = a_put(a, mw->enorm, 2 * (size_t)D);
+    f->mtp.hnorm = a_put(a, mw->hnorm, 2 * (size_t)D);
+    f->mtp.norm = a_put(a, mw->norm, 2 * (size_t)D);
+    f->mtp.hc_head = put_hc(a, &mw->hc_head, hc, hc * D, 1);
+}
+
 /* One pass over every weight: measures (a->base NULL) or uploads. wo_a goes through tmp (FP8 + scales,
  * device) and is dequantized to BF16 in place in the arena. */
 static void put_weights(dsv4_forward_cuda *f, arena *a, uint8_t *tmp, int verbose) {
@@ -334,8 +256,8 @@ static void put_weights(dsv4_forward_cuda *f, arena *a, uint8_t *tmp, int verbos
     f->norm = a_put(a, w->norm, 2 * (size_t)D);
     f->hc_head = put_hc(a, &w->hc_head, hc, hc * D, 1);
     double t0 = now_s();
-    for (int l = 0; l < c->n_layers; l++) {
-        const dsv4_layer_weights *lw = &w->layers[l];
+    for (int l = 0; l < f->n_blocks; l++) {   /* the main layers, then the MTP block (l = n_layers) */
+        const dsv4_layer_weights *lw = dsv4_model_block(f->m, l);
         dlayer *d = &f->L[l];
         d->ratio = lw->ratio;
         d->kind = dsv4_config_layer_kind(c, l);
@@ -387,10 +309,11 @@ static void put_weights(dsv4_forward_cuda *f, arena *a, uint8_t *tmp, int verbos
         if (a->base && verbose) {
             double dt = now_s() - t0;
             fprintf(stderr, "\rcuda: %s weights: layer %d/%d, %.2f GB, %.2f GB/s   ",
-                    a->gen ? "generating" : "uploading", l + 1, c->n_layers,
+                    a->gen ? "generating" : "uploading", l + 1, f->n_blocks,
                     a->uploaded / 1e9, dt > 0 ? a->uploaded / 1e9 / dt : 0.0);
         }
     }
+    put_mtp_head(f, a);
 }
 
 /* ---- workspace ----------------------------------------------------------------------------------- */
@@ -457,6 +380,11 @@ static void take_workspace(dsv4_forward_cuda *f, arena *a) {
     TAKE(a, f->sg, R * I); TAKE(a, f->su, R * I); TAKE(a, f->sy, R * D);
     TAKE(a, f->Xh, S * hc * D); TAKE(a, f->hin, S * D);
     TAKE(a, f->logits, S * V); TAKE(a, f->amax, S);
+    if (f->mtp.w) {  /* only with the MTP block (forward_cuda_internal.h: the MTP rows' buffers) */
+        TAKE(a, f->mtp_hl, (S + R) * hc * D); TAKE(a, f->mtp_hin, R * hc * D);
+        TAKE(a, f->mtp_z, hc * R * D); TAKE(a, f->mtp_y, R * D); TAKE(a, f->mtp_e32, R * D);
+        TAKE(a, f->mtp_hidx, R);
+    }
     if (f->comm) {   /* only with a communicator: the single-GPU workspace is unchanged */
         TAKE(a, f->red, R * D);
         if (f->max_e_csa) TAKE(a, f->sc16, R * (long)f->max_e_csa);
@@ -483,6 +411,11 @@ void dsv4_forward_cuda_destroy(dsv4_forward_cuda *f) {
     }
     dsv4_glue_host_free(f->h_in);
     dsv4_glue_host_free(f->h_bt);
+    dsv4_glue_host_free(f->h_hidx);
+    free(f->h_hbf);
+    free(f->mtp_dst);
+    free(f->mtp_first);
+    free(f->mtp_hlen);
     free(f->bt_shadow);
     free(f->hook_f);
     free(f->hook_b);
@@ -568,10 +501,10 @@ static void attention_geometry(dsv4_forward_cuda *f) {
 }
 
 /* Largest wo_a (FP8 + scales): the device scratch its dequantization goes through at placement. */
-static size_t wo_a_scratch_bytes(const dsv4_model *m) {
+static size_t wo_a_scratch_bytes(const dsv4_forward_cuda *f) {
     size_t wmax = 0;
-    for (int l = 0; l < m->cfg->n_layers; l++) {
-        const dsv4_fp8_linear *wa = &m->w.layers[l].wo_a;
+    for (int l = 0; l < f->n_blocks; l++) {   /* the main layers, then the MTP block */
+        const dsv4_fp8_linear *wa = &dsv4_model_block(f->m, l)->wo_a;
         size_t b = (size_t)wa->out * wa->in + fp8_scale_bytes(wa->out, wa->in);
         if (b > wmax) wmax = b;
     }
@@ -582,7 +515,11 @@ dsv4_status dsv4_forward_cuda_plan_bytes(const dsv4_model *m, const dsv4_forward
                                          size_t *weight_bytes, size_t *other_bytes, dsv4_err *err) {
     const dsv4_config *c = m->cfg;
     dsv4_forward_cuda *f = calloc(1, sizeof *f);
-    if (!f || !(f->L = calloc((size_t)c->n_layers, sizeof *f->L))) {
+    if (f) {   /* the blocks as dsv4_forward_cuda_create counts them (the MTP block on one GPU) */
+        f->mtp.w = m->w.mtp && m->shard.world == 1 ? m->w.mtp : NULL;
+        f->n_blocks = c->n_layers + (f->mtp.w ? 1 : 0);
+    }
+    if (!f || !(f->L = calloc((size_t)f->n_blocks, sizeof *f->L))) {
         free(f);
         return dsv4_err_set(err, DSV4_ERR_NOMEM, "cuda forward plan: out of memory");
     }
@@ -594,7 +531,7 @@ dsv4_status dsv4_forward_cuda_plan_bytes(const dsv4_model *m, const dsv4_forward
     f->moe_grouped = moe_env && strcmp(moe_env, "grouped") == 0;
     arena a = {NULL, NULL, 0, 0, 0, DSV4_OK, err, NULL};   /* dry passes: sizes only, no device call */
     put_weights(f, &a, NULL, 0);
-    *weight_bytes = a.off + wo_a_scratch_bytes(m);
+    *weight_bytes = a.off + wo_a_scratch_bytes(f);
     attention_geometry(f);
     arena w = {NULL, NULL, 0, 0, 0, DSV4_OK, err, NULL};
     take_workspace(f, &w);
@@ -666,7 +603,11 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
     f->capacity_lists = opt && opt->capacity_lists;
     f->moe_grouped = moe_grouped;
     int verbose = opt && opt->verbose;
-    f->L = calloc((size_t)c->n_layers, sizeof *f->L);
+    /* The MTP block runs on one GPU holding the whole model (forward_cuda_mtp.c); with a communicator its
+     * weights stay on the host and dsv4_forward_cuda_mtp answers UNSUPPORTED. */
+    f->mtp.w = m->w.mtp && m->shard.world == 1 ? m->w.mtp : NULL;
+    f->n_blocks = c->n_layers + (f->mtp.w ? 1 : 0);
+    f->L = calloc((size_t)f->n_blocks, sizeof *f->L);
     if (!f->L) { free(f); return dsv4_err_set(err, DSV4_ERR_NOMEM, "cuda forward: out of memory"); }
     if ((st = dsv4_cuda_ctx_create(opt ? opt->device : 0, 0, &f->ctx, err)) != DSV4_OK) goto fail;
 
@@ -674,7 +615,7 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
     {
         arena a = {f->ctx, NULL, 0, 0, 0, DSV4_OK, err, NULL};
         put_weights(f, &a, NULL, 0);
-        size_t wmax = wo_a_scratch_bytes(m);
+        size_t wmax = wo_a_scratch_bytes(f);
         void *tmp = NULL;
         if ((st = dsv4_cuda_alloc(f->ctx, a.off, &f->wbuf, err)) != DSV4_OK) goto fail;
         if ((st = dsv4_cuda_alloc(f->ctx, wmax, &tmp, err)) != DSV4_OK) goto fail;
@@ -693,7 +634,7 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
     }
     if (fp8_lt) {
         f->ctx->fp8_gemm = DSV4_CUDA_FP8_GEMM_CUBLASLT;
-        for (int l = 0; l < c->n_layers && st == DSV4_OK; l++) {
+        for (int l = 0; l < f->n_blocks && st == DSV4_OK; l++) {
             const dlayer *d = &f->L[l];
             const dlin *ls[] = {&d->wq_a, &d->wq_b, &d->wkv, &d->wo_b, &d->idx_wq_b, &d->sh1, &d->sh2, &d->sh3};
             for (int i = 0; i < 8 && st == DSV4_OK; i++)
@@ -705,7 +646,7 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
 
     /* KV manager on device memory. */
     {
-        f->mem = (dsv4_kv_mem_ops){f->ctx, mem_alloc, mem_release, mem_fill32, 0};
+        f->mem = (dsv4_kv_mem_ops){f->ctx, mem_alloc, mem_release, mem_fill32, 0, mem_copy};
         dsv4_kv_manager_params p = {0};
         p.max_requests = f->S;
         p.max_total_tokens = f->msl;
@@ -751,6 +692,19 @@ dsv4_status dsv4_forward_cuda_create(const dsv4_model *m, const dsv4_forward_cud
         if ((st = dsv4_glue_host_alloc(sizeof(int32_t) * (3 * (size_t)f->R + 5 * (size_t)f->S), (void **)&f->h_in,
                                        err)) != DSV4_OK)
             goto fail;
+        if (f->mtp.w) {
+            const size_t hrow = (size_t)c->hc_mult * (size_t)c->dim;
+            if ((st = dsv4_glue_host_alloc(sizeof(int32_t) * (size_t)f->R, (void **)&f->h_hidx, err)) != DSV4_OK)
+                goto fail;
+            f->h_hbf = malloc(sizeof(uint16_t) * hrow * (size_t)f->R);
+            f->mtp_dst = calloc((size_t)f->S, sizeof *f->mtp_dst);
+            f->mtp_first = calloc((size_t)f->S, sizeof *f->mtp_first);
+            f->mtp_hlen = calloc((size_t)f->S, sizeof *f->mtp_hlen);
+            if (!f->h_hbf || !f->mtp_dst || !f->mtp_first || !f->mtp_hlen) {
+                st = dsv4_err_set(err, DSV4_ERR_NOMEM, "cuda forward: out of memory (MTP staging)");
+                goto fail;
+            }
+        }
         if ((st = dsv4_cuda_sync(f->ctx, err)) != DSV4_OK) goto fail;
     }
     *out = f;
@@ -762,11 +716,7 @@ fail:
 
 /* ==== one device pass =================================================================================== */
 
-/* Views of the step inputs inside f->in (device) and f->h_in (host). */
-typedef struct inputs {
-    int32_t *tok, *pos, *rseq, *sslot, *spos0, *srow0, *sn, *head;
-} inputs;
-
+/* Views of the step inputs inside f->in (device) and f->h_in (host); the type is in forward_cuda_internal.h. */
 static inputs inputs_of(const dsv4_forward_cuda *f, int32_t *base) {
     inputs v;
     v.tok = base;
@@ -1093,6 +1043,29 @@ static dsv4_status call_hook(dsv4_forward_cuda *f, int l, dsv4_err *err) {
     return dsv4_cuda_upload(f->ctx, f->X, f->hook_b, sizeof(uint16_t) * n, err);
 }
 
+/* One block over f->X (forward_cuda_internal.h); the main layers and the MTP block (layer n_layers). */
+dsv4_status dsv4_fcuda_block(dsv4_forward_cuda *f, const dsv4_glue_step *gs, const inputs *in, int rows, int l,
+                             dsv4_err *err) {
+    const dsv4_config *c = f->c;
+    const int D = c->dim, hc = c->hc_mult;
+    const float eps = (float)c->norm_eps, hc_eps = (float)c->hc_eps;
+    DSV4_ASSERT(l >= 0 && l < f->n_blocks);
+    const dlayer *d = &f->L[l];
+    dsv4_cuda_hc_params hp = {rows, hc, D, c->hc_sinkhorn_iters, hc_eps, eps, d->hc_attn.fn, d->hc_attn.base,
+                              d->hc_attn.scale};
+    TP("hc_pre", dsv4_cuda_hc_pre(f->ctx, &hp, f->X, f->x, f->post, f->comb, err));
+    TP("rmsnorm", dsv4_cuda_rmsnorm(f->ctx, f->x, D, d->attn_norm, rows, D, eps, f->x, D, err));
+    T(attention_layer(f, gs, in, l, err));
+    TP("hc_post", dsv4_cuda_hc_post(f->ctx, &hp, f->a, f->X, f->post, f->comb, f->X2, err));
+    dsv4_cuda_hc_params hf = {rows, hc, D, c->hc_sinkhorn_iters, hc_eps, eps, d->hc_ffn.fn, d->hc_ffn.base,
+                              d->hc_ffn.scale};
+    TP("hc_pre", dsv4_cuda_hc_pre(f->ctx, &hf, f->X2, f->x, f->post, f->comb, err));
+    TP("rmsnorm", dsv4_cuda_rmsnorm(f->ctx, f->x, D, d->ffn_norm, rows, D, eps, f->x, D, err));
+    T(moe_layer(f, in, rows, l, err));
+    TP("hc_post", dsv4_cuda_hc_post(f->ctx, &hf, f->a, f->X2, f->post, f->comb, f->X, err));
+    return DSV4_OK;
+}
+
 /* Enqueues a whole pass for the shape in f->h_in (rows, n_seq, per-sequence row counts): embedding, every
  * layer, the head on n_out rows (f->in head list) and, for a decode pass (decode_tail), argmax + advance. */
 static dsv4_status enqueue_pass(dsv4_forward_cuda *f, int rows, int n_seq, int n_out, int decode_tail,
@@ -1115,19 +1088,7 @@ static dsv4_status enqueue_pass(dsv4_forward_cuda *f, int rows, int n_seq, int n
     }
     TP("hc broadcast", dsv4_glue_broadcast_hc(f->ctx, f->x, rows, hc, D, f->X, err));
     for (int l = 0; l < c->n_layers; l++) {
-        const dlayer *d = &f->L[l];
-        dsv4_cuda_hc_params hp = {rows, hc, D, c->hc_sinkhorn_iters, hc_eps, eps, d->hc_attn.fn, d->hc_attn.base,
-                                  d->hc_attn.scale};
-        TP("hc_pre", dsv4_cuda_hc_pre(f->ctx, &hp, f->X, f->x, f->post, f->comb, err));
-        TP("rmsnorm", dsv4_cuda_rmsnorm(f->ctx, f->x, D, d->attn_norm, rows, D, eps, f->x, D, err));
-        T(attention_layer(f, &gs, &in, l, err));
-        TP("hc_post", dsv4_cuda_hc_post(f->ctx, &hp, f->a, f->X, f->post, f->comb, f->X2, err));
-        dsv4_cuda_hc_params hf = {rows, hc, D, c->hc_sinkhorn_iters, hc_eps, eps, d->hc_ffn.fn, d->hc_ffn.base,
-                                  d->hc_ffn.scale};
-        TP("hc_pre", dsv4_cuda_hc_pre(f->ctx, &hf, f->X2, f->x, f->post, f->comb, err));
-        TP("rmsnorm", dsv4_cuda_rmsnorm(f->ctx, f->x, D, d->ffn_norm, rows, D, eps, f->x, D, err));
-        T(moe_layer(f, &in, rows, l, err));
-        TP("hc_post", dsv4_cuda_hc_post(f->ctx, &hf, f->a, f->X2, f->post, f->comb, f->X, err));
+        T(dsv4_fcuda_block(f, &gs, &in, rows, l, err));
         if (f->hook) T(call_hook(f, l, err));
     }
     if (n_out > 0) {
@@ -1157,14 +1118,31 @@ static dsv4_status enqueue_pass(dsv4_forward_cuda *f, int rows, int n_seq, int n
     return DSV4_OK;
 }
 
-/* ==== host side of a step =============================================================================== */
+/* The head on chosen rows of f->X, S rows at a time (forward_cuda_internal.h): the MTP's and the verification
+ * rows' (every row of a step). The head list goes up on its own (the pass's inputs were consumed). */
+dsv4_status dsv4_fcuda_head_rows(dsv4_forward_cuda *f, const dhc *hch, const uint16_t *norm, const int32_t *hrow,
+                                 float *const *dst, int n, dsv4_err *err) {
+    const dsv4_config *c = f->c;
+    const int D = c->dim, hc = c->hc_mult, V = c->vocab_size;
+    const float eps = (float)c->norm_eps, hc_eps = (float)c->hc_eps;
+    inputs h = inputs_of(f, f->h_in), d = inputs_of(f, f->in);
+    for (int o = 0; o < n; o += f->S) {
+        const int m = n - o < f->S ? n - o : f->S;
+        /* The previous chunk's downloads waited for the device, so its head list was consumed. */
+        memcpy(h.head, hrow + o, sizeof(int32_t) * (size_t)m);
+        T(dsv4_glue_upload_async(f->ctx, d.head, h.head, sizeof(int32_t) * (size_t)m, err));
+        dsv4_cuda_hc_params hh = {m, hc, D, 0, hc_eps, eps, hch->fn, hch->base, hch->scale};
+        T(dsv4_glue_gather_rows(f->ctx, f->X, hc * D, d.head, m, f->Xh, err));
+        T(dsv4_cuda_hc_head(f->ctx, &hh, f->Xh, f->hin, err));
+        T(dsv4_cuda_rmsnorm(f->ctx, f->hin, D, norm, m, D, eps, f->hin, D, err));
+        T(dsv4_cuda_linear_bf16(f->ctx, f->hin, m, D, f->head, V, f->logits, DSV4_OUT_F32, err));
+        for (int i = 0; i < m; i++)
+            T(dsv4_cuda_download(f->ctx, dst[o + i], f->logits + (size_t)i * V, sizeof(float) * (size_t)V, err));
+    }
+    return DSV4_OK;
+}
 
-typedef struct piece {
-    int slot, n;
-    long pos0;
-    const int32_t *tokens;
-    float *logits;       /* where this piece's last-row logits go, or NULL */
-} piece;
+/* ==== host side of a step =============================================================================== */
 
 /* Copies the block-table rows of the given slots that changed since the device last saw them. */
 static dsv4_status sync_block_tables(dsv4_forward_cuda *f, const int *slots, int n, dsv4_err *err) {
@@ -1279,7 +1257,8 @@ static dsv4_status run_pass(dsv4_forward_cuda *f, const piece *pc, int np, dsv4_
             }
     } else {
         inputs h = inputs_of(f, f->h_in);
-        int r = 0;
+        int r = 0, any_all = 0;
+        for (int i = 0; i < np; i++) any_all |= pc[i].all && pc[i].logits;
         for (int i = 0; i < np; i++) {
             h.sslot[i] = pc[i].slot;
             h.spos0[i] = (int32_t)pc[i].pos0;
@@ -1290,21 +1269,46 @@ static dsv4_status run_pass(dsv4_forward_cuda *f, const piece *pc, int np, dsv4_
                 h.pos[r] = (int32_t)(pc[i].pos0 + j);
                 h.rseq[r] = i;
             }
-            if (pc[i].logits) h.head[n_out++] = r - 1;
+            if (pc[i].logits && !any_all) h.head[n_out++] = r - 1;
         }
         T(upload_inputs(f, err));
         f->hook_rows = rows;
         T(enqueue_pass(f, rows, np, n_out, 0, err));
         for (int i = 0, o = 0; i < np; i++)
-            if (pc[i].logits) {
+            if (pc[i].logits && !any_all) {
                 T(dsv4_cuda_download(f->ctx, pc[i].logits, f->logits + (size_t)o++ * V, sizeof(float) * V, err));
                 downloaded = 1;
             }
+        if (any_all) {
+            /* Every row's logits (speculative verification): more rows than the in-pass head holds, so the
+             * head runs after the pass over the wanted rows, S at a time. */
+            int32_t hrow[rows];
+            float *dst[rows];
+            int n = 0;
+            for (int i = 0, r0 = 0; i < np; r0 += pc[i].n, i++) {
+                if (!pc[i].logits) continue;
+                for (int j = pc[i].all ? 0 : pc[i].n - 1; j < pc[i].n; j++) {
+                    hrow[n] = r0 + j;
+                    dst[n++] = pc[i].logits + (size_t)(pc[i].all ? j : 0) * V;
+                }
+            }
+            T(dsv4_fcuda_head_rows(f, &f->hc_head, f->norm, hrow, dst, n, err));
+            downloaded = 1;
+        }
+    }
+    /* The final states of the rows (dsv4_forward_cuda_step_hidden), BF16 on the device, FP32 on the host. */
+    for (int i = 0, r0 = 0; i < np; r0 += pc[i].n, i++) {
+        if (!pc[i].hidden) continue;
+        const size_t HD = (size_t)f->c->hc_mult * f->c->dim;
+        T(dsv4_cuda_download(f->ctx, f->h_hbf, f->X + HD * (size_t)r0, sizeof(uint16_t) * HD * (size_t)pc[i].n, err));
+        for (size_t k = 0; k < HD * (size_t)pc[i].n; k++) pc[i].hidden[k] = dsv4_bf16_to_f32(f->h_hbf[k]);
+        downloaded = 1;
     }
     /* The pinned inputs are rewritten by the next pass: make sure this one consumed them. */
     if (!downloaded) T(dsv4_cuda_sync(f->ctx, err));
     T(collect_coll_time(f, err));
     for (int i = 0; i < np; i++) dsv4_kv_access_commit(f->kv, &pc[i].slot, &pc[i].n, 1);
+    if (f->mtp_in_step) T(dsv4_fcuda_mtp_after_pass(f, pc, np, err));   /* forward_cuda_mtp.c */
     return DSV4_OK;
 }
 
@@ -1326,6 +1330,8 @@ dsv4_status dsv4_forward_cuda_step(dsv4_forward_cuda *f, const dsv4_seq_step *st
         for (int j = 0; j < i; j++)
             if (steps[j].slot == s->slot)
                 return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "forward: slot %d appears twice in one step", s->slot);
+        if (s->want_logits == DSV4_LOGITS_ALL && f->comm && f->sh.world > 1)
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "forward: logits of every position need one rank");
     }
     {
         int slots[n_steps], counts[n_steps];
@@ -1333,12 +1339,17 @@ dsv4_status dsv4_forward_cuda_step(dsv4_forward_cuda *f, const dsv4_seq_step *st
         T(dsv4_kv_access_prepare(f->kv, slots, counts, n_steps, err));
     }
     /* Split into passes of at most R rows and S sequences; a piece's logits are wanted only where it ends
-     * its sequence's chunk. */
+     * its sequence's chunk (DSV4_LOGITS_ALL: every row). */
     int done[n_steps];
     float *dst[n_steps];
-    for (int i = 0, o = 0; i < n_steps; i++) {
+    long hrow0[n_steps];
+    const size_t HD = (size_t)c->hc_mult * c->dim;
+    for (int i = 0, o = 0, r = 0; i < n_steps; i++) {
         done[i] = 0;
-        dst[i] = steps[i].want_logits ? logits + (size_t)o++ * c->vocab_size : NULL;
+        dst[i] = steps[i].want_logits ? logits + (size_t)o * c->vocab_size : NULL;
+        o += steps[i].want_logits == DSV4_LOGITS_ALL ? steps[i].n_tokens : steps[i].want_logits ? 1 : 0;
+        hrow0[i] = r;
+        r += steps[i].n_tokens;
     }
     piece pc[f->S];
     for (;;) {
@@ -1348,7 +1359,10 @@ dsv4_status dsv4_forward_cuda_step(dsv4_forward_cuda *f, const dsv4_seq_step *st
             if (!left) continue;
             int n = left < f->R - rows ? left : f->R - rows;
             long pos0 = dsv4_kv_access_seq_len(f->kv, steps[i].slot);
-            pc[np++] = (piece){steps[i].slot, n, pos0, steps[i].tokens + done[i], n == left ? dst[i] : NULL};
+            const int all = steps[i].want_logits == DSV4_LOGITS_ALL;
+            float *lg = !dst[i] ? NULL : all ? dst[i] + (size_t)done[i] * c->vocab_size : n == left ? dst[i] : NULL;
+            float *hid = f->hid_dst ? f->hid_dst + HD * (size_t)(hrow0[i] + done[i]) : NULL;
+            pc[np++] = (piece){steps[i].slot, n, pos0, steps[i].tokens + done[i], lg, all, hid};
             done[i] += n;
             rows += n;
         }
@@ -1423,5 +1437,17 @@ dsv4_status dsv4_forward_cuda_decode_greedy(dsv4_forward_cuda *f, const int *slo
     dsv4_cuda_event_destroy(ev1);
     return st;
 }
+
+/* ==== pieces shared with forward_cuda_mtp.c (forward_cuda_internal.h) ==================================== */
+
+inputs dsv4_fcuda_inputs(const dsv4_forward_cuda *f, int32_t *base) { return inputs_of(f, base); }
+dsv4_status dsv4_fcuda_lin8(dsv4_forward_cuda *f, const uint8_t *xq, const uint8_t *xs, int M, const dlin *l,
+                            uint16_t *y, dsv4_err *err) {
+    return lin8(f, "fp8 mtp proj", xq, xs, M, l, y, err);
+}
+dsv4_status dsv4_fcuda_sync_block_tables(dsv4_forward_cuda *f, const int *slots, int n, dsv4_err *err) {
+    return sync_block_tables(f, slots, n, err);
+}
+dsv4_status dsv4_fcuda_upload_inputs(dsv4_forward_cuda *f, dsv4_err *err) { return upload_inputs(f, err); }
 
 #endif /* DSV4_HAVE_CUDA */

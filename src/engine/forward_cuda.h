@@ -73,6 +73,38 @@ void dsv4_forward_cuda_set_graphs(dsv4_forward_cuda *f, int enabled);
 dsv4_status dsv4_forward_cuda_step(dsv4_forward_cuda *f, const dsv4_seq_step *steps, int n_steps, float *logits,
                                    dsv4_err *err);
 
+/* ---- MTP block (spec §4.10; forward_cuda_mtp.c) ----------------------------------------------------------
+ * One GPU holding the whole model only: with a communicator (or a checkpoint without mtp.0.*) both calls
+ * fail with DSV4_ERR_UNSUPPORTED. The MTP's window ring is layer n_layers of f's KV manager (mtp_pos there).
+ *
+ * dsv4_forward_cuda_mtp: the contract of forward.h's dsv4_forward_mtp (same checks, same messages, logits
+ * [rows wanted, vocab] FP32 in step order, h_out optional [total rows, hc, D], committed steps advance the MTP
+ * position): the h rows come from the host and go up as BF16 (exact for the BF16 values a forward produces;
+ * others are rounded to nearest even). Runs eagerly and waits for the device. */
+dsv4_status dsv4_forward_cuda_mtp(dsv4_forward_cuda *f, const dsv4_mtp_step *steps, int n_steps, float *logits,
+                                  float *h_out, dsv4_err *err);
+
+/* The main step of dsv4_forward_cuda_step, then (pass by pass) the MTP rows whose next token it made known,
+ * committed: what spec.h's dsv4_spec_step does on the CPU, with the main model's final state kept on the
+ * device (per slot, the state at its last fed position: the h of the row that waits for the next token).
+ * Every sequence must be in MTP sync (spec.h: MTP position = max(length - 1, 0); INVALID_ARG otherwise,
+ * nothing changed). mtp_logits (optional): [*n_mtp_rows, vocab], rows in step order then position order.
+ * A failure after a pass was committed leaves that pass's tokens in (as dsv4_forward_cuda_step); the MTP of
+ * the failing pass may be behind: the caller closes the sequence. */
+dsv4_status dsv4_forward_cuda_step_mtp(dsv4_forward_cuda *f, const dsv4_seq_step *steps, int n_steps, float *logits,
+                                       float *mtp_logits, int *n_mtp_rows, dsv4_err *err);
+
+/* Speculative decoding support (spec.c over this forward; one GPU, a checkpoint with mtp.0.*, else UNSUPPORTED):
+ * dsv4_forward_cuda_step_hidden is dsv4_forward_cuda_step (DSV4_LOGITS_ALL gives every row's logits) that also
+ * writes the final hyper-connection state of every row of the step to hidden [rows, hc, D] FP32 (BF16 values;
+ * rows in step order, as forward.h's dsv4_forward_hidden). dsv4_forward_cuda_mtp_state reads (get) or replaces
+ * (set) the kept state of a slot (dsv4_forward_cuda_step_mtp: the main model's final state at its last position,
+ * [hc, D] FP32); set marks it as the state at the slot's current length; get fails with INVALID_ARG when no state
+ * of the current length is kept. */
+dsv4_status dsv4_forward_cuda_step_hidden(dsv4_forward_cuda *f, const dsv4_seq_step *steps, int n_steps, float *logits,
+                                          float *hidden, dsv4_err *err);
+dsv4_status dsv4_forward_cuda_mtp_state(dsv4_forward_cuda *f, int slot, float *get, const float *set, dsv4_err *err);
+
 /* Greedy decoding entirely on the device: each sequence (slot) is fed first[i] at its current position,
  * then n_steps-1 more steps feed back the argmax; out [n_steps, n_slots] holds the argmax token of every
  * step. The loop is n_steps graph replays with no host work in between (tokens and positions advance on

@@ -103,11 +103,41 @@ typedef struct spec_seq {
     dsv4_kv_rollback rb_main, rb_mtp;
 } spec_seq;
 
+static dsv4_status cpu_step(void *f, dsv4_kv_manager *kv, const dsv4_seq_step *steps, int n_steps, float *logits,
+                            float *hidden, dsv4_err *err) {
+    dsv4_status st = dsv4_forward_step(f, kv, steps, n_steps, logits, err);
+    if (st == DSV4_OK && hidden) {
+        int rows = 0;
+        for (int i = 0; i < n_steps; i++) rows += steps[i].n_tokens;
+        dsv4_forward_hidden(f, 0, rows, hidden);
+    }
+    return st;
+}
+
+static dsv4_status cpu_mtp(void *f, dsv4_kv_manager *kv, const dsv4_mtp_step *steps, int n_steps, float *logits,
+                           float *h_out, dsv4_err *err) {
+    return dsv4_forward_mtp(f, kv, steps, n_steps, logits, h_out, err);
+}
+
+void dsv4_spec_backend_cpu(dsv4_forward *f, dsv4_spec_backend *out) {
+    *out = (dsv4_spec_backend){f, dsv4_forward_model(f), cpu_step, cpu_mtp};
+}
+
 dsv4_status dsv4_spec_decode_greedy(dsv4_forward *f, dsv4_kv_manager *kv, int n_seqs, const int *slots,
                                     float *const *last_h, const int32_t *first, int n_steps, int k, int32_t *out,
                                     dsv4_spec_stats *stats, dsv4_spec_draft_fn draft_hook, void *hook_user,
                                     dsv4_err *err) {
-    const dsv4_model *m = dsv4_forward_model(f);
+    dsv4_spec_backend be;
+    dsv4_spec_backend_cpu(f, &be);
+    return dsv4_spec_decode_greedy_on(&be, kv, n_seqs, slots, last_h, first, n_steps, k, out, stats, draft_hook,
+                                      hook_user, err);
+}
+
+dsv4_status dsv4_spec_decode_greedy_on(const dsv4_spec_backend *be, dsv4_kv_manager *kv, int n_seqs, const int *slots,
+                                       float *const *last_h, const int32_t *first, int n_steps, int k, int32_t *out,
+                                       dsv4_spec_stats *stats, dsv4_spec_draft_fn draft_hook, void *hook_user,
+                                       dsv4_err *err) {
+    const dsv4_model *m = be->model;
     const dsv4_config *c = m->cfg;
     const int V = c->vocab_size, L = c->n_layers;
     const size_t HD = (size_t)c->hc_mult * c->dim;
@@ -168,7 +198,7 @@ dsv4_status dsv4_spec_decode_greedy(dsv4_forward *f, dsv4_kv_manager *kv, int n_
             ms[nm] = (dsv4_mtp_step){s->slot, s->P - 1, s->last_h, &s->cur, 1, 1, 1};
             who[nm++] = act[q];
         }
-        if (nm && (st = dsv4_forward_mtp(f, kv, ms, nm, logits, Ynext, err)) != DSV4_OK) break;
+        if (nm && (st = be->mtp(be->fwd, kv, ms, nm, logits, Ynext, err)) != DSV4_OK) break;
         for (int j = 0; j < nm; j++) {
             spec_seq *s = &S[who[j]];
             if (s->kk > 0) s->toks[1] = argmax(logits + (size_t)j * V, V);
@@ -185,7 +215,7 @@ dsv4_status dsv4_spec_decode_greedy(dsv4_forward *f, dsv4_kv_manager *kv, int n_
                 who[nm++] = act[q];
             }
             if (!nm) break;
-            if ((st = dsv4_forward_mtp(f, kv, ms, nm, logits, Ynext, err)) != DSV4_OK) break;
+            if ((st = be->mtp(be->fwd, kv, ms, nm, logits, Ynext, err)) != DSV4_OK) break;
             for (int j = 0; j < nm; j++) {
                 spec_seq *s = &S[who[j]];
                 s->toks[d + 1] = argmax(logits + (size_t)j * V, V);
@@ -207,12 +237,11 @@ dsv4_status dsv4_spec_decode_greedy(dsv4_forward *f, dsv4_kv_manager *kv, int n_
             s->row0 = rows;
             rows += s->n;
         }
-        if (st == DSV4_OK) st = dsv4_forward_step(f, kv, steps, n_act, logits, err);
+        if (st == DSV4_OK) st = be->step(be->fwd, kv, steps, n_act, logits, X, err);
         if (st != DSV4_OK) { /* nothing was written: forget the saves */
             for (int q = 0; q < n_act; q++) dsv4_kv_rollback_restore(&S[act[q]].rb_main, kv, S[act[q]].rb_main.n);
             break;
         }
-        dsv4_forward_hidden(f, 0, rows, X);
         /* Accept, undo the rejected rows, then the MTP rows of the accepted drafts. */
         nm = 0;
         for (int q = 0; q < n_act && st == DSV4_OK; q++) {
@@ -238,7 +267,7 @@ dsv4_status dsv4_spec_decode_greedy(dsv4_forward *f, dsv4_kv_manager *kv, int n_
                 stats[i].accepted += a;
             }
         }
-        if (st == DSV4_OK && nm) st = dsv4_forward_mtp(f, kv, ms, nm, NULL, NULL, err);
+        if (st == DSV4_OK && nm) st = be->mtp(be->fwd, kv, ms, nm, NULL, NULL, err);
     }
     for (int i = 0; S && i < n_seqs; i++) {
         dsv4_kv_rollback_free(&S[i].rb_main);

@@ -1,5 +1,6 @@
-/* spec.h — the MTP draft head kept in step with a sequence, and greedy speculative decoding on the CPU
- * reference backend (issue 15; spec §4.10). Written against forward.h and the KV manager only.
+/* spec.h — the MTP draft head kept in step with a sequence, and greedy speculative decoding (issue 15; spec
+ * §4.10). Written against forward.h and the KV manager only; the decode runs over a small backend table
+ * (dsv4_spec_backend: the CPU reference, or the CUDA forward that engine.c plugs in).
  *
  * MTP bookkeeping of a sequence ("in sync"): the MTP block has run every row whose next token is known,
  * so its position (dsv4_kv_manager_mtp_pos) is max(len - 1, 0), and last_h holds the main model's final
@@ -36,6 +37,19 @@ typedef struct dsv4_spec_stats {
     long accepted;   /* draft tokens accepted */
 } dsv4_spec_stats;
 
+/* The forward a speculative decode runs over: the CPU reference (dsv4_spec_backend_cpu) or the CUDA forward
+ * (engine.c). Both calls have forward.h's contracts; step's hidden (optional) gets the final HC state of every
+ * row of the step, [rows, hc, D] FP32 in step order (dsv4_forward_hidden). */
+typedef struct dsv4_spec_backend {
+    void *fwd;                   /* borrowed: dsv4_forward or dsv4_forward_cuda */
+    const dsv4_model *model;     /* borrowed */
+    dsv4_status (*step)(void *fwd, dsv4_kv_manager *kv, const dsv4_seq_step *steps, int n_steps, float *logits,
+                        float *hidden, dsv4_err *err);
+    dsv4_status (*mtp)(void *fwd, dsv4_kv_manager *kv, const dsv4_mtp_step *steps, int n_steps, float *logits,
+                       float *h_out, dsv4_err *err);
+} dsv4_spec_backend;
+void dsv4_spec_backend_cpu(dsv4_forward *f, dsv4_spec_backend *out);
+
 /* Tests only: replaces the MTP's drafts of a sequence (d[0..k-1], the tokens it proposed after `first` at
  * position pos) before verification, to drive every acceptance count; the MTP block still runs as usual. */
 typedef void (*dsv4_spec_draft_fn)(void *user, int slot, long pos, int32_t first, int k, int32_t *d);
@@ -53,6 +67,13 @@ dsv4_status dsv4_spec_decode_greedy(dsv4_forward *f, dsv4_kv_manager *kv, int n_
                                     float *const *last_h, const int32_t *first, int n_steps, int k, int32_t *out,
                                     dsv4_spec_stats *stats, dsv4_spec_draft_fn draft_hook, void *hook_user,
                                     dsv4_err *err);
+/* The same over any backend (kv: the backend's KV manager; device arenas need the memory hook's copy for the
+ * rollback, kv_rollback.h). On the GPU the verification rows and a one-token decode sum in different orders,
+ * so the tokens are plain greedy decoding's except where the main model has a near tie. */
+dsv4_status dsv4_spec_decode_greedy_on(const dsv4_spec_backend *be, dsv4_kv_manager *kv, int n_seqs, const int *slots,
+                                       float *const *last_h, const int32_t *first, int n_steps, int k, int32_t *out,
+                                       dsv4_spec_stats *stats, dsv4_spec_draft_fn draft_hook, void *hook_user,
+                                       dsv4_err *err);
 
 #ifdef __cplusplus
 }

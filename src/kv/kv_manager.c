@@ -296,6 +296,7 @@ dsv4_status dsv4_kv_manager_view(const dsv4_kv_manager *m, int slot, int layer, 
 /* ---- queries -------------------------------------------------------------------------------------- */
 
 const dsv4_kv_schema *dsv4_kv_manager_schema(const dsv4_kv_manager *m) { return &m->schema; }
+const dsv4_kv_mem_ops *dsv4_kv_manager_mem(const dsv4_kv_manager *m) { return &m->pool.mem; }
 int64_t dsv4_kv_manager_pos(const dsv4_kv_manager *m, int slot) { return slot_active(m, slot) ? m->pos[slot] : -1; }
 int64_t dsv4_kv_manager_seq_blocks(const dsv4_kv_manager *m, int slot) {
     return slot_active(m, slot) ? m->n_held[slot] : -1;

@@ -157,6 +157,7 @@ static inline uint8_t *dsv4_kv_view_ikey_scales(const dsv4_kv_layer_view *v, int
 
 /* ---- queries -------------------------------------------------------------------------------------- */
 const dsv4_kv_schema *dsv4_kv_manager_schema(const dsv4_kv_manager *m);
+const dsv4_kv_mem_ops *dsv4_kv_manager_mem(const dsv4_kv_manager *m);   /* the arenas' memory hook */
 int64_t dsv4_kv_manager_pos(const dsv4_kv_manager *m, int slot);          /* -1 if not admitted */
 int64_t dsv4_kv_manager_seq_blocks(const dsv4_kv_manager *m, int slot);   /* blocks held; -1 if not admitted */
 int64_t dsv4_kv_manager_free_blocks(const dsv4_kv_manager *m);

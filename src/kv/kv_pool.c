@@ -45,7 +45,7 @@ static dsv4_status host_fill32(void *ctx, void *dst, uint32_t pattern, size_t n_
     return DSV4_OK;
 }
 
-static const dsv4_kv_mem_ops host_ops = {NULL, host_alloc, host_release, host_fill32, 1};
+static const dsv4_kv_mem_ops host_ops = {NULL, host_alloc, host_release, host_fill32, 1, NULL};
 
 const dsv4_kv_mem_ops *dsv4_kv_mem_host(void) { return &host_ops; }
 

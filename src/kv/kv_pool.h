@@ -32,6 +32,9 @@ typedef struct dsv4_kv_mem_ops {
     void (*release)(void *ctx, void *p);                                /* p from alloc, or NULL */
     dsv4_status (*fill32)(void *ctx, void *dst, uint32_t pattern, size_t n_words); /* dst[i] = pattern */
     int host_accessible; /* 1: host code may read/write the memory directly (CPU backend, tests) */
+    /* Synchronous copy between host memory and this memory: to_mem 1 copies the host src to dst here, 0 the
+     * src here to the host dst. NULL where host_accessible (memcpy). Used by kv_rollback.h only. */
+    dsv4_status (*copy)(void *ctx, void *dst, const void *src, size_t bytes, int to_mem);
 } dsv4_kv_mem_ops;
 
 /* The host allocator (aligned_alloc + plain stores). Static storage; never NULL. */

@@ -11,14 +11,23 @@ typedef struct walk {
     dsv4_kv_rollback *rb;
     int restore;       /* 0: copy cache -> buffer; 1: buffer -> cache for tags >= keep_from */
     int64_t keep_from; /* first position to undo */
+    const dsv4_kv_mem_ops *mem; /* the arenas' hook: memcpy when host_accessible, else mem->copy */
+    dsv4_status st;    /* first failed device copy */
 } walk;
 
 static void region(walk *w, void *p, size_t bytes, int64_t tag) {
     dsv4_kv_rollback *rb = w->rb;
     DSV4_ASSERT(rb->used + bytes <= rb->cap);
-    if (!w->restore) memcpy(rb->buf + rb->used, p, bytes);
-    else if (tag >= w->keep_from) memcpy(p, rb->buf + rb->used, bytes);
+    uint8_t *saved = rb->buf + rb->used;
     rb->used += bytes;
+    if (w->restore && tag < w->keep_from) return;
+    if (w->mem->host_accessible) {
+        if (!w->restore) memcpy(saved, p, bytes);
+        else memcpy(p, saved, bytes);
+        return;
+    }
+    if (w->st != DSV4_OK) return;
+    w->st = w->restore ? w->mem->copy(w->mem->ctx, p, saved, bytes, 1) : w->mem->copy(w->mem->ctx, saved, p, bytes, 0);
 }
 
 static void walk_cmp(walk *w, const dsv4_kv_cmp_view *c, int64_t pos0, int n) {
@@ -82,6 +91,10 @@ dsv4_status dsv4_kv_rollback_init(dsv4_kv_rollback *rb, const dsv4_kv_manager *m
         }
         if (L->ratio) cap += (size_t)s->entry.bytes + (size_t)s->ikey.code_bytes + (size_t)s->ikey.n_scales;
     }
+    const dsv4_kv_mem_ops *mem = dsv4_kv_manager_mem(m);
+    if (!mem->host_accessible && !mem->copy)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "kv rollback: the KV arenas are not host memory and have no "
+                            "copy hook");
     if (!(rb->buf = malloc(cap))) return dsv4_err_set(err, DSV4_ERR_NOMEM, "kv rollback: %zu bytes", cap);
     rb->cap = cap;
     rb->max_tokens = max_tokens;
@@ -112,18 +125,28 @@ dsv4_status dsv4_kv_rollback_save(dsv4_kv_rollback *rb, const dsv4_kv_manager *m
     rb->slot = slot;
     rb->layer0 = layer0;
     rb->layer1 = layer1;
+    if (rb->copy_st != DSV4_OK) {
+        dsv4_status st = rb->copy_st;
+        rb->copy_st = DSV4_OK;
+        return dsv4_err_set(err, st, "kv rollback: a device copy of the previous restore failed");
+    }
     rb->pos0 = pos0;
     rb->n = n;
-    walk w = {rb, 0, 0};
+    walk w = {rb, 0, 0, dsv4_kv_manager_mem(m), DSV4_OK};
     walk_all(&w, m);
+    if (w.st != DSV4_OK) {
+        rb->n = 0;
+        return dsv4_err_set(err, w.st, "kv rollback: device copy failed while saving slot %d", slot);
+    }
     return DSV4_OK;
 }
 
 void dsv4_kv_rollback_restore(dsv4_kv_rollback *rb, const dsv4_kv_manager *m, int n_keep) {
     DSV4_ASSERT(n_keep >= 0 && n_keep <= rb->n);
     if (rb->n > 0 && n_keep < rb->n) {
-        walk w = {rb, 1, rb->pos0 + n_keep};
+        walk w = {rb, 1, rb->pos0 + n_keep, dsv4_kv_manager_mem(m), DSV4_OK};
         walk_all(&w, m);
+        if (rb->copy_st == DSV4_OK) rb->copy_st = w.st;
     }
     rb->n = 0;
 }

@@ -8,8 +8,9 @@
  * (dsv4_kv_manager_truncate); this module only copies bytes.
  *
  * Limits: n <= window and n <= the smallest compress ratio of the layers (every position then lands on its
- * own ring record and compressor row, and each compressed layer completes at most one entry). Host
- * arenas only (a device pool needs device copies). Owns its buffers (sized at init, no allocation after). */
+ * own ring record and compressor row, and each compressed layer completes at most one entry). Device arenas
+ * go through the memory hook's copy (kv_pool.h; one synchronous copy per region: the caller makes sure no
+ * device work on the cache is in flight). Owns its buffers (sized at init, no allocation after). */
 #ifndef DSV4_KV_ROLLBACK_H
 #define DSV4_KV_ROLLBACK_H
 
@@ -30,10 +31,12 @@ typedef struct dsv4_kv_rollback {
     int slot, layer0, layer1; /* the saved range: layers [layer0, layer1) of slot */
     int64_t pos0;
     int n;                /* tokens the saved step adds; 0 = nothing saved */
+    dsv4_status copy_st;  /* device arenas: the first failed copy of a restore (DSV4_OK otherwise); the next
+                             save returns it */
 } dsv4_kv_rollback;
 
 /* Sizes the buffer for steps of up to max_tokens tokens over every layer of m's schema. INVALID_ARG if
- * max_tokens is out of the limits above, NOMEM. */
+ * max_tokens is out of the limits above or the arenas are neither host memory nor have a copy hook, NOMEM. */
 dsv4_status dsv4_kv_rollback_init(dsv4_kv_rollback *rb, const dsv4_kv_manager *m, int max_tokens, dsv4_err *err);
 void dsv4_kv_rollback_free(dsv4_kv_rollback *rb);
 

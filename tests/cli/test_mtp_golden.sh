@@ -13,10 +13,15 @@
 #     order; measured: every row <= 1.5e-7 on both models);
 #  3. both comparisons discriminate: the off-by-one alignment variant (--fault mtp-shift) fails them;
 #  4. the CLI refuses --mtp-out where the MTP cannot run (clear error, exit 1).
+# DSV4_MTP_BACKEND=cuda (tools/device/run_all.sh, on the GPU machine) runs checks 1 and 2 on the CUDA
+# backend; there check 2 keeps the max-row bound and drops the 1e-6 criterion (the device GEMMs sum in
+# another order than the oracle's: docs/NUMERICS.md "CUDA MTP"), and checks 3-4 (cpu-only faults) are skipped.
 # Needs python3 + numpy. Prints "N passed, N failed".
 set -u
 cd "$(dirname "$0")/../.."
 DSV4=${DSV4:-build/asan/dsv4}
+BACKEND=${DSV4_MTP_BACKEND:-cpu}
+export DSV4_MTP_BACKEND=$BACKEND
 pass=0; fail=0
 ok() { pass=$((pass + 1)); echo "ok   $1"; }
 bad() { fail=$((fail + 1)); echo "FAIL $1"; }
@@ -31,7 +36,7 @@ for m in tiny-flash tiny-pro; do
     for c in $cases; do
         ids=$(field "$M/$c.tokens.json" tokens); N=$(field "$M/$c.tokens.json" prefill)
         if "$DSV4" logits --model "tests/data/$m" --tokens "$ids" --prefill "$N" --out "$tmp/$m.$c.npy" \
-               --mtp-out "$tmp/$m.$c.mtp.npy" >"$tmp/$m.$c.log" 2>&1 &&
+               --mtp-out "$tmp/$m.$c.mtp.npy" --backend "$BACKEND" >"$tmp/$m.$c.log" 2>&1 &&
            python3 tools/oracle/compare.py --manifest "$M/mtp_manifest.json" --case "$c" \
                --logits "$tmp/$m.$c.mtp.npy" >>"$tmp/$m.$c.log" 2>&1; then
             ok "$m/$c: MTP logits within the golden tolerances ($(grep -o 'max_rel_l2=[^ ]*' "$tmp/$m.$c.log" | head -1))"
@@ -59,9 +64,11 @@ PY
     done
     c=len40_hc
     ids=$(field "$M/$c.tokens.json" tokens)
-    for fault in none mtp-shift; do
+    faults="none mtp-shift"; [ "$BACKEND" = cpu ] || faults=none
+    for fault in $faults; do
+        fault_opt="--fault $fault"; [ "$BACKEND" = cpu ] || fault_opt=""
         "$DSV4" logits --model "tests/data/$m" --tokens "$ids" --prefill 17 --out "$tmp/t.npy" --mtp-out "$tmp/t.mtp.npy" \
-            --mtp-teacher "$M/$c.hc/hc_3.npy" --fault "$fault" >"$tmp/t.log" 2>&1
+            --mtp-teacher "$M/$c.hc/hc_3.npy" --backend "$BACKEND" $fault_opt >"$tmp/t.log" 2>&1
         python3 - "$M/mtp_manifest.json" "$tmp/t.mtp.npy" >>"$tmp/t.log" 2>&1 <<'PY'
 import json, os, sys
 import numpy as np
@@ -72,7 +79,8 @@ rr = np.linalg.norm(e - g, axis=1) / np.linalg.norm(g, axis=1)
 within = float(np.mean(rr <= 1e-6))
 t = tf["tolerance"]
 print(f"teacher-forced MTP: max row rel-L2 {rr.max():.3e} mean {rr.mean():.3e}, rows within 1e-6: {within:.2f}")
-sys.exit(0 if rr.max() <= t["logits_max_row_rel_l2"] and within >= t["min_rows_within_1e-6"] else 1)
+strict = os.environ.get("DSV4_MTP_BACKEND", "cpu") == "cpu"   # cuda: the max-row bound only
+sys.exit(0 if rr.max() <= t["logits_max_row_rel_l2"] and (within >= t["min_rows_within_1e-6"] or not strict) else 1)
 PY
         rc=$?
         if [ "$fault" = none ]; then
@@ -81,6 +89,7 @@ PY
         elif [ $rc -eq 1 ]; then ok "$m: the off-by-one MTP variant is caught by the teacher-forced comparison"
         else bad "$m: the off-by-one MTP variant NOT caught by the teacher-forced comparison (rc $rc)"; cat "$tmp/t.log"; fi
     done
+    [ "$BACKEND" = cpu ] || continue   # the fault variants exist on the cpu backend only
     "$DSV4" logits --model "tests/data/$m" --tokens "$ids" --prefill 40 --out "$tmp/f.npy" --mtp-out "$tmp/f.mtp.npy" \
         --fault mtp-shift >"$tmp/f.log" 2>&1
     python3 tools/oracle/compare.py --manifest "$M/mtp_manifest.json" --case "$c" --logits "$tmp/f.mtp.npy" >>"$tmp/f.log" 2>&1
@@ -88,9 +97,11 @@ PY
     if [ $rc -eq 1 ]; then ok "$m: the off-by-one MTP variant is caught"
     else bad "$m: the off-by-one MTP variant NOT caught (rc $rc)"; cat "$tmp/f.log"; fi
 done
-out=$("$DSV4" logits --model tests/data/tiny-flash --tokens 1,2,3 --prefill 3 --out "$tmp/g.npy" --mtp-out "$tmp/g.mtp.npy" --gpus 2 2>&1)
-rc=$?
-if [ $rc -eq 1 ] && echo "$out" | grep -q "MTP"; then ok "--mtp-out with --gpus 2 is refused with a message"
-else bad "--mtp-out with --gpus 2: rc $rc, '$out'"; fi
+if [ "$BACKEND" = cpu ]; then
+    out=$("$DSV4" logits --model tests/data/tiny-flash --tokens 1,2,3 --prefill 3 --out "$tmp/g.npy" --mtp-out "$tmp/g.mtp.npy" --gpus 2 2>&1)
+    rc=$?
+    if [ $rc -eq 1 ] && echo "$out" | grep -q "MTP"; then ok "--mtp-out with --gpus 2 is refused with a message"
+    else bad "--mtp-out with --gpus 2: rc $rc, '$out'"; fi
+fi
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -126,7 +126,7 @@ static dsv4_status c_fill(void *ctx, void *dst, uint32_t pattern, size_t n) {
 
 static void test_memory_hook(void) {
     counting c = {0};
-    dsv4_kv_mem_ops ops = {&c, c_alloc, c_release, c_fill, 1};
+    dsv4_kv_mem_ops ops = {&c, c_alloc, c_release, c_fill, 1, NULL};
     dsv4_kv_pool p;
     dsv4_err err;
     CHECK(dsv4_kv_pool_init(&p, &S, 5, 2, &ops, &err) == DSV4_OK, "%s", err.msg);
@@ -137,7 +137,7 @@ static void test_memory_hook(void) {
     for (int fail = 1; fail <= 2; fail++) {
         counting f = {0};
         f.fail_at = fail;
-        dsv4_kv_mem_ops fo = {&f, c_alloc, c_release, c_fill, 1};
+        dsv4_kv_mem_ops fo = {&f, c_alloc, c_release, c_fill, 1, NULL};
         CHECK(dsv4_kv_pool_init(&p, &S, 5, 2, &fo, &err) == DSV4_ERR_NOMEM, "alloc %d fails", fail);
         CHECK(f.n_free == f.n_alloc, "nothing left allocated (%d/%d)", f.n_free, f.n_alloc);
         CHECK(p.blocks == NULL && p.slots == NULL && p.free_ids == NULL, "pool zeroed");

@@ -2,7 +2,9 @@
  * save/restore (a scribbled step is undone byte for byte, kept positions stay, limits are enforced),
  * dsv4_kv_manager_truncate (blocks go back last-acquired-first so the next acquisition returns the same
  * ids; bad arguments change nothing) and the MTP position's bounds. The end-to-end property (a real
- * forward undone to the bytes of a run that never saw the rejected tokens) is tests/model/test_spec.c. */
+ * forward undone to the bytes of a run that never saw the rejected tokens) is tests/model/test_spec.c.
+ * Arenas that are not host-accessible (device memory) go through the memory hook's copy: checked here with a
+ * host-backed hook that only copies (the device itself: tests/model/test_cuda_mtp.c). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,18 +13,21 @@
 #include "test_kv_configs.h"
 #include "test_util.h"
 
-static dsv4_kv_manager *make(int64_t n_blocks) {
+static dsv4_kv_manager *make_mem(int64_t n_blocks, const dsv4_kv_mem_ops *mem) {
     dsv4_config c;
     kvtest_config_tiny(&c);   /* ratios 4, 8, 4 + SWA and the MTP; window 16; 128-token blocks */
     dsv4_kv_manager_params p = {0};
     p.max_requests = 2;
     p.n_blocks = n_blocks;
     p.max_seq_len = 4096;
+    p.mem = mem;
     dsv4_kv_manager *m = NULL;
     dsv4_err err;
     CHECK(dsv4_kv_manager_create(&c, &p, &m, &err) == DSV4_OK, "create: %s", err.msg);
     return m;
 }
+
+static dsv4_kv_manager *make(int64_t n_blocks) { return make_mem(n_blocks, NULL); }
 
 static void advance(dsv4_kv_manager *m, int slot, int64_t n) {
     dsv4_kv_step_seq s = {slot, n};
@@ -167,8 +172,71 @@ static void test_limits_and_bounds(void) {
     dsv4_kv_manager_destroy(m);
 }
 
+/* A device-like hook (host_accessible 0) over host memory: every rollback byte goes through copy(). */
+static long n_copies, fail_after = -1;
+static dsv4_status copy_hook(void *ctx, void *dst, const void *src, size_t bytes, int to_mem) {
+    (void)ctx; (void)to_mem;
+    if (fail_after >= 0 && n_copies >= fail_after) return DSV4_ERR_CUDA;
+    n_copies++;
+    memcpy(dst, src, bytes);
+    return DSV4_OK;
+}
+
+static void test_copy_hook(void) {
+    const dsv4_kv_mem_ops *h = dsv4_kv_mem_host();
+    dsv4_kv_mem_ops dev = {NULL, h->alloc, h->release, h->fill32, 0, copy_hook};
+    dsv4_kv_mem_ops nocopy = {NULL, h->alloc, h->release, h->fill32, 0, NULL};
+    dsv4_err err;
+    dsv4_kv_rollback rb;
+    dsv4_kv_manager *m0 = make_mem(8, &nocopy);
+    CHECK(m0 && dsv4_kv_rollback_init(&rb, m0, 3, &err) == DSV4_ERR_INVALID_ARG, "no copy hook accepted");
+    dsv4_kv_manager_destroy(m0);
+    dsv4_kv_manager *m = make_mem(8, &dev);
+    if (!m) return;
+    int slot;
+    CHECK(dsv4_kv_manager_admit(m, 0, &slot, &err) == DSV4_OK, "%s", err.msg);
+    advance(m, slot, 21);
+    dsv4_kv_step_seq st = {slot, 3};
+    CHECK(dsv4_kv_manager_prepare_step(m, &st, 1, NULL, &err) == DSV4_OK, "%s", err.msg);
+    const size_t sb = dsv4_kv_manager_schema(m)->slot_bytes;
+    size_t ab;
+    uint8_t *arena = block_arena(m, slot, &ab);
+    uint8_t *slot0 = malloc(sb), *arena0 = malloc(ab);
+    memcpy(slot0, slot_base(m, slot), sb);
+    memcpy(arena0, arena, ab);
+    const int L = dsv4_kv_manager_schema(m)->n_layers;
+    CHECK(dsv4_kv_rollback_init(&rb, m, 3, &err) == DSV4_OK, "%s", err.msg);
+    n_copies = 0;
+    CHECK(dsv4_kv_rollback_save(&rb, m, slot, 0, L, 21, 3, &err) == DSV4_OK, "%s", err.msg);
+    const long saved = n_copies;
+    scribble(m, slot, 21, 3, 0xa5);   /* 21..23: completes entry 5 of the ratio-4 layers */
+    dsv4_kv_rollback_restore(&rb, m, 0);
+    CHECK(saved > 0 && n_copies == 2 * saved, "%ld copies to save, %ld in all (every region twice)", saved, n_copies);
+    CHECK(rb.copy_st == DSV4_OK, "restore copy status");
+    CHECK(memcmp(slot0, slot_base(m, slot), sb) == 0, "slot bytes not restored through the hook");
+    CHECK(memcmp(arena0, arena, ab) == 0, "block bytes not restored through the hook");
+    /* A failed copy: the save reports it; a failed restore copy is reported by the next save. */
+    n_copies = 0;
+    fail_after = 3;
+    CHECK(dsv4_kv_rollback_save(&rb, m, slot, 0, L, 21, 3, &err) == DSV4_ERR_CUDA, "failed save copy not reported");
+    fail_after = -1;
+    CHECK(dsv4_kv_rollback_save(&rb, m, slot, 0, L, 21, 3, &err) == DSV4_OK, "%s", err.msg);
+    n_copies = 0;
+    fail_after = 2;
+    dsv4_kv_rollback_restore(&rb, m, 0);
+    fail_after = -1;
+    CHECK(rb.copy_st == DSV4_ERR_CUDA, "failed restore copy not recorded");
+    CHECK(dsv4_kv_rollback_save(&rb, m, slot, 0, L, 21, 3, &err) == DSV4_ERR_CUDA, "failed restore not reported");
+    CHECK(dsv4_kv_rollback_save(&rb, m, slot, 0, L, 21, 3, &err) == DSV4_OK, "the report is once: %s", err.msg);
+    dsv4_kv_rollback_free(&rb);
+    free(slot0);
+    free(arena0);
+    dsv4_kv_manager_destroy(m);
+}
+
 int main(void) {
     RUN(test_undo_is_bytewise);
     RUN(test_limits_and_bounds);
+    RUN(test_copy_hook);
     return test_finish();
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # run_all.sh — on the GPU machine (device `run` tool, carry [".devlibs"]): builds everything, runs every test
 # (the unit/model suite incl. the CUDA op tests test_cuda_linear / test_cuda_ops, then the CUDA end-to-end
-# test test_cuda_forward), then compute-sanitizer memcheck on a tiny `dsv4 logits --backend cuda` run
+# test test_cuda_forward, then the CUDA MTP block: test_cuda_mtp and the MTP goldens on the GPU,
+# tests/cli/test_mtp_golden.sh with DSV4_MTP_BACKEND=cuda), then compute-sanitizer memcheck on a tiny `dsv4 logits --backend cuda` run
 # (prefill + graph-replayed decode) of each tiny checkpoint, then compute-sanitizer racecheck (shared-memory
 # hazards, warnings included) on a shorter run of each. Logs go to $OUT; the summary is printed last.
 # Then the goldens on the GPU (run_golden_gpu.sh: end to end vs the oracle + teacher-forced per layer).
@@ -37,7 +38,7 @@ if [ -z "$MODE" ]; then
     mkdir -p /tmp/suite/tests/unit /tmp/suite/tests/model
     ln -sf "$PWD/$B/dsv4" /tmp/suite/dsv4
     for t in $B/tests/unit/test_* $B/tests/model/test_*; do
-        case "$t" in *.o|*.d|*test_cuda_forward) continue;; esac
+        case "$t" in *.o|*.d|*test_cuda_forward|*test_cuda_mtp) continue;; esac
         [ -x "$t" ] && ln -sf "$PWD/$t" "/tmp/suite/${t#$B/}"
     done
     DSV4_BUILD=/tmp/suite timeout 400 tests/run_tests.sh >"$OUT/suite.log" 2>&1
@@ -51,6 +52,18 @@ timeout 300 $B/tests/model/test_cuda_forward >"$OUT/forward.log" 2>&1
 echo "test_cuda_forward rc=$?"
 grep -v "^ok " "$OUT/forward.log" | head -150
 summary="$summary\ntest_cuda_forward: $(tail -1 "$OUT/forward.log")"
+
+step "test_cuda_mtp (the MTP block on the GPU vs the CPU: teacher forced, device-h = host-h, batch, end to end)"
+timeout 300 $B/tests/model/test_cuda_mtp >"$OUT/mtp.log" 2>&1
+echo "test_cuda_mtp rc=$?"
+grep -v "^ok " "$OUT/mtp.log" | head -80
+summary="$summary\ntest_cuda_mtp: $(tail -1 "$OUT/mtp.log")"
+
+step "MTP goldens on the GPU (tests/cli/test_mtp_golden.sh: dsv4 logits --backend cuda --mtp-out vs the oracle)"
+DSV4=$B/dsv4 DSV4_MTP_BACKEND=cuda timeout 300 bash tests/cli/test_mtp_golden.sh >"$OUT/mtp_golden_gpu.log" 2>&1
+echo "test_mtp_golden (cuda) rc=$?"
+cat "$OUT/mtp_golden_gpu.log"
+summary="$summary\nmtp_golden cuda: $(tail -1 "$OUT/mtp_golden_gpu.log")"
 
 step "goldens on the GPU (tools/device/run_golden_gpu.sh: end to end + teacher-forced per layer, --backend cuda)"
 timeout 300 bash tools/device/run_golden_gpu.sh $B/dsv4 >"$OUT/golden_gpu.log" 2>&1

@@ -325,7 +325,8 @@ int dsv4_cmd_generate(int argc, char **argv) {
          .help = "print one OpenAI-style JSON object at the end (text, token ids, usage,\ntimings) instead of streaming"},
         {.names = "--spec", .metavar = "K", .kind = CLI_OPT_INT, .dest = &spec, .lo = 0, .hi = 3, .def = "0: off",
          .help = "with --prompt-ids, greedy: speculative decoding with the checkpoint's MTP block\n"
-                 "drafting K (1..3) tokens per forward; the same ids as without (cpu backend, one rank)"},
+                 "drafting K (1..3) tokens per forward; the same ids as without (one rank; on cuda\n"
+                 "up to a near tie of the logits)"},
     };
     int n = 7;
     n += cli_textgen_options(&o, opts + n);

@@ -113,7 +113,8 @@ int dsv4_cmd_logits(int argc, char **argv) {
                  "comparisons discriminate (no-sink, no-compressed, rope-pos, no-kv-quant, mtp-shift)"},
         {.names = "--mtp-out", .metavar = "FILE.npy", .kind = CLI_OPT_STR, .dest = &mtp_out,
          .help = "also the MTP draft head's logits, float32 [T-1, vocab]; row i combines position i's\n"
-                 "final state with token i+1 and predicts token i+2 (cpu backend)"},
+                 "final state with token i+1 and predicts token i+2 (one rank: the cpu backend,\n"
+                 "or cuda on one GPU)"},
         {.names = "--mtp-teacher", .metavar = "FILE.npy", .kind = CLI_OPT_STR, .dest = &mtp_teacher,
          .help = "the state after the last layer is FILE's ([T, hc, hidden], an oracle's final\n"
                  "state), so --mtp-out compares the MTP block alone"},
