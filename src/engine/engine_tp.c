@@ -38,6 +38,7 @@ typedef struct job {
 typedef struct tp_rank {
     int index;                /* rank in the group; its GPU on cuda */
     int world;
+    int cuda;                 /* forward_cuda (else the cpu forward) */
     dsv4_model *model;        /* owned: shard `index` of world */
     dsv4_comm *comm;          /* owned; NULL when world = 1 */
     dsv4_threadpool *pool;    /* owned (cpu) */
@@ -112,16 +113,17 @@ static void page_in_weights(const dsv4_checkpoint *ck, dsv4_progress_fn fn, void
 }
 
 /* JOB_BUILD on one rank: its shard (unless already loaded: rank 0's is), then its forward and KV manager. */
-static dsv4_status rank_build(tp_rank *r, int cuda, const dsv4_tp_options *o, dsv4_err *err) {
+static dsv4_status rank_build(tp_rank *r, const dsv4_tp_options *o, dsv4_err *err) {
     dsv4_status st = r->model ? DSV4_OK : dsv4_model_load_shard(o->model_dir, r->index, r->world, &r->model, err);
-    if (st == DSV4_OK && cuda) {
+    if (st == DSV4_OK && r->cuda) {
         dsv4_forward_cuda_options co = {0};
         co.device = r->index;
         co.max_seqs = o->max_seqs;
         co.max_tokens = o->max_tokens;
         co.verbose = o->progress != NULL;
         co.comm = r->comm;
-        if ((st = dsv4_forward_cuda_create(r->model, &co, &r->cfwd, err)) == DSV4_OK) r->kv = dsv4_forward_cuda_kv(r->cfwd);
+        if ((st = dsv4_forward_cuda_create(r->model, &co, &r->cfwd, err)) == DSV4_OK)
+            r->kv = dsv4_forward_cuda_kv(r->cfwd);
     } else if (st == DSV4_OK &&
                (st = dsv4_threadpool_create(threads_per_rank(o->n_threads, r->world), &r->pool, err)) == DSV4_OK &&
                (st = dsv4_kv_access_create(r->model->cfg, o->max_seqs, o->max_tokens, &r->kv, err)) == DSV4_OK &&
@@ -130,7 +132,7 @@ static dsv4_status rank_build(tp_rank *r, int cuda, const dsv4_tp_options *o, ds
         dsv4_forward_set_fault(r->fwd, o->fault);
     }
     if (st != DSV4_OK && r->world > 1) {
-        if (cuda) dsv4_err_prefix(err, "rank %d (GPU %d)", r->index, r->index);
+        if (r->cuda) dsv4_err_prefix(err, "rank %d (GPU %d)", r->index, r->index);
         else dsv4_err_prefix(err, "rank %d", r->index);
     }
     return st;
@@ -138,12 +140,12 @@ static dsv4_status rank_build(tp_rank *r, int cuda, const dsv4_tp_options *o, ds
 
 /* ---- the hand-off ---------------------------------------------------------------------------------------- */
 
-static dsv4_status rank_run(dsv4_tp_group *g, tp_rank *r, const job *j, dsv4_err *err) {
+static dsv4_status rank_run(tp_rank *r, const job *j, dsv4_err *err) {
     switch (j->kind) {
     case JOB_BUILD:
-        return rank_build(r, g->cuda, j->opt, err);
+        return rank_build(r, j->opt, err);
     case JOB_STEP:
-        return g->cuda ? dsv4_forward_cuda_step(r->cfwd, j->steps, j->n_steps, r->out_logits, err)
+        return r->cuda ? dsv4_forward_cuda_step(r->cfwd, j->steps, j->n_steps, r->out_logits, err)
                        : dsv4_forward_step(r->fwd, r->kv, j->steps, j->n_steps, r->out_logits, err);
     case JOB_GREEDY:
         return dsv4_forward_cuda_decode_greedy(r->cfwd, j->slots, j->n_slots, j->first, j->n_steps, r->out_tokens,
@@ -152,15 +154,10 @@ static dsv4_status rank_run(dsv4_tp_group *g, tp_rank *r, const job *j, dsv4_err
     return dsv4_err_set(err, DSV4_ERR_INTERNAL, "engine: unknown rank job %d", (int)j->kind);
 }
 
-typedef struct rank_thread_arg {
-    dsv4_tp_group *g;
-    tp_rank *r;
-} rank_thread_arg;
-
 static void *rank_thread(void *arg) {
-    rank_thread_arg *a = arg;
-    a->r->err.msg[0] = 0;
-    a->r->st = rank_run(a->g, a->r, a->r->job, &a->r->err);
+    tp_rank *r = arg;
+    r->err.msg[0] = 0;
+    r->st = rank_run(r, r->job, &r->err);
     return NULL;
 }
 
@@ -172,20 +169,18 @@ static void *rank_thread(void *arg) {
 static dsv4_status run_ranks(dsv4_tp_group *g, const job *j, dsv4_err *err) {
     const int N = g->world;
     pthread_t th[N];
-    rank_thread_arg args[N];
     int started = 1;
     dsv4_status st = DSV4_OK;
     for (int r = 0; r < N; r++) g->ranks[r].job = j;
     for (; started < N; started++) {
-        args[started] = (rank_thread_arg){g, &g->ranks[started]};
-        if (pthread_create(&th[started], NULL, rank_thread, &args[started]) != 0) {
+        if (pthread_create(&th[started], NULL, rank_thread, &g->ranks[started]) != 0) {
             st = dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: cannot start the thread of rank %d", started);
             /* Ranks already started would wait for rank 0 in the first collective: release them. */
             dsv4_comm_abort(g->ranks[0].comm);
             break;
         }
     }
-    if (st == DSV4_OK) st = rank_run(g, &g->ranks[0], j, err);
+    if (st == DSV4_OK) st = rank_run(&g->ranks[0], j, err);
     for (int r = 1; r < started; r++) pthread_join(th[r], NULL);
     for (int r = 1; r < started && st == DSV4_OK; r++)
         if (g->ranks[r].st != DSV4_OK) {
@@ -232,7 +227,7 @@ dsv4_status dsv4_tp_group_create(const dsv4_tp_options *o, dsv4_tp_group **out, 
     }
     g->world = world;
     g->cuda = cuda;
-    for (int r = 0; r < world; r++) g->ranks[r] = (tp_rank){.index = r, .world = world};
+    for (int r = 0; r < world; r++) g->ranks[r] = (tp_rank){.index = r, .world = world, .cuda = cuda};
 
     /* Rank 0's shard first, alone: a partition the model does not divide fails here before any thread
      * starts, and its page-in (progress only) fills the page cache every rank maps. */
@@ -246,7 +241,8 @@ dsv4_status dsv4_tp_group_create(const dsv4_tp_options *o, dsv4_tp_group **out, 
         dsv4_comm *comms[world];
         int devices[world];
         for (int r = 0; r < world; r++) devices[r] = r;
-        st = cuda ? dsv4_comm_nccl_create(world, devices, NULL, comms, err) : dsv4_comm_threads_create(world, comms, err);
+        st = cuda ? dsv4_comm_nccl_create(world, devices, NULL, comms, err)
+                  : dsv4_comm_threads_create(world, comms, err);
         if (st == DSV4_OK)
             for (int r = 0; r < world; r++) g->ranks[r].comm = comms[r];
     }
@@ -365,7 +361,8 @@ void dsv4_tp_group_set_hook(dsv4_tp_group *g, dsv4_layer_dump_fn fn, void *user)
 }
 
 dsv4_status dsv4_tp_group_set_profile(dsv4_tp_group *g, struct dsv4_prof *p, dsv4_err *err) {
-    if (!g->cuda) return p ? dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: profiling needs the cuda backend") : DSV4_OK;
+    if (!g->cuda)
+        return p ? dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: profiling needs the cuda backend") : DSV4_OK;
     if (g->world > 1 && p)
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: profiling runs on one GPU (gpus = 1)");
     dsv4_forward_cuda_set_profile(g->ranks[0].cfwd, p);
