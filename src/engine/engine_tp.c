@@ -305,9 +305,11 @@ void dsv4_tp_group_release(dsv4_tp_group *g, int slot) {
 
 dsv4_status dsv4_tp_group_step(dsv4_tp_group *g, const dsv4_seq_step *steps, int n_steps, float *logits,
                                dsv4_err *err) {
-    int n_want = 0;
-    for (int i = 0; i < n_steps; i++) n_want += steps[i].want_logits != 0;
-    size_t need = (size_t)n_want * (size_t)g->ranks[0].model->cfg->vocab_size;
+    size_t n_want = 0;   /* logits rows of the step (DSV4_LOGITS_ALL: one per token) */
+    for (int i = 0; i < n_steps; i++)
+        n_want += steps[i].want_logits == DSV4_LOGITS_ALL ? (size_t)(steps[i].n_tokens > 0 ? steps[i].n_tokens : 0)
+                                                          : (size_t)(steps[i].want_logits != 0);
+    size_t need = n_want * (size_t)g->ranks[0].model->cfg->vocab_size;
     g->ranks[0].out_logits = logits;
     for (int r = 1; r < g->world; r++) {
         tp_rank *p = &g->ranks[r];
