@@ -1,34 +1,29 @@
-/* engine.c — the public engine API of dsv4.h: loads the model, creates the thread pool, the KV-cache
- * manager and the forward pass of the chosen backend (cpu reference, or cuda: forward_cuda.h, which owns
- * its KV manager on device memory), and maps sequence handles to KV slots. */
+/* engine.c — the public engine API of dsv4.h: checks the options, creates the group of ranks that owns the
+ * model, the forward of the chosen backend and the KV cache (engine_tp.h; one rank unless gpus > 1), maps
+ * sequence handles to KV slots, and hands every step to the group. Knows no backend: the group does. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "core/status.h"
-#include "core/threadpool.h"
 #include "backend/cuda/cuda_ctx.h" /* dsv4_cuda_device_count */
 #include "dsv4.h"
 #include "engine/engine_tp.h"
 #include "engine/forward.h"
-#include "engine/forward_cuda.h"
 #include "engine/kv_access.h"
 #include "engine/model.h"
 #include "engine/profile.h"
 #include "dsv4_limits.h"
-#include "dsv4_synth.h"
 #include "engine/spec.h"
 
 struct dsv4_engine {
-    dsv4_model *model;        /* owned */
-    dsv4_threadpool *pool;    /* owned */
-    dsv4_kv_manager *kv;      /* owned */
-    dsv4_forward *fwd;        /* owned; NULL on the cuda backend */
-    dsv4_forward_cuda *cfwd;  /* owned; cuda backend only (it then owns kv, whose arenas are on the device) */
+    dsv4_tp_group *ranks;     /* owned: ranks 0..N-1 (N = gpus; one rank is a group of one) — every model
+                                 shard, forward and KV manager */
+    const dsv4_model *model;  /* view: rank 0's shard (its config is every rank's) */
+    dsv4_kv_manager *kv;      /* view: rank 0's KV manager (slots and lengths are the same on every rank) */
+    dsv4_forward *fwd;        /* view: rank 0's cpu forward, NULL on the cuda backend (the MTP path) */
+    int on_cuda;              /* the ranks are GPUs: logits are checked on the host (check_logits) */
     long max_tokens;          /* KV capacity in tokens (also the longest sequence) */
-    dsv4_tp_group *tp;        /* owned; gpus > 1: ranks 1..N-1 (this engine is rank 0): threads on the cpu
-                                 backend, GPUs 1..N-1 on the cuda backend (cfwd is then GPU 0's) */
     int max_seqs;
     float *mtp_h;             /* owned [max_seqs, hc*D] (allocated on first MTP use): per sequence, the main
                                  model's final HC state at its last position (spec.h "in sync") */
@@ -36,38 +31,9 @@ struct dsv4_engine {
 
 void dsv4_engine_destroy(dsv4_engine *e) {
     if (!e) return;
-    dsv4_forward_destroy(e->fwd);
-    if (e->cfwd) dsv4_forward_cuda_destroy(e->cfwd);   /* owns kv; before the group, which owns its comm */
-    else dsv4_kv_access_destroy(e->kv);
-    dsv4_tp_group_destroy(e->tp);
-    dsv4_threadpool_destroy(e->pool);
-    dsv4_model_free(e->model);
+    dsv4_tp_group_destroy(e->ranks);
     free(e->mtp_h);
     free(e);
-}
-
-/* Reads one byte per 4 KiB page of every mapped weight file, reporting bytes done per 64 MiB chunk. Only
- * when a progress callback is set: the mappings are otherwise faulted in lazily by the first steps. */
-static void page_in_weights(const dsv4_checkpoint *ck, dsv4_progress_fn fn, void *user) {
-    uint64_t total = 0, done = 0;
-    for (int f = 0; f < ck->n_files; f++) total += ck->files[f].size;
-    fn(user, "weights", 0, total);
-    const size_t chunk = (size_t)64 << 20;
-    volatile uint8_t sink = 0;
-    for (int f = 0; f < ck->n_files; f++) {
-        const dsv4_st_file *sf = &ck->files[f];
-        for (size_t off = 0; off < sf->size; off += chunk) {
-            size_t n = sf->size - off < chunk ? sf->size - off : chunk;
-            size_t a = off & ~(size_t)4095;   /* mappings are page aligned; chunk offsets are too */
-            if (sf->mapped) madvise((void *)(uintptr_t)(sf->base + a), n + (off - a), MADV_WILLNEED);
-            uint8_t acc = 0;
-            for (size_t i = 0; i < n; i += 4096) acc ^= sf->base[off + i];
-            sink ^= acc;
-            done += n;
-            fn(user, "weights", done, total);
-        }
-    }
-    (void)sink;
 }
 
 dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out, dsv4_err *err) {
@@ -82,73 +48,43 @@ dsv4_status dsv4_engine_create(const dsv4_engine_options *opt, dsv4_engine **out
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: unknown backend '%s' (known: cpu, cuda)", opt->backend);
     if (cuda && opt->fault)
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: fault variants exist on the cpu backend only");
-    int world = opt->gpus > 1 ? opt->gpus : 1;
-    dsv4_status st;
-    if (syn->preset && world > 1)
+    if (opt->fault < 0 || opt->fault >= DSV4_FAULT_COUNT)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: unknown fault %d", opt->fault);
+    if (syn->preset && opt->gpus > 1)
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: a synthetic in-memory model runs on one rank (gpus 1)");
     if (syn->preset && syn->on_device && !cuda)
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: weights generated on the device need the cuda backend "
                             "(the cpu backend has no host copy of them to compute with)");
-    if (cuda && world > 1 && (st = dsv4_tp_cuda_check_devices(world, err)) != DSV4_OK) return st;
-    dsv4_engine *e = calloc(1, sizeof *e);
-    if (!e) return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
     int max_seqs = opt->max_seqs > 0 ? opt->max_seqs : 8;
-    e->max_seqs = max_seqs;
     long max_tokens = opt->max_tokens > 0 ? opt->max_tokens : (long)max_seqs * 4096;
-    e->max_tokens = max_tokens;
-    if (max_tokens > DSV4_LIMIT_CTX_TOKENS || max_seqs > DSV4_LIMIT_SEQS) {
-        free(e);
+    if (max_tokens > DSV4_LIMIT_CTX_TOKENS || max_seqs > DSV4_LIMIT_SEQS)
         return dsv4_err_set(err, DSV4_ERR_INVALID_ARG,
                             "engine: KV capacity of %ld tokens / %d sequences exceeds the limit of %ld / %d", max_tokens,
                             max_seqs, (long)DSV4_LIMIT_CTX_TOKENS, DSV4_LIMIT_SEQS);
-    }
-    if (opt->progress) opt->progress(opt->progress_user, "checkpoint", 0, 1);
-    if (syn->preset) {
-        dsv4_config sc;
-        st = dsv4_synth_config_preset(syn->preset, syn->n_layers, syn->n_experts, &sc, err);
-        if (st == DSV4_OK) st = dsv4_model_create_synth(&sc, syn->seed, syn->on_device, &e->model, err);
-        if (st == DSV4_OK && opt->progress) opt->progress(opt->progress_user, "checkpoint", 1, 1);
-    } else if ((st = dsv4_model_load_shard(opt->model_dir, 0, world, &e->model, err)) == DSV4_OK && opt->progress) {
-        opt->progress(opt->progress_user, "checkpoint", 1, 1);
-        page_in_weights(&e->model->ckpt, opt->progress, opt->progress_user);
-    }
-    if (st == DSV4_OK && cuda) {
-        dsv4_forward_cuda_options co = {0};
-        co.max_seqs = max_seqs;
-        co.max_tokens = max_tokens;
-        co.verbose = opt->progress != NULL;
-        if ((st = world > 1 ? dsv4_tp_cuda_group_create(opt->model_dir, world, e->model, &co, &e->tp, &e->cfwd, err)
-                            : dsv4_forward_cuda_create(e->model, &co, &e->cfwd, err)) != DSV4_OK) {
-            dsv4_engine_destroy(e);
-            return st;
-        }
-        e->kv = dsv4_forward_cuda_kv(e->cfwd);
-        *out = e;
-        return DSV4_OK;
-    }
-    if (st != DSV4_OK ||
-        (st = dsv4_threadpool_create(world > 1 ? dsv4_tp_threads_per_rank(opt->n_threads, world) : opt->n_threads,
-                                     &e->pool, err)) != DSV4_OK ||
-        (st = dsv4_kv_access_create(e->model->cfg, max_seqs, max_tokens, &e->kv, err)) != DSV4_OK ||
-        (st = dsv4_forward_create(e->model, e->pool, &e->fwd, err)) != DSV4_OK) {
-        dsv4_engine_destroy(e);
+    dsv4_engine *e = calloc(1, sizeof *e);
+    if (!e) return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
+    e->max_seqs = max_seqs;
+    e->max_tokens = max_tokens;
+    dsv4_tp_options to = {0};
+    to.model_dir = opt->model_dir;
+    to.world = opt->gpus > 1 ? opt->gpus : 1;
+    to.cuda = cuda;
+    to.n_threads = opt->n_threads;
+    to.max_seqs = max_seqs;
+    to.max_tokens = max_tokens;
+    to.fault = opt->fault;
+    to.progress = opt->progress;
+    to.progress_user = opt->progress_user;
+    to.synthetic = syn;
+    dsv4_status st = dsv4_tp_group_create(&to, &e->ranks, err);
+    if (st != DSV4_OK) {
+        free(e);
         return st;
     }
-    if (opt->fault < 0 || opt->fault >= DSV4_FAULT_COUNT) {
-        dsv4_engine_destroy(e);
-        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: unknown fault %d", opt->fault);
-    }
-    dsv4_forward_set_fault(e->fwd, opt->fault);
-    if (world > 1) {
-        dsv4_comm *comm0 = NULL;
-        if ((st = dsv4_tp_group_create(opt->model_dir, world, opt->n_threads, max_seqs, max_tokens, &e->tp, &comm0,
-                                       err)) != DSV4_OK) {
-            dsv4_engine_destroy(e);
-            return st;
-        }
-        dsv4_forward_set_comm(e->fwd, comm0);
-        dsv4_tp_group_set_fault(e->tp, opt->fault);
-    }
+    e->model = dsv4_tp_group_model(e->ranks);
+    e->kv = dsv4_tp_group_kv(e->ranks);
+    e->fwd = dsv4_tp_group_forward(e->ranks, 0);
+    e->on_cuda = dsv4_tp_group_on_cuda(e->ranks);
     *out = e;
     return DSV4_OK;
 }
@@ -172,16 +108,10 @@ long dsv4_engine_kv_blocks_for(const dsv4_engine *e, long n_tokens) {
 }
 
 dsv4_status dsv4_engine_seq_open(dsv4_engine *e, int *seq, dsv4_err *err) {
-    dsv4_status st = dsv4_kv_access_admit(e->kv, seq, err);
-    if (st == DSV4_OK && e->tp && (st = dsv4_tp_group_admit(e->tp, *seq, err)) != DSV4_OK)
-        dsv4_kv_access_release(e->kv, *seq);
-    return st;
+    return dsv4_tp_group_admit(e->ranks, seq, err);
 }
 
-void dsv4_engine_seq_close(dsv4_engine *e, int seq) {
-    if (e->tp) dsv4_tp_group_release(e->tp, seq);
-    if (dsv4_kv_access_slot_valid(e->kv, seq)) dsv4_kv_access_release(e->kv, seq);
-}
+void dsv4_engine_seq_close(dsv4_engine *e, int seq) { dsv4_tp_group_release(e->ranks, seq); }
 
 long dsv4_engine_seq_len(const dsv4_engine *e, int seq) {
     return dsv4_kv_access_slot_valid(e->kv, seq) ? dsv4_kv_access_seq_len(e->kv, seq) : -1;
@@ -230,12 +160,9 @@ dsv4_status dsv4_engine_step(dsv4_engine *e, const dsv4_batch_item *items, int n
         }
         steps[i] = (dsv4_seq_step){items[i].seq, items[i].tokens, items[i].n_tokens, items[i].want_logits};
     }
-    dsv4_status st = e->cfwd ? (e->tp ? dsv4_tp_cuda_step(e->tp, e->cfwd, steps, n_items, logits, err)
-                                      : dsv4_forward_cuda_step(e->cfwd, steps, n_items, logits, err))
-                     : e->tp ? dsv4_tp_group_step(e->tp, e->fwd, e->kv, steps, n_items, logits, err)
-                             : dsv4_forward_step(e->fwd, e->kv, steps, n_items, logits, err);
+    dsv4_status st = dsv4_tp_group_step(e->ranks, steps, n_items, logits, err);
     free(steps);
-    if (st == DSV4_OK && e->cfwd) st = check_logits(e, items, n_items, logits, err);
+    if (st == DSV4_OK && e->on_cuda) st = check_logits(e, items, n_items, logits, err);
     return st;
 }
 
@@ -243,9 +170,7 @@ dsv4_status dsv4_engine_decode_greedy(dsv4_engine *e, const int *seqs, int n_seq
                                       int n_steps, int32_t *out, double *device_ms, dsv4_err *err) {
     if (n_seqs <= 0 || n_steps <= 0) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: empty greedy decode");
     if (device_ms) *device_ms = 0.0;
-    if (e->cfwd && e->tp)
-        return dsv4_tp_cuda_decode_greedy(e->tp, e->cfwd, seqs, n_seqs, first, n_steps, out, device_ms, err);
-    if (e->cfwd) return dsv4_forward_cuda_decode_greedy(e->cfwd, seqs, n_seqs, first, n_steps, out, device_ms, err);
+    if (e->on_cuda) return dsv4_tp_group_decode_greedy(e->ranks, seqs, n_seqs, first, n_steps, out, device_ms, err);
     const int V = e->model->cfg->vocab_size;
     float *logits = malloc(sizeof(float) * (size_t)n_seqs * V);
     dsv4_batch_item *items = malloc(sizeof *items * (size_t)n_seqs);
@@ -273,7 +198,7 @@ dsv4_status dsv4_engine_decode_greedy(dsv4_engine *e, const int *seqs, int n_seq
 /* ---- MTP / speculative decoding (one rank: the cpu backend, or the cuda backend on one GPU) ---- */
 
 static dsv4_status mtp_ready(dsv4_engine *e, dsv4_err *err) {
-    if (e->tp)
+    if (dsv4_tp_group_world(e->ranks) > 1)
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: the MTP block runs on one rank (not with gpus > 1)");
     if (!e->model->w.mtp)
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: the checkpoint has no MTP block (mtp.0.*)");
@@ -313,8 +238,9 @@ dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, i
         steps[i] = (dsv4_seq_step){items[i].seq, items[i].tokens, items[i].n_tokens, items[i].want_logits != 0};
         last_h[i] = e->mtp_h ? e->mtp_h + (size_t)items[i].seq * hd : NULL;
     }
-    if (e->cfwd) {
-        dsv4_status st = dsv4_forward_cuda_step_mtp(e->cfwd, steps, n_items, logits, mtp_logits, n_mtp_rows, err);
+    dsv4_forward_cuda *cf = dsv4_tp_group_forward_cuda(e->ranks, 0);
+    if (cf) {
+        dsv4_status st = dsv4_forward_cuda_step_mtp(cf, steps, n_items, logits, mtp_logits, n_mtp_rows, err);
         return st == DSV4_OK ? check_logits(e, items, n_items, logits, err) : st;
     }
     return dsv4_spec_step(e->fwd, e->kv, steps, n_items, last_h, logits, mtp_logits, n_mtp_rows, err);
@@ -335,17 +261,18 @@ dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int 
         last_h[i] = e->mtp_h + (size_t)seqs[i] * hd;
     }
     dsv4_status st;
-    if (e->cfwd) {
+    dsv4_forward_cuda *cf = dsv4_tp_group_forward_cuda(e->ranks, 0);
+    if (cf) {
         /* spec.c over the CUDA forward: the kept last states come to the host for the round's first MTP row and
          * go back after (so that dsv4_engine_step_mtp continues from them). */
         for (int i = 0; i < n_seqs; i++)
             if (dsv4_kv_access_seq_len(e->kv, seqs[i]) > 0)
-                DSV4_TRY(dsv4_forward_cuda_mtp_state(e->cfwd, seqs[i], last_h[i], NULL, err));
-        dsv4_spec_backend be = {e->cfwd, e->model, cuda_spec_step, cuda_spec_mtp};
+                DSV4_TRY(dsv4_forward_cuda_mtp_state(cf, seqs[i], last_h[i], NULL, err));
+        dsv4_spec_backend be = {cf, e->model, cuda_spec_step, cuda_spec_mtp};
         st = dsv4_spec_decode_greedy_on(&be, e->kv, n_seqs, seqs, last_h, first, n_steps, k, out, s, NULL, NULL, err);
         for (int i = 0; i < n_seqs; i++) {
             dsv4_status st2 = dsv4_kv_access_seq_len(e->kv, seqs[i]) > 0
-                                  ? dsv4_forward_cuda_mtp_state(e->cfwd, seqs[i], NULL, last_h[i], st == DSV4_OK ? err : NULL)
+                                  ? dsv4_forward_cuda_mtp_state(cf, seqs[i], NULL, last_h[i], st == DSV4_OK ? err : NULL)
                                   : DSV4_OK;
             if (st == DSV4_OK) st = st2;
         }
@@ -367,16 +294,11 @@ void dsv4_engine_set_layer_dump(dsv4_engine *e, dsv4_layer_dump_fn fn, void *use
     /* With gpus > 1 the hook sees rank 0's state (identical on every rank) and must not write it (the other
      * ranks would not see the change). On the cuda backend the passes then run eagerly and X goes down to
      * the host and back after every layer (forward_cuda.h); a failure to get the host staging leaves no hook. */
-    if (e->fwd) dsv4_forward_set_hook(e->fwd, fn, user);
-    if (e->cfwd && dsv4_forward_cuda_set_hook(e->cfwd, fn, user, NULL) != DSV4_OK)
-        (void)dsv4_forward_cuda_set_hook(e->cfwd, NULL, NULL, NULL);
+    dsv4_tp_group_set_hook(e->ranks, fn, user);
 }
 
 dsv4_status dsv4_engine_set_profile(dsv4_engine *e, dsv4_prof *p, dsv4_err *err) {
-    if (!e->cfwd) return p ? dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: profiling needs the cuda backend") : DSV4_OK;
-    if (e->tp && p) return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: profiling runs on one GPU (gpus = 1)");
-    dsv4_forward_cuda_set_profile(e->cfwd, p);
-    return DSV4_OK;
+    return dsv4_tp_group_set_profile(e->ranks, p, err);
 }
 
 int dsv4_engine_cuda_devices(void) {

@@ -32,42 +32,24 @@ static int32_t *random_tokens(uint64_t seed, int n, int vocab) {
     return t;
 }
 
-/* ---- one rank-0 forward by hand, the peers from engine_tp --------------------------------------------- */
+/* ---- a group of ranks (engine_tp.h), one pool thread per rank ---------------------------------------- */
 
-typedef struct rank0 {
-    dsv4_model *m;
-    dsv4_threadpool *pool;
-    dsv4_kv_manager *kv;
-    dsv4_forward *f;
-    dsv4_tp_group *g;   /* NULL when world = 1 */
-} rank0;
-
-static int rank0_open(rank0 *r, const char *dir, int world) {
-    memset(r, 0, sizeof *r);
+static dsv4_tp_group *group_open(const char *dir, int world) {
+    dsv4_tp_options o = {0};
+    o.model_dir = dir;
+    o.world = world;
+    o.n_threads = world;
+    o.max_seqs = 2;
+    o.max_tokens = 1024;
     dsv4_err err = {{0}};
-    dsv4_comm *c0 = NULL;
-    int ok = dsv4_model_load_shard(dir, 0, world, &r->m, &err) == DSV4_OK &&
-             dsv4_threadpool_create(1, &r->pool, &err) == DSV4_OK &&
-             dsv4_kv_access_create(r->m->cfg, 2, 1024, &r->kv, &err) == DSV4_OK &&
-             dsv4_forward_create(r->m, r->pool, &r->f, &err) == DSV4_OK &&
-             (world == 1 || dsv4_tp_group_create(dir, world, world, 2, 1024, &r->g, &c0, &err) == DSV4_OK);
-    CHECK(ok, "%s world %d: %s", dir, world, err.msg);
-    if (ok && c0) dsv4_forward_set_comm(r->f, c0);
-    return ok;
+    dsv4_tp_group *g = NULL;
+    CHECK(dsv4_tp_group_create(&o, &g, &err) == DSV4_OK, "%s world %d: %s", dir, world, err.msg);
+    return g;
 }
 
-static void rank0_close(rank0 *r) {
-    dsv4_forward_destroy(r->f);
-    dsv4_tp_group_destroy(r->g);
-    dsv4_kv_access_destroy(r->kv);
-    dsv4_threadpool_destroy(r->pool);
-    dsv4_model_free(r->m);
-}
-
-static dsv4_status rank0_step(rank0 *r, int slot, const int32_t *tok, int n, float *logits, dsv4_err *err) {
+static dsv4_status group_step(dsv4_tp_group *g, int slot, const int32_t *tok, int n, float *logits, dsv4_err *err) {
     dsv4_seq_step s = {slot, tok, n, 1};
-    return r->g ? dsv4_tp_group_step(r->g, r->f, r->kv, &s, 1, logits, err)
-                : dsv4_forward_step(r->f, r->kv, &s, 1, logits, err);
+    return dsv4_tp_group_step(g, &s, 1, logits, err);
 }
 
 /* Tolerances of docs/NUMERICS.md "Tensor parallel". The partitioned sums round differently (wo_b: N BF16
@@ -127,27 +109,26 @@ static void check_stats(const cmp_stats *c, const char *what) {
  * 4*index_topk = 16 tokens), then DEC single-token decode steps, on 1 rank and on N. */
 static void compare_logits(const char *dir, int world) {
     enum { P = 150, DEC = 12 };
-    rank0 one, many;
-    if (!rank0_open(&one, dir, 1)) return;
-    if (!rank0_open(&many, dir, world)) { rank0_close(&one); return; }
-    const int V = one.m->cfg->vocab_size;
+    dsv4_tp_group *one = group_open(dir, 1), *many = one ? group_open(dir, world) : NULL;
+    if (!one || !many) { dsv4_tp_group_destroy(one); return; }
+    const int V = dsv4_tp_group_model(one)->cfg->vocab_size;
     int32_t *tok = random_tokens(77 + world, P + DEC, V);
     float *a = malloc(sizeof(float) * V), *b = malloc(sizeof(float) * V);
     dsv4_err err = {{0}};
     int s1, s2;
-    CHECK(dsv4_kv_access_admit(one.kv, &s1, &err) == DSV4_OK && dsv4_kv_access_admit(many.kv, &s2, &err) == DSV4_OK &&
-          dsv4_tp_group_admit(many.g, s2, &err) == DSV4_OK, "admit: %s", err.msg);
+    CHECK(dsv4_tp_group_admit(one, &s1, &err) == DSV4_OK && dsv4_tp_group_admit(many, &s2, &err) == DSV4_OK,
+          "admit: %s", err.msg);
     cmp_stats cs = {0};
     int bitwise_ranks = 1;
     for (int k = 0, pos = 0; k <= DEC; k++) {
         int n = k == 0 ? P : 1;
-        dsv4_status st1 = rank0_step(&one, s1, tok + pos, n, a, &err);
+        dsv4_status st1 = group_step(one, s1, tok + pos, n, a, &err);
         CHECK(st1 == DSV4_OK, "1 rank, step %d: %s", k, err.msg);
-        dsv4_status st2 = rank0_step(&many, s2, tok + pos, n, b, &err);
+        dsv4_status st2 = group_step(many, s2, tok + pos, n, b, &err);
         CHECK(st2 == DSV4_OK, "%d ranks, step %d: %s", world, k, err.msg);
         if (st1 != DSV4_OK || st2 != DSV4_OK) break;
         for (int r = 1; r < world; r++)
-            if (memcmp(dsv4_tp_group_peer_logits(many.g, r), b, sizeof(float) * V) != 0) bitwise_ranks = 0;
+            if (memcmp(dsv4_tp_group_peer_logits(many, r), b, sizeof(float) * V) != 0) bitwise_ranks = 0;
         cmp_logits(&cs, b, a, V);
         pos += n;
     }
@@ -156,8 +137,8 @@ static void compare_logits(const char *dir, int world) {
     check_stats(&cs, what);
     CHECK(bitwise_ranks, "%s: ranks of a %d-rank group disagree", dir, world);
     free(tok); free(a); free(b);
-    rank0_close(&many);
-    rank0_close(&one);
+    dsv4_tp_group_destroy(many);
+    dsv4_tp_group_destroy(one);
 }
 
 static void test_logits_tiny_flash_2(void) { compare_logits("tests/data/tiny-flash", 2); }
@@ -265,6 +246,21 @@ static void test_divisibility_errors(void) {
     CHECK(dsv4_shard_init(&c, 4, 4, &s, &err) == DSV4_ERR_INVALID_ARG, "rank out of range accepted");
 }
 
+/* The cuda group checks its devices once, before anything loads: a directory that does not exist is never
+ * opened when the GPUs are missing (a build without CUDA, or fewer than 64 visible devices). */
+static void test_cuda_devices_checked_first(void) {
+    expect_create_error("/nonexistent/dsv4-model", 64, "cuda", DSV4_ERR_UNSUPPORTED, "");
+    dsv4_engine_options o = {0};
+    o.model_dir = "/nonexistent/dsv4-model";
+    o.gpus = 64;
+    o.backend = "cuda";
+    dsv4_err err = {{0}};
+    dsv4_engine *e = NULL;
+    dsv4_engine_create(&o, &e, &err);
+    CHECK(strstr(err.msg, "not compiled in") || strstr(err.msg, "needs 64 CUDA devices"), "%s", err.msg);
+    dsv4_engine_destroy(e);
+}
+
 /* The per-rank weight bytes of inspect --gpus: replicated + split / N, and N ranks together hold the
  * replicated part N times. */
 static void test_weight_bytes(void) {
@@ -331,6 +327,7 @@ int main(void) {
     }
     RUN(test_divisibility_errors);
     RUN(test_weight_bytes);
+    RUN(test_cuda_devices_checked_first);
     RUN(test_missing_comm);
     RUN(test_logits_tiny_flash_2);
     RUN(test_logits_tiny_pro_2);
