@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #include "backend/cuda/cuda_ctx.h"
-#include "backend/cuda/engine_glue.h"
+#include "backend/cuda/cuda_step.h"
 #include "engine/forward_cuda.h"
 #include "engine/profile.h"
 #include "kv/kv_schema.h"

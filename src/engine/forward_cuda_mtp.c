@@ -53,7 +53,12 @@ dsv4_status dsv4_forward_cuda_mtp_state(dsv4_forward_cuda *f, int slot, float *g
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cuda/cuda_compressor_state.h"
+#include "backend/cuda/cuda_elementwise.h"
+#include "backend/cuda/cuda_index_lists.h"
+#include "backend/cuda/cuda_kv_codec.h"
 #include "backend/cuda/cuda_linear.h"
+#include "backend/cuda/cuda_moe_pairs.h"
 #include "backend/cuda/ops_cuda.h"
 #include "core/numfmt.h"
 #include "engine/forward_cuda_internal.h"
