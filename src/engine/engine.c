@@ -321,11 +321,11 @@ dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int 
     return st;
 }
 
-/* A round's cost in plain steps when the caller gives none. cpu: the verification forward of k+1 rows costs
- * about k+1 one-row steps on the reference backend (its matmuls go row by row), and each draft row one MTP
- * layer + the head; measured with `dsv4 bench --spec K --spec-accept A` (docs/PERF.md "Speculative decoding
- * on the CPU"): round time / plain step time = SPEC_COST_CPU_* below at batch 1 on the tiny default model.
- * cuda: no MTP yet; the value there must come from the same bench on an H200. */
+/* A round's cost in plain steps when the caller gives none. cpu: measured with `dsv4 bench --spec 3
+ * --spec-accept 1,...` (docs/PERF.md "Speculative decoding on the CPU"): a round of K drafts that accepts
+ * nothing takes 1.5 / 2.9 / 4.0 plain steps at K = 1 / 2 / 3, batch 1, on the tiny default model (the
+ * reference backend's work is per row, so K+1 verification rows cost about K+1 steps): 1 + K. cuda: the MTP
+ * block does not run there yet; the same bench on an H200 sets its value. */
 #define SPEC_COST_CPU_BASE 1.0   /* the one-row part of a round, in plain steps */
 #define SPEC_COST_CPU_ROW 1.0    /* each further verification row + its draft row */
 
@@ -376,9 +376,10 @@ dsv4_status dsv4_engine_spec_round(dsv4_engine *e, const int *seqs, int n_seqs, 
         int k = opt->adaptive ? dsv4_spec_ctl_drafts(c) : opt->k;
         if (max_out && k > max_out[i] - 1) k = max_out[i] - 1;
         long len = dsv4_kv_access_seq_len(e->kv, seqs[i]);
-        if (len + k + 1 > max_pos)
+        if (len + 1 > max_pos)
             return dsv4_err_set(err, DSV4_ERR_CAPACITY, "engine: sequence %d would reach %ld positions, beyond the "
-                                "model's max_position_embeddings = %ld", seqs[i], len + k + 1, max_pos);
+                                "model's max_position_embeddings = %ld", seqs[i], len + 1, max_pos);
+        if (len + k + 1 > max_pos) k = (int)(max_pos - len - 1);   /* fewer drafts near the end */
         drafted[i] = len == 0 ? 0 : k;
         q[i] = (dsv4_spec_seq){seqs[i], e->mtp_h + (size_t)seqs[i] * hd, cur[i], k, samplers ? samplers[i] : NULL};
     }

@@ -1,8 +1,8 @@
 /* test_spec_sample.c — sampled speculative decoding on the tiny-flash checkpoint (issue 15 item 3): the
  * distribution of the first two tokens it generates after a fixed prefix equals plain sampling's, by a
  * chi-square test against the exact probabilities computed from the main model's logits; the same test
- * rejects two wrong rules (negative controls); the same seed gives the same tokens; a greedy sampler (T = 0)
- * gives plain greedy tokens.
+ * rejects a wrong rule (negative control); the same seed gives the same tokens, alone or in a batch; a greedy
+ * sampler (T = 0) gives plain greedy tokens; the public engine calls and the adaptive controller.
  *
  * Setting: temperature 0.9, top_k 4 (each position has 4 possible tokens: 16 cells for the pair) and a
  * repetition penalty of 1.3 on the prompt and the output (so p of the second token depends on the first
@@ -350,8 +350,74 @@ static void test_determinism_and_greedy(void) {
     rig_close(&r);
 }
 
+/* The public calls: a sampled sequence gets the same tokens alone and in a batch with another (same seed,
+ * same prompt); greedy through dsv4_engine_decode_spec = dsv4_engine_decode_greedy; the adaptive controller
+ * at the cpu's default cost turns drafting off on a random model (few drafts), and on at cost 1 (all rounds
+ * draft); k out of range is refused. */
+static void test_engine_api_sampled(void) {
+    dsv4_engine_options o = {0};
+    o.model_dir = "tests/data/tiny-flash";
+    o.max_seqs = 4;
+    o.max_tokens = 1024;
+    o.n_threads = 2;
+    dsv4_engine *e = NULL;
+    dsv4_err err = {{0}};
+    if (dsv4_engine_create(&o, &e, &err) != DSV4_OK) { CHECK(0, "%s", err.msg); return; }
+    const int V = dsv4_engine_vocab_size(e), n = 10;
+    int32_t prompt[2][6] = {{11, 22, 33, 44, 55, 66}, {300, 7, 90, 1, 2, 3}};
+    int seq[4];
+    float *lg = malloc(sizeof(float) * (size_t)V * 4);
+    for (int i = 0; i < 4; i++) {
+        CHECK(dsv4_engine_seq_open(e, &seq[i], &err) == DSV4_OK, "%s", err.msg);
+        dsv4_batch_item it = {seq[i], prompt[i == 2], 6, 1};
+        CHECK(dsv4_engine_step_mtp(e, &it, 1, lg, NULL, NULL, &err) == DSV4_OK, "%s", err.msg);
+    }
+    dsv4_sampler sm[3];
+    memset(sm, 0, sizeof sm);
+    for (int i = 0; i < 3; i++) {
+        dsv4_sampling_params sp;
+        dsv4_sampling_params_default(&sp);
+        sp.temperature = 1.3f;
+        sp.seed = i == 2 ? 9 : 5;
+        CHECK(dsv4_sampler_init(&sm[i], &sp, V, &err) == DSV4_OK, "%s", err.msg);
+    }
+    dsv4_spec_options so = {2, 0, 1.0};
+    int32_t alone[10], pair[20], first[2] = {5, 5};
+    dsv4_sampler *one[1] = {&sm[0]}, *two[2] = {&sm[1], &sm[2]};
+    dsv4_spec_info info;
+    CHECK(dsv4_engine_decode_spec(e, &seq[0], 1, first, n, &so, one, alone, &info, &err) == DSV4_OK, "%s", err.msg);
+    CHECK(info.drafted > 0, "no drafts");
+    CHECK(dsv4_engine_decode_spec(e, &seq[1], 2, first, n, &so, two, pair, NULL, &err) == DSV4_OK, "%s", err.msg);
+    int same = 1;
+    for (int i = 0; i < n; i++) same &= pair[i * 2] == alone[i];
+    CHECK(same, "a sampled sequence's tokens depend on its batch");
+    CHECK(sm[0].step == (uint64_t)n && sm[1].step == (uint64_t)n, "sampler steps %llu %llu",
+          (unsigned long long)sm[0].step, (unsigned long long)sm[1].step);
+    /* greedy and adaptive on the fourth sequence vs plain greedy on a fifth */
+    int plain_seq;
+    CHECK(dsv4_engine_seq_open(e, &plain_seq, &err) == DSV4_ERR_CAPACITY, "a fifth sequence opened");
+    dsv4_engine_seq_close(e, seq[0]);
+    CHECK(dsv4_engine_seq_open(e, &plain_seq, &err) == DSV4_OK, "%s", err.msg);
+    dsv4_batch_item it = {plain_seq, prompt[0], 6, 1};
+    CHECK(dsv4_engine_step(e, &it, 1, lg, &err) == DSV4_OK, "%s", err.msg);
+    int32_t want[10], got[10];
+    CHECK(dsv4_engine_decode_greedy(e, &plain_seq, 1, first, n, want, NULL, &err) == DSV4_OK, "%s", err.msg);
+    dsv4_spec_options ad = {3, 1, 0};   /* adaptive at the cpu default cost */
+    CHECK(dsv4_engine_decode_spec(e, &seq[3], 1, first, n, &ad, NULL, got, &info, &err) == DSV4_OK, "%s", err.msg);
+    CHECK(memcmp(want, got, sizeof want) == 0, "greedy decode_spec differs from decode_greedy");
+    CHECK(info.drafted < 3 * (long)info.rounds / 2, "adaptive at cost %.1f kept drafting: %ld drafted in %ld rounds",
+          dsv4_engine_spec_cost(e, 3), info.drafted, info.rounds);
+    dsv4_spec_options bad = {4, 0, 0};
+    CHECK(dsv4_engine_decode_spec(e, &seq[3], 1, first, 2, &bad, NULL, got, NULL, &err) == DSV4_ERR_INVALID_ARG,
+          "k = 4 accepted");
+    for (int i = 0; i < 3; i++) dsv4_sampler_free(&sm[i]);
+    free(lg);
+    dsv4_engine_destroy(e);
+}
+
 int main(void) {
     RUN(test_chi_square);
     RUN(test_determinism_and_greedy);
+    RUN(test_engine_api_sampled);
     return test_finish();
 }
