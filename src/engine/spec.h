@@ -23,6 +23,7 @@ extern "C" {
 #endif
 
 #define DSV4_SPEC_MAX_DRAFT 3
+_Static_assert(DSV4_SPEC_MAX_DRAFT == DSV4_SPEC_MAX_K, "the public and the internal draft limits differ");
 
 /* As dsv4_forward_step, then the MTP block runs (and commits) every row of each sequence whose next token
  * became known: position pos0 - 1 (with last_h[i], when the sequence had tokens) and pos0 .. pos0+n-2.
