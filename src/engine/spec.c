@@ -359,7 +359,7 @@ dsv4_status dsv4_spec_round(dsv4_spec_ws *ws, dsv4_forward *f, dsv4_kv_manager *
             forced = forced < 0 ? 0 : forced > s->kk ? s->kk : forced;
         }
         int a = 0;
-        int32_t last;
+        int32_t last = -1;
         if (seqs[i].sampler) {
             st = accept_sampled(ws, s, seqs[i].sampler, lg, forced, hooks->rule, &a, &last, err);
         } else {
