@@ -145,6 +145,40 @@ typedef struct dsv4_spec_info {
 dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *first,
                                            int n_steps, int k, int32_t *out, dsv4_spec_info *info, dsv4_err *err);
 
+/* Sampled speculative decoding (docs/SAMPLING.md "Speculative sampling"). A sampler is a request's
+ * sampling state (engine/sampler.h: dsv4_sampler_init with its parameters and seed); its output is
+ * distributed exactly as plain sampling's with the same parameters (the rejection rule), and it is the
+ * same function of the seed on every run. */
+typedef struct dsv4_sampler dsv4_sampler;
+#define DSV4_SPEC_MAX_K 3
+typedef struct dsv4_spec_options {
+    int k;               /* drafts per round, 1..DSV4_SPEC_MAX_K */
+    int adaptive;        /* 1: per sequence, drafting turns off while its acceptance does not pay for the
+                            round's cost, probing now and then (docs/SAMPLING.md "Adaptive drafting") */
+    double cost_ratio;   /* the cost of a round (verification of k+1 rows + k draft rows) in plain one-token
+                            steps; <= 0: the backend's measured default (dsv4_engine_spec_cost) */
+} dsv4_spec_options;
+/* The backend's default cost_ratio for k drafts. */
+double dsv4_engine_spec_cost(const dsv4_engine *e, int k);
+/* One speculative round per sequence: feeds cur[i] (the pending token) and up to k drafts, and returns
+ * n_out[i] (1..k+1) tokens in out [n_seqs, k+1] (sequence i's at out[i*(k+1)]); the last one is the new
+ * pending token (not fed). samplers: NULL (all greedy) or [n_seqs], each NULL (greedy: the argmax, the
+ * tokens of dsv4_engine_decode_greedy) or a sampler whose step counts the tokens generated so far; every
+ * returned token is accepted into it. max_out (optional): at most max_out[i] >= 1 tokens for sequence i
+ * (fewer drafts). With opt->adaptive the engine keeps a controller per sequence (reset by seq_open). */
+dsv4_status dsv4_engine_spec_round(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *cur,
+                                   const dsv4_spec_options *opt, dsv4_sampler *const *samplers, const int *max_out,
+                                   int32_t *out, int *n_out, dsv4_spec_info *info, dsv4_err *err);
+/* Rounds until every sequence has n_steps tokens: out [n_steps, n_seqs] (as dsv4_engine_decode_greedy; with
+ * greedy samplers the same tokens). */
+dsv4_status dsv4_engine_decode_spec(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *first, int n_steps,
+                                    const dsv4_spec_options *opt, dsv4_sampler *const *samplers, int32_t *out,
+                                    dsv4_spec_info *info, dsv4_err *err);
+/* Benches only: the number of drafts (0..k) a round accepts for sequence seq, whatever they are, so that
+ * random weights (which accept nothing) run at a set acceptance. NULL: the real rule. */
+typedef int (*dsv4_spec_accept_fn)(void *user, int seq, int k);
+void dsv4_engine_set_spec_accept(dsv4_engine *e, dsv4_spec_accept_fn fn, void *user);
+
 /* Layer dumps exist on the cpu backend only (ignored on cuda). */
 void dsv4_engine_set_layer_dump(dsv4_engine *e, dsv4_layer_dump_fn fn, void *user);
 

@@ -71,6 +71,10 @@ typedef struct dsv4_sampler {
 /* Validates params and sets up s (borrowing nothing). On failure s is left zeroed (safe to free). */
 dsv4_status dsv4_sampler_init(dsv4_sampler *s, const dsv4_sampling_params *params, int vocab, dsv4_err *err);
 void dsv4_sampler_free(dsv4_sampler *s);
+/* Makes dst a deep copy of src (parameters, step, penalty bookkeeping); dst must be zeroed or a sampler
+ * (its old contents are freed; dst != src). Allocates only when src has a penalty enabled. NOMEM leaves dst as it was.
+ * Speculative sampling drafts with a copy, so that a draft sees the penalties of the drafts before it. */
+dsv4_status dsv4_sampler_copy(dsv4_sampler *dst, const dsv4_sampler *src, dsv4_err *err);
 
 /* Records prompt tokens for the repetition penalty (no effect on counts or the RNG position).
  * Ids outside [0, vocab) are rejected with DSV4_ERR_INVALID_ARG and nothing is recorded. */

@@ -27,12 +27,18 @@ struct dsv4_engine {
     int max_seqs;
     float *mtp_h;             /* owned [max_seqs, hc*D] (allocated on first MTP use): per sequence, the main
                                  model's final HC state at its last position (spec.h "in sync") */
+    dsv4_spec_ws *spec_ws;    /* owned; speculative rounds' scratch (created on first use, grown with the batch) */
+    dsv4_spec_ctl *spec_ctl;  /* owned [max_seqs]: adaptive drafting per sequence (k = 0: reset by seq_open) */
+    dsv4_spec_accept_fn spec_accept; /* benches: forced acceptance counts (borrowed user) */
+    void *spec_accept_user;
 };
 
 void dsv4_engine_destroy(dsv4_engine *e) {
     if (!e) return;
     dsv4_tp_group_destroy(e->ranks);
     free(e->mtp_h);
+    dsv4_spec_ws_destroy(e->spec_ws);
+    free(e->spec_ctl);
     free(e);
 }
 
@@ -108,7 +114,9 @@ long dsv4_engine_kv_blocks_for(const dsv4_engine *e, long n_tokens) {
 }
 
 dsv4_status dsv4_engine_seq_open(dsv4_engine *e, int *seq, dsv4_err *err) {
-    return dsv4_tp_group_admit(e->ranks, seq, err);
+    dsv4_status st = dsv4_tp_group_admit(e->ranks, seq, err);
+    if (st == DSV4_OK && e->spec_ctl) e->spec_ctl[*seq].k = 0;
+    return st;
 }
 
 void dsv4_engine_seq_close(dsv4_engine *e, int seq) { dsv4_tp_group_release(e->ranks, seq); }
@@ -224,6 +232,13 @@ static dsv4_status cuda_spec_mtp(void *f, dsv4_kv_manager *kv, const dsv4_mtp_st
     return dsv4_forward_cuda_mtp(f, steps, n_steps, logits, h_out, err);
 }
 
+/* The forward speculative rounds run over: rank 0's cuda forward, else its cpu one. */
+static void spec_backend(dsv4_engine *e, dsv4_spec_backend *be) {
+    dsv4_forward_cuda *cf = dsv4_tp_group_forward_cuda(e->ranks, 0);
+    if (cf) *be = (dsv4_spec_backend){cf, e->model, cuda_spec_step, cuda_spec_mtp};
+    else dsv4_spec_backend_cpu(e->fwd, be);
+}
+
 dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, int n_items, float *logits,
                                  float *mtp_logits, int *n_mtp_rows, dsv4_err *err) {
     DSV4_TRY(mtp_ready(e, err));
@@ -268,7 +283,8 @@ dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int 
         for (int i = 0; i < n_seqs; i++)
             if (dsv4_kv_access_seq_len(e->kv, seqs[i]) > 0)
                 DSV4_TRY(dsv4_forward_cuda_mtp_state(cf, seqs[i], last_h[i], NULL, err));
-        dsv4_spec_backend be = {cf, e->model, cuda_spec_step, cuda_spec_mtp};
+        dsv4_spec_backend be;
+        spec_backend(e, &be);
         st = dsv4_spec_decode_greedy_on(&be, e->kv, n_seqs, seqs, last_h, first, n_steps, k, out, s, NULL, NULL, err);
         for (int i = 0; i < n_seqs; i++) {
             dsv4_status st2 = dsv4_kv_access_seq_len(e->kv, seqs[i]) > 0
@@ -285,6 +301,151 @@ dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int 
             info->rounds += s[i].steps;
             info->drafted += s[i].drafted;
             info->accepted += s[i].accepted;
+        }
+    }
+    return st;
+}
+
+/* A round's cost in plain steps when the caller gives none. cpu: measured with `dsv4 bench --spec 3
+ * --spec-accept 1,...` (docs/PERF.md "Speculative decoding on the CPU"): a round of K drafts that accepts
+ * nothing takes 1.5 / 2.9 / 4.0 plain steps at K = 1 / 2 / 3, batch 1, on the tiny default model (the
+ * reference backend's work is per row, so K+1 verification rows cost about K+1 steps): 1 + K. cuda: not
+ * measured yet (the MTP block and the rounds run there, never on a GPU so far); the same bench on an H200
+ * (`dsv4 bench --backend cuda --spec 3 --spec-accept 1,...`) sets its value — until then 1 + K, which
+ * over-estimates a round on a bandwidth-bound GPU and so only keeps adaptive drafting conservative. */
+#define SPEC_COST_CPU_BASE 1.0   /* the one-row part of a round, in plain steps */
+#define SPEC_COST_CPU_ROW 1.0    /* each further verification row + its draft row */
+
+double dsv4_engine_spec_cost(const dsv4_engine *e, int k) {
+    (void)e;
+    return SPEC_COST_CPU_BASE + SPEC_COST_CPU_ROW * k;
+}
+
+void dsv4_engine_set_spec_accept(dsv4_engine *e, dsv4_spec_accept_fn fn, void *user) {
+    e->spec_accept = fn;
+    e->spec_accept_user = user;
+}
+
+/* The round's forced acceptance hook, from the engine's (which speaks of sequences: slot = sequence). */
+static int spec_accept_thunk(void *user, int slot, int k) {
+    dsv4_engine *e = user;
+    return e->spec_accept(e->spec_accept_user, slot, k);
+}
+
+dsv4_status dsv4_engine_spec_round(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *cur,
+                                   const dsv4_spec_options *opt, dsv4_sampler *const *samplers, const int *max_out,
+                                   int32_t *out, int *n_out, dsv4_spec_info *info, dsv4_err *err) {
+    DSV4_TRY(mtp_ready(e, err));
+    if (!opt || opt->k < 1 || opt->k > DSV4_SPEC_MAX_K)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: %d draft tokens (1..%d)", opt ? opt->k : 0,
+                            DSV4_SPEC_MAX_K);
+    if (n_seqs <= 0 || n_seqs > e->max_seqs || !seqs || !cur || !out || !n_out)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: %d sequences (1..%d)", n_seqs, e->max_seqs);
+    if (!e->spec_ctl && !(e->spec_ctl = calloc((size_t)e->max_seqs, sizeof *e->spec_ctl)))
+        return dsv4_err_set(err, DSV4_ERR_NOMEM, "engine: out of memory");
+    if (dsv4_spec_ws_capacity(e->spec_ws) < n_seqs) {
+        dsv4_spec_ws_destroy(e->spec_ws);
+        e->spec_ws = NULL;
+        dsv4_spec_backend be;
+        spec_backend(e, &be);
+        DSV4_TRY(dsv4_spec_ws_create(&be, e->kv, n_seqs, &e->spec_ws, err));
+    }
+    const size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
+    const double cost = opt->cost_ratio > 0 ? opt->cost_ratio : dsv4_engine_spec_cost(e, opt->k);
+    const long max_pos = e->model->cfg->max_position_embeddings;
+    dsv4_spec_seq q[n_seqs];
+    int drafted[n_seqs];
+    for (int i = 0; i < n_seqs; i++) {
+        if (!dsv4_kv_access_slot_valid(e->kv, seqs[i]))
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", seqs[i]);
+        if (max_out && max_out[i] < 1)
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: max_out %d for sequence %d (>= 1)", max_out[i], seqs[i]);
+        dsv4_spec_ctl *c = &e->spec_ctl[seqs[i]];
+        if (c->k != opt->k || c->cost != cost) dsv4_spec_ctl_init(c, opt->k, cost);
+        int k = opt->adaptive ? dsv4_spec_ctl_drafts(c) : opt->k;
+        if (max_out && k > max_out[i] - 1) k = max_out[i] - 1;
+        long len = dsv4_kv_access_seq_len(e->kv, seqs[i]);
+        if (len + 1 > max_pos)
+            return dsv4_err_set(err, DSV4_ERR_CAPACITY, "engine: sequence %d would reach %ld positions, beyond the "
+                                "model's max_position_embeddings = %ld", seqs[i], len + 1, max_pos);
+        if (len + k + 1 > max_pos) k = (int)(max_pos - len - 1);   /* fewer drafts near the end */
+        drafted[i] = len == 0 ? 0 : k;
+        q[i] = (dsv4_spec_seq){seqs[i], e->mtp_h + (size_t)seqs[i] * hd, cur[i], k, samplers ? samplers[i] : NULL};
+    }
+    dsv4_spec_hooks hooks = {0};
+    if (e->spec_accept) {
+        hooks.accept = spec_accept_thunk;
+        hooks.user = e;
+    }
+    int32_t got[n_seqs * (DSV4_SPEC_MAX_DRAFT + 1)];
+    dsv4_forward_cuda *cf = dsv4_tp_group_forward_cuda(e->ranks, 0);
+    /* cuda: the forward keeps the last states on the device (step_mtp); the round works on the host copy */
+    for (int i = 0; cf && i < n_seqs; i++)
+        if (dsv4_kv_access_seq_len(e->kv, seqs[i]) > 0) DSV4_TRY(dsv4_forward_cuda_mtp_state(cf, seqs[i], q[i].last_h, NULL, err));
+    dsv4_status st = dsv4_spec_round(e->spec_ws, e->kv, n_seqs, q, got, n_out, &hooks, err);
+    for (int i = 0; cf && i < n_seqs; i++) {
+        dsv4_status st2 = dsv4_kv_access_seq_len(e->kv, seqs[i]) > 0
+                              ? dsv4_forward_cuda_mtp_state(cf, seqs[i], NULL, q[i].last_h, st == DSV4_OK ? err : NULL)
+                              : DSV4_OK;
+        if (st == DSV4_OK) st = st2;
+    }
+    if (st != DSV4_OK) return st;
+    if (info) *info = (dsv4_spec_info){0, 0, 0};
+    for (int i = 0; i < n_seqs; i++) {
+        memcpy(out + (size_t)i * (opt->k + 1), got + (size_t)i * (DSV4_SPEC_MAX_DRAFT + 1), sizeof(int32_t) * (size_t)n_out[i]);
+        if (opt->adaptive) dsv4_spec_ctl_record(&e->spec_ctl[seqs[i]], drafted[i], n_out[i]);
+        if (info) {
+            info->rounds++;
+            info->drafted += drafted[i];
+            info->accepted += n_out[i] - 1;
+        }
+    }
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_engine_decode_spec(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *first, int n_steps,
+                                    const dsv4_spec_options *opt, dsv4_sampler *const *samplers, int32_t *out,
+                                    dsv4_spec_info *info, dsv4_err *err) {
+    if (n_seqs <= 0 || n_seqs > e->max_seqs || n_steps <= 0 || !seqs || !first || !out || !opt)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: empty speculative decode (%d sequences, %d steps)",
+                            n_seqs, n_steps);
+    if (opt->k < 1 || opt->k > DSV4_SPEC_MAX_K)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: %d draft tokens (1..%d)", opt->k, DSV4_SPEC_MAX_K);
+    if (info) *info = (dsv4_spec_info){0, 0, 0};
+    const int K1 = opt->k + 1;
+    int act[n_seqs], produced[n_seqs], max_out[n_seqs], n_out[n_seqs];
+    int32_t cur[n_seqs], got[(size_t)n_seqs * K1];
+    int aseq[n_seqs];
+    dsv4_sampler *asamp[n_seqs];
+    for (int i = 0; i < n_seqs; i++) {
+        produced[i] = 0;
+        cur[i] = first[i];
+    }
+    dsv4_status st = DSV4_OK;
+    for (;;) {
+        int n_act = 0;
+        int32_t acur[n_seqs];
+        for (int i = 0; i < n_seqs; i++) {
+            if (produced[i] >= n_steps) continue;
+            act[n_act] = i;
+            aseq[n_act] = seqs[i];
+            acur[n_act] = cur[i];
+            asamp[n_act] = samplers ? samplers[i] : NULL;
+            max_out[n_act++] = n_steps - produced[i];
+        }
+        if (!n_act) break;
+        dsv4_spec_info ri;
+        if ((st = dsv4_engine_spec_round(e, aseq, n_act, acur, opt, asamp, max_out, got, n_out, &ri, err)) != DSV4_OK)
+            break;
+        for (int j = 0; j < n_act; j++) {
+            const int i = act[j];
+            for (int t = 0; t < n_out[j]; t++) out[(size_t)produced[i]++ * n_seqs + i] = got[(size_t)j * K1 + t];
+            cur[i] = got[(size_t)j * K1 + n_out[j] - 1];
+        }
+        if (info) {
+            info->rounds += ri.rounds;
+            info->drafted += ri.drafted;
+            info->accepted += ri.accepted;
         }
     }
     return st;

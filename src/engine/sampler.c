@@ -111,6 +111,32 @@ void dsv4_sampler_free(dsv4_sampler *s) {
     memset(s, 0, sizeof *s);
 }
 
+dsv4_status dsv4_sampler_copy(dsv4_sampler *dst, const dsv4_sampler *src, dsv4_err *err) {
+    dsv4_sampler t = *src;
+    t.seen = NULL;
+    t.cnt_ids = NULL;
+    t.cnt_vals = NULL;
+    const size_t words = ((size_t)src->vocab + 63) / 64;
+    if (src->seen && (t.seen = malloc(words * sizeof *t.seen))) memcpy(t.seen, src->seen, words * sizeof *t.seen);
+    if (src->cnt_ids) {
+        t.cnt_ids = malloc((size_t)src->cnt_cap * sizeof *t.cnt_ids);
+        t.cnt_vals = malloc((size_t)src->cnt_cap * sizeof *t.cnt_vals);
+        if (t.cnt_ids && t.cnt_vals) {
+            memcpy(t.cnt_ids, src->cnt_ids, (size_t)src->cnt_cap * sizeof *t.cnt_ids);
+            memcpy(t.cnt_vals, src->cnt_vals, (size_t)src->cnt_cap * sizeof *t.cnt_vals);
+        }
+    }
+    if ((src->seen && !t.seen) || (src->cnt_ids && (!t.cnt_ids || !t.cnt_vals))) {
+        free(t.seen);
+        free(t.cnt_ids);
+        free(t.cnt_vals);
+        return dsv4_err_set(err, DSV4_ERR_NOMEM, "sampler copy for vocab %d", src->vocab);
+    }
+    dsv4_sampler_free(dst);
+    *dst = t;
+    return DSV4_OK;
+}
+
 dsv4_status dsv4_sampler_add_prompt(dsv4_sampler *s, const int32_t *ids, size_t n, dsv4_err *err) {
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= s->vocab)

@@ -33,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_spec.h"
 #include "cli.h"
 #include "cli_opts.h"
 #include "textgen.h"
@@ -404,6 +405,8 @@ int dsv4_cmd_bench(int argc, char **argv) {
     int keep = 0, no_prefill = 0, no_decode = 0;
     int on_device = 0; /* --on-device */
     int profile = 0; /* --profile */
+    int spec_k = 0;  /* --spec */
+    const char *spec_accept = "1.8,2.3,2.5";
     char def_backend[64];
     snprintf(def_backend, sizeof def_backend, "cuda when a GPU is visible, else cpu: %s", cli_auto_backend());
     const cli_option opts[] = {
@@ -443,6 +446,11 @@ int dsv4_cmd_bench(int argc, char **argv) {
         {.names = "--csv", .metavar = "FILE", .kind = CLI_OPT_STR, .dest = &csv, .help = "write every row as CSV"},
         {.names = "--no-prefill", .kind = CLI_OPT_FLAG, .dest = &no_prefill, .help = "skip the prefill phase"},
         {.names = "--no-decode", .kind = CLI_OPT_FLAG, .dest = &no_decode, .help = "skip the decode phase"},
+        {.names = "--spec", .metavar = "K", .kind = CLI_OPT_INT, .dest = &spec_k, .lo = 0, .hi = DSV4_SPEC_MAX_K,
+         .help = "instead of prefill/decode: MTP speculative decoding with K = 1..K drafts per round\n"
+                 "next to plain decoding, ms per generated token (bench_spec.h)", .def = "0 = off"},
+        {.names = "--spec-accept", .metavar = "LIST", .kind = CLI_OPT_STR, .dest = &spec_accept,
+         .help = "with --spec: simulated tokens per round, each in [1, K+1]", .def = "1.8,2.3,2.5"},
         {.names = "--profile", .kind = CLI_OPT_FLAG, .dest = &profile,
          .help = "cuda: per-op device-time table of one prefill (largest --prompt-lens) and one decode step (first "
                  "--batches at first --contexts), eager (engine/profile.h)"},
@@ -624,6 +632,30 @@ int dsv4_cmd_bench(int argc, char **argv) {
                     "layer; KV %.3f MB per sequence at context 4096\n", b.cost.dense_bytes / 1e6,
             b.cost.head_bytes / 1e6, b.cost.expert_bytes / 1e6, dsv4_bench_kv_read_bytes(&b.cost, 4096) / 1e6);
 
+    if (spec_k > 0) {   /* speculative decoding instead of the prefill and decode phases (own CSV columns) */
+        double acc[MAX_LIST];
+        int n_acc;
+        if (cli_bench_spec_parse_accept(spec_accept, spec_k, acc, MAX_LIST, &n_acc)) {
+            fprintf(stderr, "dsv4 bench: --spec-accept needs comma-separated numbers in [1, %d] (got '%s')\n",
+                    spec_k + 1, spec_accept);
+            rc = 2;
+            goto done;
+        }
+        FILE *f = csv ? fopen(csv, "w") : NULL;
+        if (csv && !f) {
+            fprintf(stderr, "dsv4 bench: cannot write %s: %s\n", csv, strerror(errno));
+            rc = 1;
+            goto done;
+        }
+        cli_bench_spec_args sa = {dir, backend, threads, gpus, batch, n_batch, ctx, n_ctx, spec_k, acc, n_acc,
+                                  steps, repeats, warmup, max_fill, f};
+        rc = cli_bench_spec(&sa);
+        if (f && (ferror(f) | fclose(f))) {
+            fprintf(stderr, "dsv4 bench: error writing %s\n", csv);
+            rc = 1;
+        }
+        goto done;
+    }
     if (csv && csv_open(&b, csv)) {
         rc = 1;
         goto done;

@@ -126,66 +126,10 @@ static int check_utf8(const char *what, const char *text) {
 
 /* ---- generation ------------------------------------------------------------------------------------------ */
 
-/* --prompt-ids with --spec K: the prompt goes through the MTP step (dsv4_engine_step_mtp keeps the draft
- * head in sync), the first id is the sampler's greedy pick, then dsv4_engine_decode_greedy_spec produces
- * the rest in pieces of at most K+1 ids (printed as they come; EOS stops the output). */
-static int run_ids_spec(cli_textgen *g, const cli_textgen_opts *o, const int32_t *ids, int T, int K,
-                        dsv4_sampler *s) {
-    dsv4_err err = {{0}};
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    for (int off = 0; off < T; off += CLI_PREFILL_CHUNK) {
-        int k = T - off < CLI_PREFILL_CHUNK ? T - off : CLI_PREFILL_CHUNK;
-        dsv4_batch_item it = {g->seq, ids + off, k, off + k == T};
-        if (dsv4_engine_step_mtp(g->e, &it, 1, g->logits, NULL, NULL, &err) != DSV4_OK) {
-            fprintf(stderr, "dsv4 generate: --spec: %s\n", err.msg);
-            return 1;
-        }
-    }
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    g->st_prompt = T;
-    g->st_prefill_s = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
-    g->st_gen = 0;
-    dsv4_sample_out so;
-    if (dsv4_sampler_next(s, &g->ws, g->logits, &so, &err) != DSV4_OK) {
-        fprintf(stderr, "dsv4 generate: %s\n", err.msg);
-        return 1;
-    }
-    printf("%d", so.token);
-    fflush(stdout);
-    g->st_gen = 1;
-    int32_t cur = so.token, piece[4];
-    dsv4_spec_info info = {0}, sum = {0};
-    while (cur != g->eos && g->st_gen < o->max_new) {
-        int n = o->max_new - (int)g->st_gen < K + 1 ? o->max_new - (int)g->st_gen : K + 1;
-        if (dsv4_engine_decode_greedy_spec(g->e, &g->seq, 1, &cur, n, K, piece, &info, &err) != DSV4_OK) {
-            fprintf(stderr, "dsv4 generate: --spec: %s\n", err.msg);
-            return 1;
-        }
-        sum.rounds += info.rounds;
-        sum.drafted += info.drafted;
-        sum.accepted += info.accepted;
-        for (int j = 0; j < n && cur != g->eos; j++) {
-            printf(",%d", piece[j]);
-            cur = piece[j];
-            g->st_gen++;
-        }
-        fflush(stdout);
-    }
-    printf("\n");
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    g->st_decode_s = (a.tv_sec - b.tv_sec) + (a.tv_nsec - b.tv_nsec) * 1e-9;
-    if (o->stats)
-        fprintf(stderr, "speculative decoding: K %d, %ld verification forwards, %ld drafted, %ld accepted (%.2f ids "
-                        "per forward)\n", K, sum.rounds, sum.drafted, sum.accepted,
-                sum.rounds ? (double)(g->st_gen - 1) / (double)sum.rounds : 0.0);
-    return 0;
-}
-
 /* --prompt-ids: ids in, generated ids out (the EOS id is printed too, then generation stops); streamed
  * unless json. The ids land in r->tokens. */
 static int run_ids(cli_textgen *g, const cli_textgen_opts *o, const int32_t *ids, int T, uint64_t seed, int stream,
-                   int spec, cli_textgen_result *r) {
+                   cli_textgen_result *r) {
     dsv4_err err = {{0}};
     int rc = 1;
     dsv4_sampling_params sp = o->sp;
@@ -197,10 +141,6 @@ static int run_ids(cli_textgen *g, const cli_textgen_opts *o, const int32_t *ids
         fprintf(stderr, "dsv4 generate: %s\n", err.msg);
         goto done;
     }
-    if (spec) {
-        rc = o->max_new > 0 ? run_ids_spec(g, o, ids, T, spec, &s) : 0;
-        goto done;
-    }
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
     if (o->max_new > 0 && cli_textgen_prefill(g, ids, (size_t)T)) goto done;
@@ -208,35 +148,22 @@ static int run_ids(cli_textgen *g, const cli_textgen_opts *o, const int32_t *ids
     g->st_prompt = T;
     g->st_prefill_s = (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
     g->st_gen = 0;
+    cli_token_src src;
+    cli_token_src_init(&src, g, &s);
     for (int i = 0; i < o->max_new; i++) {
         if (interrupted) { r->end = CLI_END_INTERRUPT; break; }
-        dsv4_sample_out so;
-        if (dsv4_sampler_next(&s, &g->ws, g->logits, &so, &err) != DSV4_OK) {
-            fprintf(stderr, "dsv4 generate: %s\n", err.msg);
-            goto done;
-        }
-        if (stream) printf("%s%d", i ? "," : "", so.token);
+        int32_t tok;
+        int got = cli_token_src_next(&src, o->max_new - i, &tok);
+        if (got == 2) { r->end = CLI_END_CONTEXT; break; }
+        if (got) goto done;
+        if (stream) printf("%s%d", i ? "," : "", tok);
         fflush(stdout);
         g->st_gen++;
-        if (dsv4_token_list_push(&r->tokens, so.token) != DSV4_OK) {
+        if (dsv4_token_list_push(&r->tokens, tok) != DSV4_OK) {
             fprintf(stderr, "dsv4 generate: out of memory\n");
             goto done;
         }
-        if (so.token == g->eos) { r->end = CLI_END_EOS; break; }
-        if (i + 1 == o->max_new) break;
-        if ((long)g->kv.n >= g->ctx) {
-            r->end = CLI_END_CONTEXT;
-            break;
-        }
-        dsv4_batch_item it = {g->seq, &so.token, 1, 1};
-        if (dsv4_engine_step(g->e, &it, 1, g->logits, &err) != DSV4_OK) {
-            fprintf(stderr, "dsv4 generate: %s\n", err.msg);
-            goto done;
-        }
-        if (dsv4_token_list_push(&g->kv, so.token) != DSV4_OK) {
-            fprintf(stderr, "dsv4 generate: out of memory\n");
-            goto done;
-        }
+        if (tok == g->eos) { r->end = CLI_END_EOS; break; }
     }
     if (stream) printf("\n");
     clock_gettime(CLOCK_MONOTONIC, &a);
@@ -309,7 +236,7 @@ int dsv4_cmd_generate(int argc, char **argv) {
     cli_textgen_opts o;
     cli_textgen_opts_init(&o, "1.0; --prompt-ids: 0", "256; --prompt-ids: 16");
     const char *text = NULL, *file = NULL, *ids_spec = NULL, *system = NULL;
-    int raw = 0, json = 0, spec = 0;
+    int raw = 0, json = 0;
     cli_option opts[CLI_TEXTGEN_N_OPTS + 8] = {
         {.names = "-p|--prompt", .metavar = "TEXT", .kind = CLI_OPT_STR, .dest = &text,
          .help = "prompt text, rendered as one user turn of the chat format"},
@@ -323,12 +250,8 @@ int dsv4_cmd_generate(int argc, char **argv) {
                  "greedy unless --temperature is given"},
         {.names = "--json", .kind = CLI_OPT_FLAG, .dest = &json,
          .help = "print one OpenAI-style JSON object at the end (text, token ids, usage,\ntimings) instead of streaming"},
-        {.names = "--spec", .metavar = "K", .kind = CLI_OPT_INT, .dest = &spec, .lo = 0, .hi = 3, .def = "0: off",
-         .help = "with --prompt-ids, greedy: speculative decoding with the checkpoint's MTP block\n"
-                 "drafting K (1..3) tokens per forward; the same ids as without (one rank; on cuda\n"
-                 "up to a near tie of the logits)"},
     };
-    int n = 7;
+    int n = 6;
     n += cli_textgen_options(&o, opts + n);
     int rc = cli_opts_parse(&help, opts, n, argc, argv);
     if (rc) return rc == CLI_HELP_SHOWN ? 0 : rc;
@@ -349,12 +272,6 @@ int dsv4_cmd_generate(int argc, char **argv) {
         return rc;
     if (ids_spec && o.n_stops) {
         fprintf(stderr, "dsv4 generate: --stop applies to -p TEXT only\n");
-        return 2;
-    }
-    if (spec && (!ids_spec || o.sp.temperature > 1e-5f || o.sp.repetition_penalty != 1.0f ||
-                 o.sp.presence_penalty != 0.0f || o.sp.frequency_penalty != 0.0f)) {
-        fprintf(stderr, "dsv4 generate: --spec works with --prompt-ids and greedy decoding only (temperature "
-                        "0, no penalties) for now\n");
         return 2;
     }
     int32_t *ids = NULL;
@@ -384,7 +301,7 @@ int dsv4_cmd_generate(int argc, char **argv) {
     g.interrupt = &interrupted;
     if (rc) goto done;
     if (ids_spec) {
-        rc = run_ids(&g, &o, ids, T, seed, !json, spec, &r);
+        rc = run_ids(&g, &o, ids, T, seed, !json, &r);
     } else {
         dsv4_token_list prompt = {0};
         rc = prompt_tokens(&g, text, system, raw, o.thinking, &prompt);

@@ -80,6 +80,15 @@ int cli_textgen_options(cli_textgen_opts *o, cli_option *opts) {
         CLI_OPT_ENTRY_BACKEND(&o->backend, "cpu"),
         CLI_OPT_ENTRY_THREADS(&o->threads),
         CLI_OPT_ENTRY_GPUS(&o->gpus),
+        {.names = "--spec", .metavar = "K", .kind = CLI_OPT_INT, .dest = &o->spec, .lo = 0, .hi = DSV4_SPEC_MAX_K,
+         .count = &o->spec_given, .def = "cpu: 0 = off; cuda: 0",
+         .help = "speculative decoding: the checkpoint's MTP block drafts K (1..3) tokens,\n"
+                 "one forward verifies them; the output is distributed as without (greedy:\n"
+                 "the same tokens); adaptive per sequence (one rank; on cuda the\ngreedy tokens match up to a near tie of the logits)"},
+        {.names = "--spec-cost", .metavar = "C", .kind = CLI_OPT_DOUBLE, .dest = &o->spec_cost, .lo = 0, .hi = 100,
+         .def = "0: the backend's measured cost",
+         .help = "with --spec: a round's cost in plain steps; drafting stays on while it\n"
+                 "produces more than C tokens per round (1: always on)"},
         {.names = "--stats", .kind = CLI_OPT_FLAG, .dest = &o->stats, .help = "speed statistics on stderr"},
         {.names = "--progress", .kind = CLI_OPT_FLAG, .dest = &o->force_progress,
          .help = "progress bars even when stderr is not a terminal"},
@@ -93,6 +102,7 @@ int cli_textgen_options(cli_textgen_opts *o, cli_option *opts) {
 int cli_textgen_check(const char *cmd, cli_textgen_opts *o, double temperature_default, int default_max_new) {
     if (!o->temp_given) o->sp.temperature = (float)temperature_default;
     if (!o->n_given) o->max_new = default_max_new;
+    if (!o->spec_given) o->spec = o->backend && !strcmp(o->backend, "cuda") ? CLI_SPEC_DEFAULT_CUDA : CLI_SPEC_DEFAULT_CPU;
     for (int i = 0; i < o->n_stops; i++) {
         size_t n = strlen(o->stops[i]);
         if (!n || dsv4_utf8_valid_prefix(o->stops[i], n) != n) {
@@ -474,6 +484,8 @@ int cli_textgen_open_engine(cli_textgen *g, const cli_textgen_opts *o) {
     }
     g->vocab = dsv4_engine_vocab_size(g->e);
     g->eos = dsv4_engine_eos_id(g->e);
+    g->spec = o->spec;
+    g->spec_cost = o->spec_cost;
     if (!(g->logits = malloc(sizeof(float) * (size_t)g->vocab)) ||
         dsv4_sampler_ws_init(&g->ws, g->vocab, &err) != DSV4_OK) {
         fprintf(stderr, "dsv4 %s: out of memory\n", cmd);
@@ -525,7 +537,8 @@ static int feed(cli_textgen *g, const int32_t *ids, size_t n, int bar) {
         }
         size_t k = n - off < CLI_PREFILL_CHUNK ? n - off : CLI_PREFILL_CHUNK;
         dsv4_batch_item it = {g->seq, ids + off, (int)k, off + k == n};
-        if (dsv4_engine_step(g->e, &it, 1, g->logits, &err) != DSV4_OK) {
+        if ((g->spec ? dsv4_engine_step_mtp(g->e, &it, 1, g->logits, NULL, NULL, &err)
+                     : dsv4_engine_step(g->e, &it, 1, g->logits, &err)) != DSV4_OK) {
             if (bar) cli_progress_end(&g->prog);
             fprintf(stderr, "dsv4 %s: %s\n", g->cmd, err.msg);
             return 1;
@@ -634,6 +647,70 @@ static int phase_push(const cli_textgen_opts *o, phase *p, int stream) {
     return 0;
 }
 
+/* ---- token source ------------------------------------------------------------------------------------ */
+
+void cli_token_src_init(cli_token_src *t, cli_textgen *g, dsv4_sampler *s) {
+    memset(t, 0, sizeof *t);
+    t->g = g;
+    t->s = s;
+    g->st_spec = (dsv4_spec_info){0, 0, 0};
+}
+
+int cli_token_src_next(cli_token_src *t, int left, int32_t *tok) {
+    cli_textgen *g = t->g;
+    dsv4_err err = {{0}};
+    if (t->qi < t->qn) {                           /* a speculative round's tokens, in order */
+        *tok = t->last = t->q[t->qi++];
+        return 0;
+    }
+    if (t->started) {
+        long room = g->ctx > 0 ? g->ctx - (long)g->kv.n : 1L << 30;   /* tokens that may still be fed */
+        if (room <= 0) return 2;
+        if (g->spec) {
+            /* One round: feeds the pending token and up to K drafts, returns 1..K+1 tokens (sampled from the
+             * sampler's distribution, every one accepted into it). The tokens fed are the pending one and
+             * the accepted drafts: all returned but the last. */
+            dsv4_spec_options so = {g->spec, 1, g->spec_cost};
+            int max_out = (long)left < room ? left : (int)room, n_out = 0;
+            dsv4_spec_info info;
+            int32_t cur = t->last;
+            if (dsv4_engine_spec_round(g->e, &g->seq, 1, &cur, &so, &t->s, &max_out, t->q, &n_out, &info, &err) !=
+                DSV4_OK) {
+                fprintf(stderr, "dsv4 %s: %s\n", g->cmd, err.msg);
+                return 1;
+            }
+            g->st_spec.rounds += info.rounds;
+            g->st_spec.drafted += info.drafted;
+            g->st_spec.accepted += info.accepted;
+            if (dsv4_token_list_push(&g->kv, cur) != DSV4_OK) goto oom;
+            for (int i = 0; i + 1 < n_out; i++)
+                if (dsv4_token_list_push(&g->kv, t->q[i]) != DSV4_OK) goto oom;
+            t->qn = n_out;
+            t->qi = 1;
+            *tok = t->last = t->q[0];
+            return 0;
+        }
+        dsv4_batch_item it = {g->seq, &t->last, 1, 1};
+        if (dsv4_engine_step(g->e, &it, 1, g->logits, &err) != DSV4_OK) {
+            fprintf(stderr, "dsv4 %s: %s\n", g->cmd, err.msg);
+            return 1;
+        }
+        if (dsv4_token_list_push(&g->kv, t->last) != DSV4_OK) goto oom;
+    }
+    /* plain sampling from g->logits (also the first token of a speculative generation) */
+    dsv4_sample_out so;
+    if (dsv4_sampler_next(t->s, &g->ws, g->logits, &so, &err) != DSV4_OK) {
+        fprintf(stderr, "dsv4 %s: %s\n", g->cmd, err.msg);
+        return 1;
+    }
+    t->started = 1;
+    *tok = t->last = so.token;
+    return 0;
+oom:
+    fprintf(stderr, "dsv4 %s: out of memory\n", g->cmd);
+    return 1;
+}
+
 int cli_textgen_generate(cli_textgen *g, const cli_textgen_opts *o, const int32_t *prompt, size_t n, int thinking,
                          uint64_t seed, int stream, cli_textgen_result *r) {
     memset(r, 0, sizeof *r);
@@ -663,19 +740,23 @@ int cli_textgen_generate(cli_textgen *g, const cli_textgen_opts *o, const int32_
     phase *cur = thinking ? &reasoning : &content;
     phase_start(g, cur, stream);
     int rc = 1, stopped = 0;
+    cli_token_src src;
+    cli_token_src_init(&src, g, &s);
     for (int i = 0; i < o->max_new && !stopped; i++) {
         if (g->interrupt && *g->interrupt) { r->end = CLI_END_INTERRUPT; break; }
-        dsv4_sample_out so;
-        if (dsv4_sampler_next(&s, &g->ws, g->logits, &so, &err) != DSV4_OK) goto fail;
-        if (so.is_stop) { r->end = CLI_END_EOS; break; }
+        int32_t tok;
+        int got = cli_token_src_next(&src, o->max_new - i, &tok);
+        if (got == 2) { r->end = CLI_END_CONTEXT; break; }
+        if (got) goto done;
+        if (dsv4_sampler_is_stop_id(&s, tok)) { r->end = CLI_END_EOS; break; }
         g->st_gen++;
-        if (dsv4_token_list_push(&r->tokens, so.token) != DSV4_OK) goto oom;
-        if (cur->reasoning && so.token == g->think_end) {
+        if (dsv4_token_list_push(&r->tokens, tok) != DSV4_OK) goto oom;
+        if (cur->reasoning && tok == g->think_end) {
             if (dsv4_detok_finish(&dt, cur->text) != DSV4_OK) goto oom;
             phase_end(g, cur, stream);
             cur = &content;
         } else {
-            if (dsv4_detok_push(&dt, so.token, cur->text, &err) != DSV4_OK) goto fail;
+            if (dsv4_detok_push(&dt, tok, cur->text, &err) != DSV4_OK) goto fail;
             if (o->n_stops && phase_push(o, cur, stream)) { r->end = CLI_END_STOP; stopped = 1; }
             else if (!o->n_stops && stream && cur->text->len > cur->printed) {
                 out_write(cur->text->data + cur->printed, cur->text->len - cur->printed);
@@ -683,14 +764,6 @@ int cli_textgen_generate(cli_textgen *g, const cli_textgen_opts *o, const int32_
                 fflush(stdout);
             }
         }
-        if (stopped || i + 1 == o->max_new) break;
-        if (g->ctx > 0 && (long)g->kv.n >= g->ctx) {   /* no room to feed this token back */
-            r->end = CLI_END_CONTEXT;
-            break;
-        }
-        dsv4_batch_item it = {g->seq, &so.token, 1, 1};
-        if (dsv4_engine_step(g->e, &it, 1, g->logits, &err) != DSV4_OK) goto fail;
-        if (dsv4_token_list_push(&g->kv, so.token) != DSV4_OK) goto oom;
     }
     if (!stopped) {
         if (dsv4_detok_finish(&dt, cur->text) != DSV4_OK) goto oom;
@@ -720,4 +793,8 @@ void cli_textgen_print_stats(const cli_textgen *g, uint64_t seed) {
                     "generated %ld tokens in %.3f s (%.1f tok/s); seed %llu\n",
             g->st_prompt, g->st_reused, pf, pf > 0 ? fed / pf : 0.0, g->st_gen, dc, dc > 0 ? g->st_gen / dc : 0.0,
             (unsigned long long)seed);
+    if (g->spec)
+        fprintf(stderr, "speculative decoding: K %d, %ld verification forwards, %ld drafted, %ld accepted (%.2f tokens "
+                        "per forward)\n", g->spec, g->st_spec.rounds, g->st_spec.drafted, g->st_spec.accepted,
+                g->st_spec.rounds ? (double)(g->st_spec.rounds + g->st_spec.accepted) / g->st_spec.rounds : 0.0);
 }

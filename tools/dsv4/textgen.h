@@ -43,10 +43,21 @@ typedef struct cli_textgen_opts {
     int max_seqs;                      /* engine sequence slots (0 = 1; `dsv4 serve` asks for more) */
     const char *def_n, *def_temp;      /* defaults as --help shows them (borrowed) */
     int temp_given, n_given;
+    int spec;                          /* --spec K: drafts per round of MTP speculative decoding (0 = off) */
+    double spec_cost;                  /* --spec-cost C: a round's cost in plain steps (0: the engine's default) */
+    int spec_given;
 } cli_textgen_opts;
 
+/* The --spec default per backend. cpu: off, since a verification of K+1 rows costs about K+1 plain steps
+ * on the reference backend (docs/PERF.md "Speculative decoding on the CPU"). cuda: the MTP block does not
+ * run there yet; set this to the K that `dsv4 bench --spec K --spec-accept A` measures fastest on an H200
+ * with the 43-layer Flash-shaped synthetic at the published acceptance lengths (A = 1.8 / 2.3 / 2.5 for
+ * K = 1 / 2 / 3), once that measurement exists (issue 15 item 4). */
+#define CLI_SPEC_DEFAULT_CPU 0
+#define CLI_SPEC_DEFAULT_CUDA 0
+
 #define CLI_DEFAULT_CTX 16384          /* -c default: KV capacity of generate and chat */
-#define CLI_TEXTGEN_N_OPTS 19          /* room for the entries cli_textgen_options writes (17 today) */
+#define CLI_TEXTGEN_N_OPTS 21          /* room for the entries cli_textgen_options writes (19 today) */
 
 /* Sets every option to its default; --temperature and -n are decided by cli_textgen_check (a command's
  * default may depend on other options); def_temp and def_n are how --help shows those two defaults. */
@@ -96,10 +107,30 @@ typedef struct cli_textgen {
     cli_progress prog;
     int out_tty;                       /* stdout is a terminal: reasoning dimmed */
     volatile sig_atomic_t *interrupt;  /* optional: set to stop a generation early (Ctrl-C) */
+    int spec;                          /* drafts per round (0: plain decoding); every token then goes
+                                          through dsv4_engine_step_mtp so the MTP block stays in sync */
+    double spec_cost;                  /* --spec-cost (0: the engine's default) */
     /* statistics of the last cli_textgen_generate call */
     long st_prompt, st_reused, st_gen;
     double st_prefill_s, st_decode_s;
+    dsv4_spec_info st_spec;            /* speculative rounds, drafted, accepted */
 } cli_textgen;
+
+/* Where generated tokens come from: plain sampling (one forward per token, the token fed when the next
+ * one is asked for) or speculative rounds (g->spec > 0: up to K+1 tokens per forward, queued). */
+typedef struct cli_token_src {
+    cli_textgen *g;                    /* borrowed */
+    dsv4_sampler *s;                   /* borrowed: the request's sampler (every token is accepted into it) */
+    int started;                       /* a token was returned (plain: it is fed before the next) */
+    int32_t last;                      /* the last token returned */
+    int32_t q[DSV4_SPEC_MAX_K + 1];    /* spec: tokens of the last round not yet returned */
+    int qn, qi;
+} cli_token_src;
+void cli_token_src_init(cli_token_src *t, cli_textgen *g, dsv4_sampler *s);
+/* The next token (g->logits holds the prompt's last logits before the first call). left: tokens the caller
+ * may still ask for, this one included (a round drafts no more than that). Returns 0, 1 on an engine error
+ * (message printed), or 2 when the context is full (nothing fed). */
+int cli_token_src_next(cli_token_src *t, int left, int32_t *tok);
 
 /* Resolves the model (creating the embedded default on first use, labelled on stderr), finds and loads
  * the tokenizer when need_tokenizer, creates the engine (with a loading bar) and opens one sequence.
