@@ -17,13 +17,14 @@ CC=${CC:-cc}
 
 # ---- (b)'s tables: which folder may include which (besides itself), and who owns each public header ----
 # kv -> backend/cpu: the KV codec encodes with the CPU reference's FP8/FP4 quantizers (kv_codec.c).
+# backend/cuda -> model: the device weight generator runs model/synth_hash.h's value rules (cuda_synth.h).
 declare -A ALLOWED=(
     [core]=""
     [model]="core"
     [tokenizer]="core"
     [dist]="core"
     [backend/cpu]="core"
-    [backend/cuda]="core"
+    [backend/cuda]="core model"
     [kv]="core model backend/cpu"
     [engine]="core model tokenizer kv dist backend/cpu backend/cuda"
     [server]="core tokenizer engine"
