@@ -216,8 +216,9 @@ void dsv4_tp_group_destroy(dsv4_tp_group *g) {
 
 dsv4_status dsv4_tp_group_create(const dsv4_tp_options *o, dsv4_tp_group **out, dsv4_err *err) {
     *out = NULL;
-    if (!o || !o->model_dir || o->max_seqs <= 0 || o->max_tokens <= 0)
-        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: rank group: no model directory or no KV capacity");
+    if (!o || (!o->model_dir && !(o->synthetic && o->synthetic->preset)) || o->max_seqs <= 0 || o->max_tokens <= 0)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: rank group: no model (directory or synthetic) or no KV "
+                            "capacity");
     const int world = o->world > 1 ? o->world : 1;
     const int cuda = o->cuda != 0;
     if (cuda) DSV4_TRY(check_devices(world, err));
