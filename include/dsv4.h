@@ -31,8 +31,9 @@ typedef struct dsv4_synthetic_model {
     int n_experts;           /* routed experts per layer; <= 0: the preset's */
     uint64_t seed;
     int on_device;           /* 1: no host copy at all, every weight is generated directly in GPU memory when
-                                the engine starts (cuda backend and one GPU only; the MTP block is left out);
-                                0: generated in host memory (either backend) */
+                                the engine starts (cuda backend and one GPU only; the MTP block is left out
+                                unless with_mtp); 0: generated in host memory (either backend) */
+    int with_mtp;            /* on_device: 1 generates the MTP block too (speculative decoding benches) */
 } dsv4_synthetic_model;
 
 typedef struct dsv4_engine_options {

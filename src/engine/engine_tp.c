@@ -240,7 +240,10 @@ dsv4_status dsv4_tp_group_create(const dsv4_tp_options *o, dsv4_tp_group **out, 
         dsv4_config sc;
         st = world > 1 ? dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "engine: a synthetic in-memory model runs on one rank")
                        : dsv4_synth_config_preset(syn->preset, syn->n_layers, syn->n_experts, &sc, err);
-        if (st == DSV4_OK) st = dsv4_model_create_synth(&sc, syn->seed, syn->on_device, &g->ranks[0].model, err);
+        if (st == DSV4_OK)
+            st = syn->on_device && syn->with_mtp
+                     ? dsv4_model_create_synth_device_mtp(&sc, syn->seed, &g->ranks[0].model, err)
+                     : dsv4_model_create_synth(&sc, syn->seed, syn->on_device, &g->ranks[0].model, err);
         if (st == DSV4_OK && o->progress) o->progress(o->progress_user, "checkpoint", 1, 1);
     } else if ((st = dsv4_model_load_shard(o->model_dir, 0, world, &g->ranks[0].model, err)) == DSV4_OK &&
                o->progress) {

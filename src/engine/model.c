@@ -117,11 +117,11 @@ dsv4_status dsv4_model_load_shard(const char *dir, int rank, int world, dsv4_mod
     return finish_load(m, rank, world, out, err);
 }
 
-dsv4_status dsv4_model_create_synth(const dsv4_config *cfg, uint64_t seed, int device_only, dsv4_model **out,
-                                    dsv4_err *err) {
+static dsv4_status create_synth(const dsv4_config *cfg, uint64_t seed, int device_only, int keep_mtp,
+                                dsv4_model **out, dsv4_err *err) {
     *out = NULL;
     dsv4_config c = *cfg;
-    if (device_only) c.n_mtp_layers = 0;   /* the MTP block is not part of a device-only model */
+    if (device_only && !keep_mtp) c.n_mtp_layers = 0;   /* by default no MTP block in a device-only model */
     dsv4_model *m = calloc(1, sizeof *m);
     if (!m) return dsv4_err_set(err, DSV4_ERR_NOMEM, "model: out of memory");
     dsv4_status st = dsv4_synth_checkpoint_create(&c, seed, !device_only, &m->ckpt, err);
@@ -130,6 +130,16 @@ dsv4_status dsv4_model_create_synth(const dsv4_config *cfg, uint64_t seed, int d
     m->weights_on_device_only = device_only != 0;
     m->synth_seed = seed;
     return finish_load(m, 0, 1, out, err);
+}
+
+dsv4_status dsv4_model_create_synth(const dsv4_config *cfg, uint64_t seed, int device_only, dsv4_model **out,
+                                    dsv4_err *err) {
+    return create_synth(cfg, seed, device_only, 0, out, err);
+}
+
+dsv4_status dsv4_model_create_synth_device_mtp(const dsv4_config *cfg, uint64_t seed, dsv4_model **out,
+                                               dsv4_err *err) {
+    return create_synth(cfg, seed, 1, 1, out, err);
 }
 
 dsv4_status dsv4_model_synth_locate(const dsv4_model *m, const void *p, size_t bytes, dsv4_synth_fill *fill,

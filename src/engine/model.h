@@ -53,6 +53,10 @@ void dsv4_model_free(dsv4_model *m);
  * bytes at all, for the cuda backend only (weights generated on the device at placement; the cpu forward
  * refuses it); the MTP block is then left out (n_mtp_layers = 0). Same cfg and seed: the same values either
  * way. */
+/* As dsv4_model_create_synth with device_only = 1, but the MTP block stays in the table (generated on the
+ * device with the rest; for speculative decoding on a device-only model). */
+dsv4_status dsv4_model_create_synth_device_mtp(const dsv4_config *cfg, uint64_t seed, dsv4_model **out,
+                                               dsv4_err *err);
 dsv4_status dsv4_model_create_synth(const dsv4_config *cfg, uint64_t seed, int device_only, dsv4_model **out,
                                     dsv4_err *err);
 

@@ -18,6 +18,7 @@
 #include "dsv4.h"
 #include "dsv4_bench.h"
 #include "engine/forward.h"
+#include "engine/forward_cuda.h"
 #include "engine/model.h"
 #include "dsv4_synth.h"
 #include "model/synth_hash.h"
@@ -188,6 +189,46 @@ out:
     dsv4_model_free(d);
 }
 
+/* A device-only model that keeps its MTP block (the spec bench on the GPU): the whole host table, the MTP
+ * views locate to their tensors, and the CUDA plan counts one more block than without it. */
+static void test_device_only_with_mtp(void) {
+    dsv4_config c = small_tiny(8);
+    dsv4_model *h = NULL, *d = NULL, *d0 = NULL;
+    dsv4_err err = {{0}};
+    CHECK(dsv4_model_create_synth(&c, 5, 0, &h, &err) == DSV4_OK, "host: %s", err.msg);
+    CHECK(dsv4_model_create_synth_device_mtp(&c, 5, &d, &err) == DSV4_OK, "device only + mtp: %s", err.msg);
+    CHECK(dsv4_model_create_synth(&c, 5, 1, &d0, &err) == DSV4_OK, "device only: %s", err.msg);
+    if (!h || !d || !d0) goto out;
+    CHECK(d->weights_on_device_only && d->w.mtp != NULL && d->cfg->n_mtp_layers == h->cfg->n_mtp_layers,
+          "device only + mtp: flag %d, mtp %p", d->weights_on_device_only, (void *)d->w.mtp);
+    CHECK(d->ckpt.files[0].n_tensors == h->ckpt.files[0].n_tensors, "device only + mtp: %zu tensors, host %zu",
+          d->ckpt.files[0].n_tensors, h->ckpt.files[0].n_tensors);
+    const dsv4_fp8_linear *ep = &d->w.mtp->e_proj;
+    dsv4_synth_fill f, want;
+    uint64_t first = ~0ull;
+    dsv4_status st = dsv4_model_synth_locate(d, ep->w, (size_t)ep->out * ep->in, &f, &first, &err);
+    CHECK(st == DSV4_OK, "locate mtp e_proj: %s", err.msg);
+    const dsv4_st_tensor *t = dsv4_checkpoint_tensor_find(&d->ckpt, "mtp.0.e_proj.weight");
+    CHECK(t != NULL, "mtp.0.e_proj.weight in the table");
+    if (st == DSV4_OK && t) {
+        dsv4_synth_fill_for_tensor(d->cfg, 5, t->name, t->dtype, t->ndim, t->shape, &want, &err);
+        CHECK(first == 0 && !memcmp(&f, &want, sizeof f), "mtp e_proj: first %llu", (unsigned long long)first);
+    }
+#ifdef DSV4_HAVE_CUDA
+    dsv4_forward_cuda_options o = {0};
+    o.max_seqs = 2;
+    o.max_tokens = 256;
+    size_t w1 = 0, r1 = 0, w0 = 0, r0 = 0;
+    CHECK(dsv4_forward_cuda_plan_bytes(d, &o, &w1, &r1, &err) == DSV4_OK, "plan + mtp: %s", err.msg);
+    CHECK(dsv4_forward_cuda_plan_bytes(d0, &o, &w0, &r0, &err) == DSV4_OK, "plan: %s", err.msg);
+    CHECK(w1 > w0, "the plan counts the MTP block's weights: %zu vs %zu bytes", w1, w0);
+#endif
+out:
+    dsv4_model_free(h);
+    dsv4_model_free(d);
+    dsv4_model_free(d0);
+}
+
 static void test_cpu_refuses_device_only(void) {
     dsv4_engine_options o = {0};
     o.synthetic.preset = "tiny";
@@ -249,6 +290,7 @@ int main(void) {
     RUN(test_cpu_forward_finite);
     RUN(test_host_bytes_are_the_generator);
     RUN(test_device_only_table);
+    RUN(test_device_only_with_mtp);
     RUN(test_cpu_refuses_device_only);
     RUN(test_device_plan_and_fit);
     return test_finish();

@@ -11,6 +11,9 @@
 # today's prefill speed). Arguments, when given, replace those run sizes (options may appear once), e.g.
 #   bash tools/device/run_flash43.sh --no-prefill --contexts 4096 --batches 8 --max-fill 40000 --decode-steps 16
 # (--experts N fixes the expert count). The environment passes through (DSV4_CUDA_MOE=grouped ...).
+# Issue 15's table (MTP speculative decoding; with --spec the MTP block is generated on the device too):
+#   bash tools/device/run_flash43.sh --spec 3 --spec-accept 1.8,2.3,2.5 --batches 1,8 --contexts 128 \
+#        --decode-steps 24 --repeats 3 --warmup 4
 # Logs and the CSV go to $OUT; the table is printed last.
 # Typical call: run(command="bash tools/device/run_flash43.sh", carry=[".devlibs"], timeout_s=600)
 set -u

@@ -184,6 +184,7 @@ int cli_bench_spec(const cli_bench_spec_args *a) {
             dsv4_engine_options o;
             memset(&o, 0, sizeof o);
             o.model_dir = a->dir;
+            if (!a->dir && a->synthetic) o.synthetic = *a->synthetic;
             o.backend = a->backend;
             o.n_threads = a->threads;
             o.gpus = a->gpus;

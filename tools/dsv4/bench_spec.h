@@ -6,8 +6,11 @@
 
 #include <stdio.h>
 
+#include "dsv4.h"
+
 typedef struct cli_bench_spec_args {
-    const char *dir;              /* checkpoint (borrowed) */
+    const char *dir;              /* checkpoint (borrowed); NULL: synthetic */
+    const dsv4_synthetic_model *synthetic; /* borrowed: with dir NULL, the model generated on the GPU */
     const char *backend;          /* "cpu" / "cuda" */
     int threads, gpus;
     const long *batches;          /* [n_batches] */

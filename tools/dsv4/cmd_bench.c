@@ -552,11 +552,13 @@ int dsv4_cmd_bench(int argc, char **argv) {
         }
     }
     if (synthetic && on_device) {
-        syn = (dsv4_synthetic_model){synthetic, cfg.n_layers, cfg.n_routed_experts, (uint64_t)seed, 1};
+        /* --spec: the MTP block drafts, so it is generated too (one more layer than the expert fit above
+         * counted; within the 10% it leaves free) */
+        syn = (dsv4_synthetic_model){synthetic, cfg.n_layers, cfg.n_routed_experts, (uint64_t)seed, 1, spec_k > 0};
         b.on_device = &syn;
-        fprintf(stderr, "bench: %s weights (%d layers, %d experts, no MTP block) are generated in GPU memory when "
+        fprintf(stderr, "bench: %s weights (%d layers, %d experts, %s) are generated in GPU memory when "
                         "each engine starts; nothing is written to disk\n", synthetic, cfg.n_layers,
-                cfg.n_routed_experts);
+                cfg.n_routed_experts, spec_k > 0 ? "with the MTP block" : "no MTP block");
         snprintf(label, sizeof label, "synthetic:%s (generated on the GPU)", synthetic);
         if (profile) {
             fprintf(stderr, "dsv4 bench: --profile reads a checkpoint directory; not available with weights generated "
@@ -647,7 +649,7 @@ int dsv4_cmd_bench(int argc, char **argv) {
             rc = 1;
             goto done;
         }
-        cli_bench_spec_args sa = {dir, backend, threads, gpus, batch, n_batch, ctx, n_ctx, spec_k, acc, n_acc,
+        cli_bench_spec_args sa = {dir, b.on_device, backend, threads, gpus, batch, n_batch, ctx, n_ctx, spec_k, acc, n_acc,
                                   steps, repeats, warmup, max_fill, f};
         rc = cli_bench_spec(&sa);
         if (f && (ferror(f) | fclose(f))) {
