@@ -31,6 +31,7 @@
 #include "core/numfmt.h"
 #include "core/status.h"
 #include "engine/kv_access.h"
+#include "kv/kv_cmp_state.h"
 
 /* ==== workspace ========================================================================================= */
 
@@ -231,34 +232,13 @@ static dsv4_status run_compressor(dsv4_forward *f, dsv4_kv_manager *kv, const se
         const float *ape = cw->ape + (size_t)(t % r) * width;
         for (int j = 0; j < width; j++) proj[width + j] += ape[j];
         dsv4_kv_comp_state st = dsv4_kv_access_comp_state(kv, s->slot, layer, which);
-        /* Slot of this token in the current window. */
-        int in_win = (int)(t % r);
-        memcpy(st.cur_val + (size_t)in_win * width, proj, sizeof(float) * width);
-        memcpy(st.cur_score + (size_t)in_win * width, proj + width, sizeof(float) * width);
-        if ((t + 1) % r != 0) continue;
+        /* The tail state's rule (kv/kv_cmp_state.h, the reference of the device kernels): the token becomes
+         * row t mod r of its window; a completed window gives its pooling inputs. */
+        const dsv4_kv_cmp_view cv = {r, d, coff == 2, st.prev_val, st.prev_score, st.cur_val, st.cur_score};
+        const float *pv, *ps;
+        if (!dsv4_kv_cmp_push_view(&cv, t, proj, proj + width, vals, scs, &pv, &ps)) continue;
         long w = t / r;
-        int n_slots;
-        if (coff == 2) {
-            /* Overlap (r = 4): slots 0..r-1 = previous window's first half, r..2r-1 = this window's second
-             * half. For w = 0 the previous window is empty (score -inf). */
-            for (int j = 0; j < r; j++) {
-                for (int ch = 0; ch < d; ch++) {
-                    vals[j * d + ch] = w > 0 ? st.prev_val[(size_t)j * d + ch] : 0.0f;
-                    scs[j * d + ch] = w > 0 ? st.prev_score[(size_t)j * d + ch] : -INFINITY;
-                    vals[(r + j) * d + ch] = st.cur_val[(size_t)j * width + d + ch];
-                    scs[(r + j) * d + ch] = st.cur_score[(size_t)j * width + d + ch];
-                }
-            }
-            n_slots = 2 * r;
-            dsv4_cpu_compress_pool(vals, scs, n_slots, d, d, entry);
-            /* The current window's first half becomes the previous window. */
-            for (int j = 0; j < r; j++) {
-                memcpy(st.prev_val + (size_t)j * d, st.cur_val + (size_t)j * width, sizeof(float) * d);
-                memcpy(st.prev_score + (size_t)j * d, st.cur_score + (size_t)j * width, sizeof(float) * d);
-            }
-        } else {
-            dsv4_cpu_compress_pool(st.cur_val, st.cur_score, r, d, width, entry);
-        }
+        dsv4_cpu_compress_pool(pv, ps, coff == 2 ? 2 * r : r, d, d, entry);
         dsv4_cpu_compress_finish(entry, d, cw->norm, (float)c->norm_eps, w * r, rope, which == DSV4_KV_COMP_INDEXER);
         dsv4_status ws_st = which == DSV4_KV_COMP_INDEXER ? dsv4_kv_access_idx_write(kv, s->slot, layer, w, entry)
                                                           : dsv4_kv_access_comp_write(kv, s->slot, layer, w, entry);

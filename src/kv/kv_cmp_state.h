@@ -2,7 +2,7 @@
  * dsv4_kv_cmp_schema), one token at a time: the token's raw value and score rows go to row t mod r of the
  * current window; when a window completes, its pooling inputs are gathered (overlap, ratio 4: the previous
  * window's first half, then this window's second half; otherwise the r rows) and, with overlap, this window's
- * first half becomes the previous window. The same steps forward_cpu.c run_compressor takes inline, and the
+ * first half becomes the previous window. forward_cpu.c run_compressor runs it (dsv4_kv_cmp_push_view), and it is the
  * reference the device twin (backend/cuda/kernels/compressor_state.cu) is tested against. Pure arithmetic
  * on the caller's state view and buffers; allocates nothing. */
 #ifndef DSV4_KV_CMP_STATE_H
@@ -25,6 +25,12 @@ extern "C" {
  * position order, each exactly once. */
 int dsv4_kv_cmp_push(const dsv4_kv_cmp_view *c, int64_t t, const float *kv, const float *sc, float *vals,
                      float *scores);
+/* The same step without the copy where none is needed (the CPU forward's form: a ratio-128 window is
+ * r·d = 64k floats): on a completed window *vals, *scores point at the pooling inputs — with overlap the
+ * caller's buffers vals_buf, scores_buf [2r, d], filled as above; without overlap the state's current window
+ * rows [r, d] themselves (valid until the next push to c). */
+int dsv4_kv_cmp_push_view(const dsv4_kv_cmp_view *c, int64_t t, const float *kv, const float *sc, float *vals_buf,
+                          float *scores_buf, const float **vals, const float **scores);
 
 #ifdef __cplusplus
 }
