@@ -2,6 +2,7 @@
 #include "test_util.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "core/numfmt.h"
@@ -72,6 +73,32 @@ double test_rel_l2(const float *got, const double *want, size_t n) {
         den += want[i] * want[i];
     }
     return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+double test_rel_l2_f(const float *got, const float *want, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)got[i] - want[i];
+        num += d * d;
+        den += (double)want[i] * want[i];
+    }
+    if (isnan(num)) return INFINITY;
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+int test_argmax_f(const float *x, int n) {
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+int32_t *test_random_tokens(uint64_t seed, int n, int vocab) {
+    test_rng r;
+    test_rng_seed(&r, seed);
+    int32_t *t = malloc(sizeof(int32_t) * (size_t)n);
+    for (int i = 0; i < n; i++) t[i] = (int32_t)(test_rng_u64(&r) % (uint64_t)vocab);
+    return t;
 }
 
 double test_max_abs(const float *got, const double *want, size_t n) {

@@ -41,6 +41,12 @@ void test_fill_bf16(test_rng *r, float *x, size_t n, double sigma);
 
 /* ---- comparisons ------------------------------------------------------------------------------ */
 double test_rel_l2(const float *got, const double *want, size_t n);   /* ||got-want|| / ||want|| */
+/* The same between two FP32 vectors (e.g. two backends' logits); NaN anywhere: INFINITY. */
+double test_rel_l2_f(const float *got, const float *want, size_t n);
+/* The index of the largest x[i] (ties: the lowest i). */
+int test_argmax_f(const float *x, int n);
+/* n token ids uniform in [0, vocab) from seed (malloc'ed; the caller frees). */
+int32_t *test_random_tokens(uint64_t seed, int n, int vocab);
 double test_max_abs(const float *got, const double *want, size_t n);
 /* Max over i of |got-want| / (atol + rtol*|want|); <= 1 means within tolerance. */
 double test_tol_ratio(const float *got, const double *want, size_t n, double atol, double rtol);

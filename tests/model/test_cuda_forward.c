@@ -46,32 +46,6 @@ static const char *const models[] = {"tests/data/tiny-flash", "tests/data/tiny-p
 
 static int skipped;
 
-static int32_t *random_tokens(uint64_t seed, int n, int vocab) {
-    test_rng r;
-    test_rng_seed(&r, seed);
-    int32_t *t = malloc(sizeof(int32_t) * (size_t)n);
-    for (int i = 0; i < n; i++) t[i] = (int32_t)(test_rng_u64(&r) % (uint64_t)vocab);
-    return t;
-}
-
-static double rel_l2(const float *got, const float *want, int n) {
-    double num = 0, den = 0;
-    for (int i = 0; i < n; i++) {
-        double d = (double)got[i] - want[i];
-        num += d * d;
-        den += (double)want[i] * want[i];
-    }
-    if (isnan(num)) return INFINITY;
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
-static int argmax(const float *x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
-}
-
 /* ---- CPU reference (public engine) -------------------------------------------------------------- */
 
 static dsv4_engine *cpu_open(const char *model, int max_seqs, long max_tokens) {
@@ -169,16 +143,15 @@ static int gpu_step1(gpu *g, int slot, const int32_t *tok, int n, float *logits)
 typedef struct stats { double max, sum; int n, argmax_agree, n_out; int out_pos[64]; } stats;
 
 static void stats_add_at(stats *s, const float *got, const float *want, int V, int pos) {
-    double r = rel_l2(got, want, V);
+    double r = test_rel_l2_f(got, want, V);
     if (r > s->max) s->max = r;
     s->sum += r;
     s->n++;
-    s->argmax_agree += argmax(got, V) == argmax(want, V);
+    s->argmax_agree += test_argmax_f(got, V) == test_argmax_f(want, V);
     if (r > TOL_REL_L2 && s->n_out < 64) s->out_pos[s->n_out++] = pos;
     else if (r > TOL_REL_L2) s->n_out++;
 }
 static void stats_add(stats *s, const float *got, const float *want, int V) { stats_add_at(s, got, want, V, -1); }
-
 
 /* ---- per-layer localisation of an outlier (layer hooks, teacher forcing) ------------------------------ */
 
@@ -224,7 +197,7 @@ static void tf_run(const char *model, int gpu_backend, const int32_t *tok, int t
 
 static double tf_rel(const tf_state *a, const tf_state *b, int layer, int t) {
     if (!a->rec[layer] || !b->rec[layer]) return INFINITY;
-    return rel_l2(a->rec[layer] + (size_t)t * a->row, b->rec[layer] + (size_t)t * a->row, (int)a->row);
+    return test_rel_l2_f(a->rec[layer] + (size_t)t * a->row, b->rec[layer] + (size_t)t * a->row, (int)a->row);
 }
 
 /* Where does the decode outlier at position t come from? Four prefills of tok[0..t]: CPU and GPU free
@@ -263,7 +236,7 @@ static void test_logits_vs_cpu(void) {
         gpu g;
         if (!gpu_open(&g, models[mi], 4, 4096, 0)) return;
         const int V = g.m->cfg->vocab_size;
-        int32_t *tok = random_tokens(1000 + mi, T, V);
+        int32_t *tok = test_random_tokens(1000 + mi, T, V);
         float *ref = cpu_all_positions(models[mi], tok, T);
         float *got = malloc(sizeof(float) * (size_t)T * V);
         stats sp = {0}, sd = {0};
@@ -309,8 +282,9 @@ static void test_logits_vs_cpu(void) {
             int t = sd.out_pos[i], slot = gpu_seq(&g);
             gpu_step1(&g, slot, tok, t + 1, pf);
             dsv4_kv_access_release(dsv4_forward_cuda_kv(g.f), slot);
-            double r_dec = rel_l2(got + (size_t)t * V, ref + (size_t)t * V, V);
-            double r_pre = rel_l2(pf, ref + (size_t)t * V, V), r_self = rel_l2(pf, got + (size_t)t * V, V);
+            double r_dec = test_rel_l2_f(got + (size_t)t * V, ref + (size_t)t * V, V);
+            double r_pre = test_rel_l2_f(pf, ref + (size_t)t * V, V),
+                   r_self = test_rel_l2_f(pf, got + (size_t)t * V, V);
             printf("  %s: outlier position %d: gpu decode vs cpu %.3e, gpu prefill vs cpu %.3e, gpu prefill vs "
                    "gpu decode %.3e\n", models[mi], t, r_dec, r_pre, r_self);
             self_ok &= r_self <= TOL_REL_L2;
@@ -341,7 +315,7 @@ static void test_greedy_64(void) {
         gpu g;
         if (!gpu_open(&g, models[mi], 2, 4096, 0)) return;
         const int V = g.m->cfg->vocab_size;
-        int32_t *tok = random_tokens(2000 + mi, P, V);
+        int32_t *tok = test_random_tokens(2000 + mi, P, V);
         int32_t want[N], got[N];
         dsv4_err err = {{0}};
         dsv4_engine *e = cpu_open(models[mi], 1, 4096);
@@ -374,7 +348,7 @@ static void test_graph_vs_eager(void) {
         if (!gpu_open(&gg, models[mi], 2, 4096, 0)) return;
         if (!gpu_open(&ge, models[mi], 2, 4096, 1)) { gpu_close(&gg); return; }
         const int V = gg.m->cfg->vocab_size, P = 130, N = 40;
-        int32_t *tok = random_tokens(3000 + mi, P + N, V);
+        int32_t *tok = test_random_tokens(3000 + mi, P + N, V);
         float *a = malloc(sizeof(float) * V), *b = malloc(sizeof(float) * V);
         int sa = gpu_seq(&gg), sb = gpu_seq(&ge), same = 1;
         gpu_step1(&gg, sa, tok, P, a);
@@ -410,7 +384,7 @@ static void test_profile_vs_graph(void) {
         if (!gpu_open(&gg, models[mi], 2, 4096, 0)) return;
         if (!gpu_open(&gp, models[mi], 2, 4096, 0)) { gpu_close(&gg); return; }
         const int V = gg.m->cfg->vocab_size, P = 130, N = 6;
-        int32_t *tok = random_tokens(4000 + mi, P + N, V);
+        int32_t *tok = test_random_tokens(4000 + mi, P + N, V);
         float *a = malloc(sizeof(float) * V), *b = malloc(sizeof(float) * V);
         dsv4_prof *prof = NULL;
         dsv4_err err = {{0}};
@@ -466,7 +440,7 @@ static void test_batch_vs_alone(void) {
         int slots[NS];
         dsv4_seq_step st[NS];
         for (int i = 0; i < NS; i++) {
-            tok[i] = random_tokens(4000 + 10 * mi + i, plen[i] + ND, V);
+            tok[i] = test_random_tokens(4000 + 10 * mi + i, plen[i] + ND, V);
             slots[i] = gpu_seq(&gb);
             st[i] = (dsv4_seq_step){slots[i], tok[i], plen[i], 1};
         }
@@ -519,7 +493,7 @@ static void test_decode_throughput(void) {
             for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; bi++) {
                 int b = batches[bi], slots[32];
                 int32_t first[32], *out = malloc(sizeof(int32_t) * (size_t)b * steps);
-                int32_t *tok = random_tokens(5000 + bi, 16 * b, V);
+                int32_t *tok = test_random_tokens(5000 + bi, 16 * b, V);
                 for (int i = 0; i < b; i++) {
                     slots[i] = gpu_seq(&g);
                     gpu_step1(&g, slots[i], tok + 16 * i, 15, NULL);
@@ -539,7 +513,7 @@ static void test_decode_throughput(void) {
                 free(tok);
             }
             if (!ng) { /* one eager 500-token prefill pass (host clock, includes the logits copy) */
-                int32_t *tok = random_tokens(6000, 500, V);
+                int32_t *tok = test_random_tokens(6000, 500, V);
                 float *l = malloc(sizeof(float) * V);
                 for (int rep = 0; rep < 2; rep++) {
                     int slot = gpu_seq(&g);
@@ -558,7 +532,6 @@ static void test_decode_throughput(void) {
         }
     }
 }
-
 
 /* Decode cost vs capacity: the same prompt and greedy decode with max_seq_len 4096 and 65536, with the lists
  * bounded by the live context (default) and capacity-sized (capacity_lists, the earlier behaviour): logits
@@ -587,7 +560,7 @@ static void test_capacity_vs_context(void) {
                         return;
                     }
                     const int V = g.m->cfg->vocab_size;
-                    int32_t *tok = random_tokens(7000 + ci, ctx[ci], V), out[64];
+                    int32_t *tok = test_random_tokens(7000 + ci, ctx[ci], V), out[64];
                     float *l = malloc(sizeof(float) * V);
                     int slot = gpu_seq(&g);
                     gpu_step1(&g, slot, tok, ctx[ci] - 1, l);
@@ -644,7 +617,7 @@ static void test_nccl_one_rank(void) {
         gpu *gs[3] = {&g0, &g1, &ge};
         float *lg[3];
         int32_t *tok[NS], slots[3][NS], greedy[3][NG * NS];
-        for (int i = 0; i < NS; i++) tok[i] = random_tokens(7000 + 10 * mi + i, plen[i] + ND, V);
+        for (int i = 0; i < NS; i++) tok[i] = test_random_tokens(7000 + 10 * mi + i, plen[i] + ND, V);
         const size_t per = (size_t)(ND + 1) * NS * V;
         for (int k = 0; k < 3; k++) {
             lg[k] = malloc(sizeof(float) * per);

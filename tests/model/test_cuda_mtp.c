@@ -49,32 +49,6 @@ static const char *const models[] = {"tests/data/tiny-flash", "tests/data/tiny-p
 
 static int skipped;
 
-static int32_t *random_tokens(uint64_t seed, int n, int vocab) {
-    test_rng r;
-    test_rng_seed(&r, seed);
-    int32_t *t = malloc(sizeof(int32_t) * (size_t)n);
-    for (int i = 0; i < n; i++) t[i] = (int32_t)(test_rng_u64(&r) % (uint64_t)vocab);
-    return t;
-}
-
-static double rel_l2(const float *got, const float *want, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)got[i] - want[i];
-        num += d * d;
-        den += (double)want[i] * want[i];
-    }
-    if (isnan(num)) return INFINITY;
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
-static int argmax(const float *x, int n) {
-    int b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
-}
-
 /* ---- rigs ---------------------------------------------------------------------------------------------- */
 
 typedef struct cpu {
@@ -155,10 +129,10 @@ static int compare_rows(const char *what, const char *model, const float *got, c
     *max = 0;
     *mean = 0;
     for (int r = 0; r < rows; r++) {
-        double e = rel_l2(got + (size_t)r * V, want + (size_t)r * V, (size_t)V);
+        double e = test_rel_l2_f(got + (size_t)r * V, want + (size_t)r * V, (size_t)V);
         if (e > *max) *max = e;
         *mean += e;
-        agree += argmax(got + (size_t)r * V, V) == argmax(want + (size_t)r * V, V);
+        agree += test_argmax_f(got + (size_t)r * V, V) == test_argmax_f(want + (size_t)r * V, V);
         if (e > tol) {
             above++;
             printf("  %s %s: row %d rel-L2 %.3e (> %.1e)\n", model, what, r, e, tol);
@@ -182,7 +156,7 @@ static void test_teacher_forced(void) {
         const dsv4_config *cf = c.m->cfg;
         const int V = cf->vocab_size;
         const size_t HD = (size_t)cf->hc_mult * cf->dim;
-        int32_t *tok = random_tokens(1500 + mi, T, V);
+        int32_t *tok = test_random_tokens(1500 + mi, T, V);
         float *X = malloc(sizeof(float) * HD * T);
         float *cl = malloc(sizeof(float) * (size_t)V * T), *gl = malloc(sizeof(float) * (size_t)V * T);
         float *ch = malloc(sizeof(float) * HD * T), *gh = malloc(sizeof(float) * HD * T);
@@ -213,7 +187,7 @@ static void test_teacher_forced(void) {
               TOL_TF_ROW, allowed);
         CHECK(mx <= TOL_OUTLIER, "%s: teacher-forced row rel-L2 %.3e above the cap %.2f", models[mi], mx, TOL_OUTLIER);
         for (int r = 0; r < T - 1; r++) {
-            double e = rel_l2(gh + HD * r, ch + HD * r, HD);
+            double e = test_rel_l2_f(gh + HD * r, ch + HD * r, HD);
             if (e > hmx) hmx = e;
         }
         printf("  %s teacher-forced MTP final state: max row rel-L2 %.3e\n", models[mi], hmx);
@@ -250,7 +224,7 @@ static void test_device_h_equals_host_h(void) {
         const dsv4_config *cf = a.m->cfg;
         const int V = cf->vocab_size;
         const size_t HD = (size_t)cf->hc_mult * cf->dim;
-        int32_t *tok = random_tokens(1600 + mi, T, V);
+        int32_t *tok = test_random_tokens(1600 + mi, T, V);
         capture cap = {cf->n_layers - 1, HD, malloc(sizeof(float) * HD * T), 0};
         float *la = malloc(sizeof(float) * (size_t)V * T), *lb = malloc(sizeof(float) * (size_t)V * T);
         float *main_l = malloc(sizeof(float) * (size_t)V);
@@ -289,7 +263,7 @@ static void test_device_h_equals_host_h(void) {
         for (int r = 0; r < rows_a && r < rows_b; r++)
             if (memcmp(la + (size_t)V * r, lb + (size_t)V * r, sizeof(float) * V)) {
                 if (diff++ < 5) printf("  %s: row %d differs (rel-L2 %.3e)\n", models[mi], r,
-                                       rel_l2(la + (size_t)V * r, lb + (size_t)V * r, (size_t)V));
+                                       test_rel_l2_f(la + (size_t)V * r, lb + (size_t)V * r, (size_t)V));
             }
         CHECK(diff == 0, "%s: %d MTP rows differ between the device-h and host-h paths", models[mi], diff);
         printf("  %s device-h vs host-h: %d rows, %d differ\n", models[mi], rows_a, diff);
@@ -342,7 +316,8 @@ static void test_batch_vs_alone(void) {
         gpu g;
         if (!gpu_open(&g, models[mi], 4, 1024, 0)) return;
         const int V = g.m->cfg->vocab_size;
-        int32_t *t0 = random_tokens(1700 + mi, n0[0] + n_dec, V), *t1 = random_tokens(1800 + mi, n0[1] + n_dec, V);
+        int32_t *t0 = test_random_tokens(1700 + mi, n0[0] + n_dec, V),
+                *t1 = test_random_tokens(1800 + mi, n0[1] + n_dec, V);
         const int32_t *tok[2] = {t0, t1};
         float *mb[2], *ma[2], *lb[2], *la[2];
         for (int i = 0; i < 2; i++) {
@@ -385,7 +360,7 @@ static void test_end_to_end_vs_cpu(void) {
         if (!cpu_open(&c, models[mi], 1024)) { gpu_close(&g); return; }
         const dsv4_config *cf = c.m->cfg;
         const int V = cf->vocab_size;
-        int32_t *tok = random_tokens(1900 + mi, T, V);
+        int32_t *tok = test_random_tokens(1900 + mi, T, V);
         float *cl = malloc(sizeof(float) * (size_t)V * T), *gl = malloc(sizeof(float) * (size_t)V * T);
         float *main_l = malloc(sizeof(float) * (size_t)V);
         float *last_h = calloc((size_t)cf->hc_mult * cf->dim, sizeof(float));
@@ -429,7 +404,7 @@ static void test_refusals(void) {
     if (!gpu_open(&g, models[0], 2, 1024, 0)) return;
     const int V = g.m->cfg->vocab_size;
     const size_t HD = (size_t)g.m->cfg->hc_mult * g.m->cfg->dim;
-    int32_t *tok = random_tokens(2000, 8, V);
+    int32_t *tok = test_random_tokens(2000, 8, V);
     float *h = calloc(HD * 8, sizeof(float)), *l = malloc(sizeof(float) * (size_t)V * 8);
     dsv4_err err = {{0}};
     dsv4_kv_manager *kv = dsv4_forward_cuda_kv(g.f);
@@ -514,7 +489,7 @@ static void test_device_rollback(void) {
         if (!gpu_open(&g, models[mi], 1, 1024, 0)) return;
         const int V = g.m->cfg->vocab_size, L = g.m->cfg->n_layers;
         dsv4_kv_manager *kv = dsv4_forward_cuda_kv(g.f);
-        int32_t *tok = random_tokens(2100 + mi, n0 + n, V);
+        int32_t *tok = test_random_tokens(2100 + mi, n0 + n, V);
         dsv4_err err = {{0}};
         int slot = gpu_seq(&g);
         dsv4_seq_step s = {slot, tok, n0, 0};
@@ -571,7 +546,7 @@ static void test_spec_greedy(void) {
             dsv4_engine *es = cuda_engine(models[mi]), *ep = cuda_engine(models[mi]);
             if (!es || !ep) { dsv4_engine_destroy(es); dsv4_engine_destroy(ep); return; }
             const int V = dsv4_engine_vocab_size(es);
-            int32_t *tok = random_tokens(2200 + mi, n0, V), spec[n], plain[n];
+            int32_t *tok = test_random_tokens(2200 + mi, n0, V), spec[n], plain[n];
             float *l = malloc(sizeof(float) * (size_t)V), *pl = malloc(sizeof(float) * (size_t)V * n);
             dsv4_err err = {{0}};
             int a = -1, b = -1, got = 0;
@@ -580,19 +555,20 @@ static void test_spec_greedy(void) {
             /* Spec: the prompt through the MTP step, then the speculative decode. */
             dsv4_batch_item it = {a, tok, n0, 1};
             CHECK(dsv4_engine_step_mtp(es, &it, 1, l, NULL, &got, &err) == DSV4_OK, "%s", err.msg);
-            int32_t first = argmax(l, V);
+            int32_t first = test_argmax_f(l, V);
             dsv4_spec_info info = {0, 0, 0};
             dsv4_status st = dsv4_engine_decode_greedy_spec(es, &a, 1, &first, n, k, spec, &info, &err);
             CHECK(st == DSV4_OK, "%s k=%d: spec decode: %s", models[mi], k, err.msg);
             /* Plain: the prompt, then one token per step with its logits (the decode graph). */
             it = (dsv4_batch_item){b, tok, n0, 1};
             CHECK(dsv4_engine_step(ep, &it, 1, l, &err) == DSV4_OK, "%s", err.msg);
-            CHECK(argmax(l, V) == first, "%s: the prompt's last logits differ between the two engines", models[mi]);
+            CHECK(test_argmax_f(l, V) == first, "%s: the prompt's last logits differ between the two engines",
+                  models[mi]);
             int32_t cur = first;
             for (int i = 0; i < n; i++) {
                 it = (dsv4_batch_item){b, &cur, 1, 1};
                 CHECK(dsv4_engine_step(ep, &it, 1, pl + (size_t)V * i, &err) == DSV4_OK, "%s", err.msg);
-                plain[i] = cur = argmax(pl + (size_t)V * i, V);
+                plain[i] = cur = test_argmax_f(pl + (size_t)V * i, V);
             }
             int d = 0;
             while (st == DSV4_OK && d < n && spec[d] == plain[d]) d++;

@@ -12,14 +12,6 @@
 
 static const char *const models[] = {"tests/data/tiny-flash", "tests/data/tiny-pro"};
 
-static int32_t *random_tokens(uint64_t seed, int n, int vocab) {
-    test_rng r;
-    test_rng_seed(&r, seed);
-    int32_t *t = malloc(sizeof(int32_t) * (size_t)n);
-    for (int i = 0; i < n; i++) t[i] = (int32_t)(test_rng_u64(&r) % (uint64_t)vocab);
-    return t;
-}
-
 static dsv4_engine *open_engine(const char *model, int max_seqs, long max_tokens, int threads) {
     dsv4_engine_options o = {0};
     o.model_dir = model;
@@ -60,7 +52,7 @@ static void test_prefill_chunked_decode_bitwise(void) {
         dsv4_engine *e = open_engine(models[mi], 3, 4096, 2);
         if (!e) return;
         const int T = 300, vocab = dsv4_engine_vocab_size(e);
-        int32_t *tok = random_tokens(11 + mi, T, vocab);
+        int32_t *tok = test_random_tokens(11 + mi, T, vocab);
         float *a = calloc((size_t)T * vocab, sizeof(float)), *b = calloc((size_t)T * vocab, sizeof(float)),
               *c = calloc((size_t)T * vocab, sizeof(float));
         unsigned char *ha = calloc(T, 1), *hb = calloc(T, 1), *hc = calloc(T, 1);
@@ -97,7 +89,8 @@ static void test_batch_independence(void) {
     dsv4_engine *e = open_engine(models[0], 4, 8192, 2);
     if (!e) return;
     const int vocab = dsv4_engine_vocab_size(e), T = 150;
-    int32_t *t0 = random_tokens(21, T, vocab), *t1 = random_tokens(22, T, vocab), *t2 = random_tokens(23, T, vocab);
+    int32_t *t0 = test_random_tokens(21, T, vocab), *t1 = test_random_tokens(22, T, vocab),
+            *t2 = test_random_tokens(23, T, vocab);
     float *alone = malloc(sizeof(float) * (size_t)T * vocab), *batched = malloc(sizeof(float) * 3 * vocab);
     dsv4_err err = {{0}};
     int s;
@@ -142,7 +135,7 @@ static void test_capacity_and_bad_input(void) {
     dsv4_engine *e = open_engine(models[0], 2, 600, 1);
     if (!e || !ref) return;
     const int vocab = dsv4_engine_vocab_size(e);
-    int32_t *t = random_tokens(31, 400, vocab), *big = random_tokens(32, 900, vocab);
+    int32_t *t = test_random_tokens(31, 400, vocab), *big = test_random_tokens(32, 900, vocab);
     float *l1 = malloc(sizeof(float) * vocab), *l2 = malloc(sizeof(float) * vocab), *scratch = malloc(sizeof(float) * 2 * vocab);
     dsv4_err err = {{0}};
     int a, b, c, r;

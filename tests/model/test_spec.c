@@ -52,21 +52,6 @@ static void rig_close(rig *r) {
     free(r->last_h);
 }
 
-static int32_t *random_tokens(uint64_t seed, int n, int vocab) {
-    test_rng g;
-    test_rng_seed(&g, seed);
-    int32_t *t = malloc(sizeof(int32_t) * (size_t)n);
-    for (int i = 0; i < n; i++) t[i] = (int32_t)(test_rng_u64(&g) % (uint64_t)vocab);
-    return t;
-}
-
-static int argmax(const float *l, int V) {
-    int b = 0;
-    for (int v = 1; v < V; v++)
-        if (l[v] > l[b]) b = v;
-    return b;
-}
-
 /* Feeds tokens through the MTP step in chunks (cycling sizes); mtp [T-1, V] gets every MTP row, logits
  * [V] the main logits of the last token. */
 static int feed_slot(rig *r, int slot, float *last_h, const int32_t *tok, int T, const int *chunks, int n_chunks,
@@ -102,7 +87,7 @@ static void test_mtp_chunk_invariance(void) {
         rig a, b, c;
         if (!rig_open(&a, models[mi]) || !rig_open(&b, models[mi]) || !rig_open(&c, models[mi])) return;
         const int T = 140, V = a.m->cfg->vocab_size; /* past the MTP's 128-slot window */
-        int32_t *tok = random_tokens(5 + mi, T, V);
+        int32_t *tok = test_random_tokens(5 + mi, T, V);
         float *ma = malloc(sizeof(float) * (size_t)T * V), *mb = malloc(sizeof(float) * (size_t)T * V),
               *mc = malloc(sizeof(float) * (size_t)T * V);
         int whole[] = {T}, one[] = {1}, mixed[] = {3, 1, 120, 2, 7};
@@ -182,19 +167,19 @@ static void test_spec_equals_plain(void) {
         rig plain, base;
         if (!rig_open(&plain, models[mi]) || !rig_open(&base, models[mi])) return;
         const int Tp = 100, n = 36, V = plain.m->cfg->vocab_size; /* decoding crosses 128 and every ratio */
-        int32_t *all = random_tokens(100 + mi, Tp + n + 1, V);
+        int32_t *all = test_random_tokens(100 + mi, Tp + n + 1, V);
         float *lg = malloc(sizeof(float) * (size_t)V);
         int32_t *want = malloc(sizeof(int32_t) * n), *got = malloc(sizeof(int32_t) * n);
         dsv4_err err = {{0}};
         /* Plain: prefill, then one token per forward. */
         dsv4_seq_step s = {plain.slot, all, Tp, 1};
         CHECK(dsv4_forward_step(plain.f, plain.kv, &s, 1, lg, &err) == DSV4_OK, "%s", err.msg);
-        int32_t first = argmax(lg, V), cur = first;
+        int32_t first = test_argmax_f(lg, V), cur = first;
         all[Tp] = first;
         for (int i = 0; i < n; i++) {
             s = (dsv4_seq_step){plain.slot, &cur, 1, 1};
             CHECK(dsv4_forward_step(plain.f, plain.kv, &s, 1, lg, &err) == DSV4_OK, "%s", err.msg);
-            want[i] = cur = argmax(lg, V);
+            want[i] = cur = test_argmax_f(lg, V);
             all[Tp + 1 + i] = cur; /* the plain sequence: prompt, first, outputs */
         }
         /* The state a run that fed exactly the accepted tokens (prompt, first, outputs but the last) has. */
@@ -206,7 +191,7 @@ static void test_spec_equals_plain(void) {
                 if (!rig_open(&spec, models[mi])) return;
                 int whole[] = {Tp};
                 feed(&spec, all, Tp, whole, 1, NULL, lg);
-                CHECK(argmax(lg, V) == first, "prefill through the MTP step changes the logits");
+                CHECK(test_argmax_f(lg, V) == first, "prefill through the MTP step changes the logits");
                 forced fd = {all, Tp + n + 1, V, {0}, {0}};
                 test_rng_seed(&fd.rng, 7 + (uint64_t)k);
                 dsv4_spec_stats st;
@@ -252,21 +237,21 @@ static void test_spec_batch(void) {
         forced fd[2];
         for (int q = 0; q < 2; q++) {
             int ps = q ? pslot1 : plain.slot;
-            all[q] = random_tokens(500 + mi * 2 + q, Tp[q] + n + 1, V);
+            all[q] = test_random_tokens(500 + mi * 2 + q, Tp[q] + n + 1, V);
             dsv4_seq_step s = {ps, all[q], Tp[q], 1};
             CHECK(dsv4_forward_step(plain.f, plain.kv, &s, 1, lg, &err) == DSV4_OK, "%s", err.msg);
-            int32_t cur = first[q] = argmax(lg, V);
+            int32_t cur = first[q] = test_argmax_f(lg, V);
             all[q][Tp[q]] = cur;
             for (int i = 0; i < n; i++) {
                 s = (dsv4_seq_step){ps, &cur, 1, 1};
                 CHECK(dsv4_forward_step(plain.f, plain.kv, &s, 1, lg, &err) == DSV4_OK, "%s", err.msg);
-                want[q][i] = all[q][Tp[q] + 1 + i] = cur = argmax(lg, V);
+                want[q][i] = all[q][Tp[q] + 1 + i] = cur = test_argmax_f(lg, V);
             }
             fd[q] = (forced){all[q], Tp[q] + n + 1, V, {0}, {0}};
             test_rng_seed(&fd[q].rng, 31 + (uint64_t)q);
             int whole[] = {Tp[q]};
             feed_slot(&spec, slots[q], lh_spec[q], all[q], Tp[q], whole, 1, NULL, lg);
-            CHECK(argmax(lg, V) == first[q], "prefill through the MTP step changes the logits");
+            CHECK(test_argmax_f(lg, V) == first[q], "prefill through the MTP step changes the logits");
         }
         int ones[] = {7, 1, 3};
         feed_slot(&base, base.slot, base.last_h, all[0], Tp[0] + n, ones, 3, NULL, NULL);
@@ -299,13 +284,13 @@ static void test_engine_api(void) {
     dsv4_err err = {{0}};
     if (dsv4_engine_create(&o, &e, &err) != DSV4_OK) { CHECK(0, "%s", err.msg); return; }
     const int V = dsv4_engine_vocab_size(e), Tp = 20, n = 12;
-    int32_t *tok = random_tokens(3, Tp, V);
+    int32_t *tok = test_random_tokens(3, Tp, V);
     float *lg = malloc(sizeof(float) * (size_t)V), *mtp = malloc(sizeof(float) * (size_t)Tp * V);
     int a, b, rows = 0;
     CHECK(dsv4_engine_seq_open(e, &a, &err) == DSV4_OK && dsv4_engine_seq_open(e, &b, &err) == DSV4_OK, "%s", err.msg);
     dsv4_batch_item it = {a, tok, Tp, 1};
     CHECK(dsv4_engine_step(e, &it, 1, lg, &err) == DSV4_OK, "%s", err.msg);
-    int32_t first = argmax(lg, V), want[12], got[12];
+    int32_t first = test_argmax_f(lg, V), want[12], got[12];
     CHECK(dsv4_engine_decode_greedy(e, &a, 1, &first, n, want, NULL, &err) == DSV4_OK, "%s", err.msg);
     it = (dsv4_batch_item){b, tok, Tp, 1};
     CHECK(dsv4_engine_step_mtp(e, &it, 1, lg, mtp, &rows, &err) == DSV4_OK && rows == Tp - 1, "%s rows %d", err.msg, rows);

@@ -24,14 +24,6 @@
 
 static char g_synth[256];   /* synthetic checkpoint directory (o_groups 4, 12 experts) */
 
-static int32_t *random_tokens(uint64_t seed, int n, int vocab) {
-    test_rng r;
-    test_rng_seed(&r, seed);
-    int32_t *t = malloc(sizeof(int32_t) * (size_t)n);
-    for (int i = 0; i < n; i++) t[i] = (int32_t)(test_rng_u64(&r) % (uint64_t)vocab);
-    return t;
-}
-
 /* ---- a group of ranks (engine_tp.h), one pool thread per rank ---------------------------------------- */
 
 static dsv4_tp_group *group_open(const char *dir, int world) {
@@ -112,7 +104,7 @@ static void compare_logits(const char *dir, int world) {
     dsv4_tp_group *one = group_open(dir, 1), *many = one ? group_open(dir, world) : NULL;
     if (!one || !many) { dsv4_tp_group_destroy(one); return; }
     const int V = dsv4_tp_group_model(one)->cfg->vocab_size;
-    int32_t *tok = random_tokens(77 + world, P + DEC, V);
+    int32_t *tok = test_random_tokens(77 + world, P + DEC, V);
     float *a = malloc(sizeof(float) * V), *b = malloc(sizeof(float) * V);
     dsv4_err err = {{0}};
     int s1, s2;
@@ -169,7 +161,7 @@ static void greedy_same(const char *dir, int gpus) {
     dsv4_engine *e1 = engine(dir, 1), *en = engine(dir, gpus);
     if (!e1 || !en) { dsv4_engine_destroy(e1); dsv4_engine_destroy(en); return; }
     const int V = dsv4_engine_vocab_size(e1);
-    int32_t *seq = random_tokens(5, PROMPT + N, V);
+    int32_t *seq = test_random_tokens(5, PROMPT + N, V);
     float *a = malloc(sizeof(float) * V), *b = malloc(sizeof(float) * V);
     dsv4_err err = {{0}};
     int s1 = -1, sn = -1;
