@@ -263,47 +263,8 @@ dsv4_status dsv4_engine_step_mtp(dsv4_engine *e, const dsv4_batch_item *items, i
 
 dsv4_status dsv4_engine_decode_greedy_spec(dsv4_engine *e, const int *seqs, int n_seqs, const int32_t *first,
                                            int n_steps, int k, int32_t *out, dsv4_spec_info *info, dsv4_err *err) {
-    DSV4_TRY(mtp_ready(e, err));
-    if (n_seqs <= 0 || n_seqs > e->max_seqs || !seqs)
-        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: %d sequences (1..%d)", n_seqs, e->max_seqs);
-    size_t hd = (size_t)e->model->cfg->hc_mult * e->model->cfg->dim;
-    float *last_h[n_seqs];
-    dsv4_spec_stats s[n_seqs];
-    memset(s, 0, sizeof s);
-    for (int i = 0; i < n_seqs; i++) {
-        if (!dsv4_kv_access_slot_valid(e->kv, seqs[i]))
-            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "engine: sequence %d is not open", seqs[i]);
-        last_h[i] = e->mtp_h + (size_t)seqs[i] * hd;
-    }
-    dsv4_status st;
-    dsv4_forward_cuda *cf = dsv4_tp_group_forward_cuda(e->ranks, 0);
-    if (cf) {
-        /* spec.c over the CUDA forward: the kept last states come to the host for the round's first MTP row and
-         * go back after (so that dsv4_engine_step_mtp continues from them). */
-        for (int i = 0; i < n_seqs; i++)
-            if (dsv4_kv_access_seq_len(e->kv, seqs[i]) > 0)
-                DSV4_TRY(dsv4_forward_cuda_mtp_state(cf, seqs[i], last_h[i], NULL, err));
-        dsv4_spec_backend be;
-        spec_backend(e, &be);
-        st = dsv4_spec_decode_greedy_on(&be, e->kv, n_seqs, seqs, last_h, first, n_steps, k, out, s, NULL, NULL, err);
-        for (int i = 0; i < n_seqs; i++) {
-            dsv4_status st2 = dsv4_kv_access_seq_len(e->kv, seqs[i]) > 0
-                                  ? dsv4_forward_cuda_mtp_state(cf, seqs[i], NULL, last_h[i], st == DSV4_OK ? err : NULL)
-                                  : DSV4_OK;
-            if (st == DSV4_OK) st = st2;
-        }
-    } else {
-        st = dsv4_spec_decode_greedy(e->fwd, e->kv, n_seqs, seqs, last_h, first, n_steps, k, out, s, NULL, NULL, err);
-    }
-    if (info) {
-        *info = (dsv4_spec_info){0, 0, 0};
-        for (int i = 0; i < n_seqs; i++) {
-            info->rounds += s[i].steps;
-            info->drafted += s[i].drafted;
-            info->accepted += s[i].accepted;
-        }
-    }
-    return st;
+    const dsv4_spec_options o = {k, 0, 0.0};   /* every round drafts k (fewer at the end): greedy rounds */
+    return dsv4_engine_decode_spec(e, seqs, n_seqs, first, n_steps, &o, NULL, out, info, err);
 }
 
 /* A round's cost in plain steps when the caller gives none. cpu: measured with `dsv4 bench --spec 3

@@ -92,6 +92,15 @@ typedef struct dsv4_mtp_step {
 dsv4_status dsv4_forward_mtp(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_mtp_step *steps, int n_steps,
                              float *logits, float *h_out, dsv4_err *err);
 
+/* The input checks of an MTP batch, the same on every backend (forward_cpu.c; the CUDA MTP runs them too):
+ * a non-empty batch, admitted distinct slots, rows with h and tokens in [0, vocab), committed rows starting
+ * at the slot's MTP position and within its committed tokens. *rows (optional): the batch's total rows. */
+dsv4_status dsv4_mtp_check_steps(dsv4_kv_manager *kv, const dsv4_mtp_step *steps, int n_steps, int vocab, int *rows,
+                                 dsv4_err *err);
+/* A sequence "in sync" (spec.h): slot admitted and the MTP block has run every row whose next token is known
+ * (its MTP position is max(len - 1, 0)). INVALID_ARG naming the slot otherwise. */
+dsv4_status dsv4_mtp_check_sync(dsv4_kv_manager *kv, int slot, dsv4_err *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -739,6 +739,46 @@ static dsv4_status run_block(dsv4_forward *f, dsv4_kv_manager *kv, const seq_row
     return DSV4_OK;
 }
 
+dsv4_status dsv4_mtp_check_steps(dsv4_kv_manager *kv, const dsv4_mtp_step *steps, int n_steps, int vocab, int *rows,
+                                 dsv4_err *err) {
+    if (n_steps <= 0 || !steps) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: empty batch");
+    int n_rows = 0;
+    for (int i = 0; i < n_steps; i++) {
+        const dsv4_mtp_step *s = &steps[i];
+        if (!dsv4_kv_access_slot_valid(kv, s->slot))
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d is not admitted", s->slot);
+        long len = dsv4_kv_access_seq_len(kv, s->slot);
+        if (s->n <= 0 || !s->h || !s->next || s->pos0 < 0)
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: step %d has no rows", i);
+        for (int j = 0; j < s->n; j++)
+            if (s->next[j] < 0 || s->next[j] >= vocab)
+                return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: token id %d out of range [0, %d)", s->next[j],
+                                    vocab);
+        for (int j = 0; j < i; j++)
+            if (steps[j].slot == s->slot)
+                return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d appears twice in one step", s->slot);
+        long mpos = (long)dsv4_kv_manager_mtp_pos(kv, s->slot);
+        if (s->commit && (s->pos0 != mpos || s->pos0 + s->n > len))
+            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d: committed rows %ld..%ld, but the MTP "
+                                "position is %ld and %ld tokens are committed", s->slot, s->pos0, s->pos0 + s->n - 1,
+                                mpos, len);
+        n_rows += s->n;
+    }
+    if (rows) *rows = n_rows;
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_mtp_check_sync(dsv4_kv_manager *kv, int slot, dsv4_err *err) {
+    if (!dsv4_kv_access_slot_valid(kv, slot))
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "spec: slot %d is not admitted", slot);
+    long len = dsv4_kv_access_seq_len(kv, slot), want = len > 0 ? len - 1 : 0;
+    if (dsv4_kv_manager_mtp_pos(kv, slot) != want)
+        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "spec: slot %d: the MTP block is at %lld of %ld tokens (its "
+                            "tokens were fed without the MTP step)", slot,
+                            (long long)dsv4_kv_manager_mtp_pos(kv, slot), len);
+    return DSV4_OK;
+}
+
 dsv4_status dsv4_forward_mtp(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_mtp_step *steps, int n_steps,
                              float *logits, float *h_out, dsv4_err *err) {
     const dsv4_model *m = f->m;
@@ -748,29 +788,8 @@ dsv4_status dsv4_forward_mtp(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_mt
     if (!mw) return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "mtp: the checkpoint has no MTP block (mtp.0.*)");
     if (m->shard.world > 1)
         return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "mtp: the MTP block runs on one rank only (no --gpus)");
-    if (n_steps <= 0) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: empty batch");
     int rows = 0;
-    for (int i = 0; i < n_steps; i++) {
-        const dsv4_mtp_step *s = &steps[i];
-        if (!dsv4_kv_access_slot_valid(kv, s->slot))
-            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d is not admitted", s->slot);
-        long len = dsv4_kv_access_seq_len(kv, s->slot);
-        if (s->n <= 0 || !s->h || !s->next || s->pos0 < 0)
-            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: step %d has no rows", i);
-        for (int j = 0; j < s->n; j++)
-            if (s->next[j] < 0 || s->next[j] >= c->vocab_size)
-                return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: token id %d out of range [0, %d)", s->next[j],
-                                    c->vocab_size);
-        for (int j = 0; j < i; j++)
-            if (steps[j].slot == s->slot)
-                return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d appears twice in one step", s->slot);
-        long mpos = (long)dsv4_kv_manager_mtp_pos(kv, s->slot);
-        if (s->commit && (s->pos0 != mpos || s->pos0 + s->n > len))
-            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d: committed rows %ld..%ld, but the MTP "
-                                "position is %ld and %ld tokens are committed", s->slot, s->pos0, s->pos0 + s->n - 1,
-                                mpos, len);
-        rows += s->n;
-    }
+    DSV4_TRY(dsv4_mtp_check_steps(kv, steps, n_steps, c->vocab_size, &rows, err));
     seq_rows *seqs = calloc((size_t)n_steps, sizeof *seqs);
     if (!seqs) return dsv4_err_set(err, DSV4_ERR_NOMEM, "mtp: out of memory");
     dsv4_status st;

@@ -159,27 +159,9 @@ dsv4_status dsv4_forward_cuda_mtp(dsv4_forward_cuda *f, const dsv4_mtp_step *ste
                                   float *h_out, dsv4_err *err) {
     const dsv4_config *c = f->c;
     if (!f->mtp.w) return no_mtp(f, err);
-    if (n_steps <= 0 || !steps) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: empty batch");
-    /* The checks of forward_cpu.c's dsv4_forward_mtp, in its order and with its messages. */
+    DSV4_TRY(dsv4_mtp_check_steps(f->kv, steps, n_steps, c->vocab_size, NULL, err));   /* the CPU's checks */
     for (int i = 0; i < n_steps; i++) {
         const dsv4_mtp_step *s = &steps[i];
-        if (!dsv4_kv_access_slot_valid(f->kv, s->slot))
-            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d is not admitted", s->slot);
-        long len = dsv4_kv_access_seq_len(f->kv, s->slot);
-        if (s->n <= 0 || !s->h || !s->next || s->pos0 < 0)
-            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: step %d has no rows", i);
-        for (int j = 0; j < s->n; j++)
-            if (s->next[j] < 0 || s->next[j] >= c->vocab_size)
-                return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: token id %d out of range [0, %d)", s->next[j],
-                                    c->vocab_size);
-        for (int j = 0; j < i; j++)
-            if (steps[j].slot == s->slot)
-                return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d appears twice in one step", s->slot);
-        long mpos = (long)dsv4_kv_manager_mtp_pos(f->kv, s->slot);
-        if (s->commit && (s->pos0 != mpos || s->pos0 + s->n > len))
-            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d: committed rows %ld..%ld, but the MTP "
-                                "position is %ld and %ld tokens are committed", s->slot, s->pos0, s->pos0 + s->n - 1,
-                                mpos, len);
         if (s->pos0 + s->n > f->msl)
             return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "mtp: slot %d: rows up to position %ld, past the longest "
                                 "sequence %ld", s->slot, s->pos0 + s->n - 1, f->msl);
@@ -298,13 +280,8 @@ dsv4_status dsv4_forward_cuda_step_mtp(dsv4_forward_cuda *f, const dsv4_seq_step
     /* Every sequence in sync (spec.h): the MTP has run every row whose next token is known. */
     for (int i = 0; i < n_steps; i++) {
         const int slot = steps[i].slot;
-        if (!dsv4_kv_access_slot_valid(f->kv, slot))
-            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "spec: slot %d is not admitted", slot);
-        long len = dsv4_kv_access_seq_len(f->kv, slot), want = len > 0 ? len - 1 : 0;
-        if (dsv4_kv_manager_mtp_pos(f->kv, slot) != want)
-            return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "spec: slot %d: the MTP block is at %lld of %ld tokens (its "
-                                "tokens were fed without the MTP step)", slot,
-                                (long long)dsv4_kv_manager_mtp_pos(f->kv, slot), len);
+        DSV4_TRY(dsv4_mtp_check_sync(f->kv, slot, err));
+        const long len = dsv4_kv_access_seq_len(f->kv, slot);
         /* The kept state must be of position len - 1: this slot's tokens all came through this call. */
         if (len > 0 && f->mtp_hlen[slot] != len)
             return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "spec: slot %d: no kept final state at position %ld (its "

@@ -35,17 +35,6 @@
  * greedy decoding pick the same token from the same logits. */
 static int argmax(const float *l, int V) { return dsv4_sample_greedy(l, V); }
 
-static dsv4_status check_sync(dsv4_kv_manager *kv, int slot, dsv4_err *err) {
-    if (!dsv4_kv_access_slot_valid(kv, slot))
-        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "spec: slot %d is not admitted", slot);
-    long len = dsv4_kv_access_seq_len(kv, slot), want = len > 0 ? len - 1 : 0;
-    if (dsv4_kv_manager_mtp_pos(kv, slot) != want)
-        return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "spec: slot %d: the MTP block is at %lld of %ld tokens (its "
-                            "tokens were fed without the MTP step)", slot,
-                            (long long)dsv4_kv_manager_mtp_pos(kv, slot), len);
-    return DSV4_OK;
-}
-
 dsv4_status dsv4_spec_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_seq_step *steps, int n_steps,
                            float *const *last_h, float *logits, float *mtp_logits, int *n_mtp_rows, dsv4_err *err) {
     const dsv4_config *c = dsv4_forward_model(f)->cfg;
@@ -57,7 +46,7 @@ dsv4_status dsv4_spec_step(dsv4_forward *f, dsv4_kv_manager *kv, const dsv4_seq_
     int rows = 0;
     long pos0[n_steps];
     for (int i = 0; i < n_steps; i++) {
-        DSV4_TRY(check_sync(kv, steps[i].slot, err));
+        DSV4_TRY(dsv4_mtp_check_sync(kv, steps[i].slot, err));
         if (!last_h || !last_h[i]) return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "spec: no last_h for step %d", i);
         pos0[i] = dsv4_kv_access_seq_len(kv, steps[i].slot);
         rows += steps[i].n_tokens > 0 ? steps[i].n_tokens : 0;
@@ -289,7 +278,7 @@ dsv4_status dsv4_spec_round(dsv4_spec_ws *ws, dsv4_kv_manager *kv, int n, const 
         for (int j = 0; j < i; j++)
             if (seqs[j].slot == q->slot)
                 return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "spec: slot %d listed twice", q->slot);
-        DSV4_TRY(check_sync(kv, q->slot, err));
+        DSV4_TRY(dsv4_mtp_check_sync(kv, q->slot, err));
         sampled |= q->sampler != NULL;
     }
     if (sampled) DSV4_TRY(ws_sampling(ws, err));
@@ -412,16 +401,9 @@ dsv4_status dsv4_spec_decode_greedy(dsv4_forward *f, dsv4_kv_manager *kv, int n_
                                     float *const *last_h, const int32_t *first, int n_steps, int k, int32_t *out,
                                     dsv4_spec_stats *stats, dsv4_spec_draft_fn draft_hook, void *hook_user,
                                     dsv4_err *err) {
-    dsv4_spec_backend be;
-    dsv4_spec_backend_cpu(f, &be);
-    return dsv4_spec_decode_greedy_on(&be, kv, n_seqs, slots, last_h, first, n_steps, k, out, stats, draft_hook,
-                                      hook_user, err);
-}
-
-dsv4_status dsv4_spec_decode_greedy_on(const dsv4_spec_backend *be, dsv4_kv_manager *kv, int n_seqs, const int *slots,
-                                       float *const *last_h, const int32_t *first, int n_steps, int k, int32_t *out,
-                                       dsv4_spec_stats *stats, dsv4_spec_draft_fn draft_hook, void *hook_user,
-                                       dsv4_err *err) {
+    dsv4_spec_backend cpu;
+    dsv4_spec_backend_cpu(f, &cpu);
+    const dsv4_spec_backend *be = &cpu;
     const dsv4_model *m = be->model;
     const int V = m->cfg->vocab_size;
     if (!m->w.mtp) return dsv4_err_set(err, DSV4_ERR_UNSUPPORTED, "spec: the checkpoint has no MTP block (mtp.0.*)");
@@ -436,7 +418,7 @@ dsv4_status dsv4_spec_decode_greedy_on(const dsv4_spec_backend *be, dsv4_kv_mana
         for (int j = 0; j < i; j++)
             if (slots[j] == slots[i])
                 return dsv4_err_set(err, DSV4_ERR_INVALID_ARG, "spec: slot %d listed twice", slots[i]);
-        DSV4_TRY(check_sync(kv, slots[i], err));
+        DSV4_TRY(dsv4_mtp_check_sync(kv, slots[i], err));
     }
     if (stats) memset(stats, 0, sizeof *stats * (size_t)n_seqs);
     dsv4_spec_ws *ws = NULL;

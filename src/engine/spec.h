@@ -167,11 +167,6 @@ dsv4_status dsv4_spec_decode_greedy(dsv4_forward *f, dsv4_kv_manager *kv, int n_
                                     float *const *last_h, const int32_t *first, int n_steps, int k, int32_t *out,
                                     dsv4_spec_stats *stats, dsv4_spec_draft_fn draft_hook, void *hook_user,
                                     dsv4_err *err);
-/* The same over any backend (kv: the backend's KV manager). */
-dsv4_status dsv4_spec_decode_greedy_on(const dsv4_spec_backend *be, dsv4_kv_manager *kv, int n_seqs, const int *slots,
-                                       float *const *last_h, const int32_t *first, int n_steps, int k, int32_t *out,
-                                       dsv4_spec_stats *stats, dsv4_spec_draft_fn draft_hook, void *hook_user,
-                                       dsv4_err *err);
 
 #ifdef __cplusplus
 }
