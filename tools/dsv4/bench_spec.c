@@ -17,27 +17,11 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "dsv4.h"
+#include "dsv4_bench.h"
 
 #define MAX_SEQS 4096
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 int cli_bench_spec_parse_accept(const char *s, int k_max, double *out, int max, int *n) {
     *n = 0;
@@ -140,10 +124,10 @@ static dsv4_status measure(dsv4_engine *e, const cli_bench_spec_args *a, int b, 
         int n = r < 0 ? a->warmup : a->steps;
         if (n <= 0) continue;
         dsv4_spec_info info = {0, 0, 0};
-        double t0 = now_s();
+        double t0 = dsv4_bench_now_s();
         st = K > 0 ? dsv4_engine_decode_spec(e, seqs, b, first, n, &so, NULL, out, &info, err)
                    : dsv4_engine_decode_greedy(e, seqs, b, first, n, out, NULL, err);
-        double dt = now_s() - t0;
+        double dt = dsv4_bench_now_s() - t0;
         for (int i = 0; i < b; i++) first[i] = out[(size_t)(n - 1) * b + i];
         if (r >= 0) {
             t[r] = dt * 1e3 / n;
@@ -155,7 +139,7 @@ static dsv4_status measure(dsv4_engine *e, const cli_bench_spec_args *a, int b, 
     for (int i = 0; i < b; i++) dsv4_engine_seq_close(e, seqs[i]);
     free(out);
     if (st == DSV4_OK) {
-        *ms_per_token = median(t, a->repeats);
+        *ms_per_token = dsv4_bench_median(t, a->repeats);
         *tokens_per_round = rounds ? (double)tokens / (double)rounds : 1.0;
     }
     return st;
